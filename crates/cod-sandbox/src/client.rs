@@ -1,0 +1,256 @@
+//! The caller's side: [`Jail`] starts the helper process and hands it runs.
+//!
+//! The helper is a separate, single-threaded process (the `cod` binary re-executed with a
+//! hidden argument, or the `cod-jail` binary) so that forking never happens inside a
+//! multi-threaded caller such as a tokio runtime. Each run gets its own socket pair: one end
+//! goes to the helper over the helper's control socket (SCM_RIGHTS), the other stays with the
+//! caller, which writes the spec and reads the events (blocking through [`Jail::run`], or
+//! asynchronously by wrapping the stream returned by [`Jail::connect`]).
+
+use std::ffi::OsStr;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use cod_core::config::CgroupMode;
+use rustix::net::{
+    AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags,
+    SocketType, recv, send, sendmsg, socketpair,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{self, Event, Failure, FrameError, Request};
+use crate::spec::{SandboxOutcome, SandboxSpec};
+
+/// The descriptor number on which the helper finds its control socket.
+pub const HELPER_FD: i32 = 3;
+/// Largest control message (the helper's configuration and its answer).
+pub(crate) const CONTROL_MAX: usize = 64 * 1024;
+
+/// The helper's configuration, sent once at start-up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailConfig {
+    /// Which cgroup hierarchy to use.
+    pub cgroup: CgroupMode,
+    /// Where cgroupfs is mounted.
+    pub cgroup_root: PathBuf,
+    /// Name of cod's cgroup under each hierarchy.
+    pub cgroup_name: String,
+    /// Host uid (and gid) of slot 0's programs; slot n uses `uid_base + n`.
+    pub uid_base: u32,
+    /// Number of slots; specs must name a slot below it.
+    pub slots: u32,
+    /// CPUs each run may use at once (the cgroup CPU quota).
+    pub cpus_per_run: u32,
+    /// `RLIMIT_STACK` of programs, bytes.
+    pub stack: u64,
+    /// `RLIMIT_NOFILE` of programs.
+    pub open_files: u64,
+    /// Where the helper creates its private staging directories.
+    pub state_dir: PathBuf,
+}
+
+impl JailConfig {
+    /// Host uids (also used as gids) of slot `slot`: (the program's, the init's). The program
+    /// runs as `uid_base + slot`; the run's init, while building the root, as
+    /// `uid_base + slots + slot`. Neither is root on the host.
+    pub fn host_ids(&self, slot: u32) -> (u32, u32) {
+        (self.uid_base + slot, self.uid_base + self.slots + slot)
+    }
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig {
+            cgroup: CgroupMode::Auto,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_name: "cod".into(),
+            uid_base: cod_core::config::DEFAULT_UID_BASE,
+            slots: 64,
+            cpus_per_run: 1,
+            stack: cod_core::config::DEFAULT_STACK.get(),
+            open_files: cod_core::config::DEFAULT_OPEN_FILES,
+            state_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// The helper's answer to its configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum HelperReply {
+    /// Ready to take runs.
+    Ready {
+        /// The cgroup hierarchy in use.
+        cgroup: CgroupMode,
+    },
+    /// Could not start; the message says why.
+    Failed(String),
+}
+
+/// Why the jail could not start or a run could not be handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// starting the helper process failed
+    #[error("starting the sandbox helper {program}")]
+    Spawn {
+        /// The program that was started.
+        program: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// talking to the helper failed
+    #[error("talking to the sandbox helper")]
+    Control(#[source] std::io::Error),
+    /// the helper refused to start
+    #[error("the sandbox helper could not start: {0}")]
+    HelperFailed(String),
+    /// the helper's answer was not understood
+    #[error("the sandbox helper answered with a malformed message")]
+    Protocol(#[source] FrameError),
+    /// the run's socket failed
+    #[error("reading the run's events")]
+    Frame(#[from] FrameError),
+    /// the run ended without a result
+    #[error("the run's supervisor went away without a result")]
+    NoResult,
+    /// the sandbox failed (not the program)
+    #[error("the sandbox failed")]
+    Failure(#[from] Failure),
+}
+
+/// A running helper process. Dropping it stops the helper after its runs finish.
+#[derive(Debug)]
+pub struct Jail {
+    control: OwnedFd,
+    child: Mutex<Option<Child>>,
+    cgroup: CgroupMode,
+    slots: u32,
+}
+
+impl Jail {
+    /// Starts `program args...` as the helper and configures it.
+    pub fn spawn(program: &Path, args: &[&OsStr], config: &JailConfig) -> Result<Jail, JailError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| JailError::Control(e.into()))?;
+        let theirs_raw = theirs.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env_clear();
+        // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
+        // fcntl, which are async-signal-safe; it touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_raw, HELPER_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 clears FD_CLOEXEC on the copy; when the numbers were equal it did not.
+                let flags = libc::fcntl(HELPER_FD, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(HELPER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| JailError::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
+        drop(theirs);
+
+        let msg = postcard::to_stdvec(config).map_err(|e| JailError::Protocol(e.into()))?;
+        send(&ours, &msg, SendFlags::empty()).map_err(|e| JailError::Control(e.into()))?;
+        let mut buf = vec![0u8; CONTROL_MAX];
+        let n = match recv(&ours, &mut buf, RecvFlags::empty()) {
+            Ok((n, _)) => n,
+            Err(e) => return Err(JailError::Control(e.into())),
+        };
+        if n == 0 {
+            return Err(JailError::HelperFailed(
+                "it exited during start-up (see its stderr)".into(),
+            ));
+        }
+        let reply: HelperReply =
+            postcard::from_bytes(&buf[..n]).map_err(|e| JailError::Protocol(e.into()))?;
+        match reply {
+            HelperReply::Ready { cgroup } => Ok(Jail {
+                control: ours,
+                child: Mutex::new(Some(child)),
+                cgroup,
+                slots: config.slots,
+            }),
+            HelperReply::Failed(why) => Err(JailError::HelperFailed(why)),
+        }
+    }
+
+    /// The cgroup hierarchy the helper uses.
+    pub fn cgroup_mode(&self) -> CgroupMode {
+        self.cgroup
+    }
+
+    /// Number of slots the helper accepts.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Opens a run: returns the caller's end of a new socket whose other end the helper
+    /// hands to a fresh supervisor. Write one [`Request::Run`] to it, then read [`Event`]s.
+    pub fn connect(&self) -> Result<UnixStream, JailError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| JailError::Control(e.into()))?;
+        let fds = [rustix::fd::AsFd::as_fd(&theirs)];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(JailError::Control(std::io::Error::other(
+                "ancillary buffer too small",
+            )));
+        }
+        sendmsg(&self.control, &[IoSlice::new(b"r")], &mut anc, SendFlags::NOSIGNAL)
+            .map_err(|e| JailError::Control(e.into()))?;
+        Ok(UnixStream::from(ours))
+    }
+
+    /// Runs `spec` and waits for its outcome (blocking).
+    pub fn run(&self, spec: &SandboxSpec) -> Result<SandboxOutcome, JailError> {
+        let mut sock = self.connect()?;
+        protocol::write_frame(&mut sock, &Request::Run(Box::new(spec.clone())))?;
+        loop {
+            match protocol::read_frame::<Event>(&mut sock)? {
+                Some(Event::Finished(r)) => return Ok(r?),
+                Some(Event::StageStarted(_)) => {}
+                None => return Err(JailError::NoResult),
+            }
+        }
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        // Closing our end is the helper's signal to finish its runs, clean up and exit.
+        let _ = rustix::net::shutdown(&self.control, rustix::net::Shutdown::Both);
+        if let Ok(mut guard) = self.child.lock() {
+            if let Some(mut child) = guard.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! What a caller asks the sandbox to do (`SandboxSpec`) and what it reports back
+//! (`SandboxOutcome`). Both cross the socket between caller and helper, so they are plain
+//! serde types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cod_core::{Limits, LimitReason, Status};
+use serde::{Deserialize, Serialize};
+
+/// Path of the writable work directory inside the sandbox (also `HOME` and the cwd).
+pub const WORK_DIR: &str = "/box";
+/// uid and gid of the program inside the sandbox.
+pub const SANDBOX_ID: u32 = 1000;
+/// Most stages one sandbox runs.
+pub const MAX_STAGES: usize = 8;
+
+/// One sandbox: a root filesystem, files in the work dir, and programs run one after the
+/// other in it (a compile stage, then the run stage).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Worker slot: selects the cgroup and the host uid. A slot runs one sandbox at a time.
+    pub slot: u32,
+    /// Host paths bound read-only into the sandbox.
+    pub binds: Vec<Bind>,
+    /// Symbolic links to create in the sandbox's root, such as `/bin -> usr/bin`.
+    pub symlinks: Vec<Symlink>,
+    /// Files written into the work dir before the first stage.
+    pub files: Vec<FileEntry>,
+    /// Programs to run, in order. A stage that does not end `ok` ends the sandbox.
+    pub stages: Vec<StageSpec>,
+    /// Size of the writable tmpfs holding the work dir, `/tmp` and `/dev/shm`, bytes.
+    pub disk: u64,
+}
+
+/// A read-only bind mount.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// Host path (file or directory).
+    pub src: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub dst: PathBuf,
+}
+
+/// A symbolic link in the sandbox's root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symlink {
+    /// Absolute path of the link inside the sandbox.
+    pub path: PathBuf,
+    /// What it points to.
+    pub target: PathBuf,
+}
+
+/// A file in the work directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Plain file name (no directories).
+    pub name: String,
+    /// Contents.
+    pub content: Vec<u8>,
+    /// Whether to mark it executable.
+    pub executable: bool,
+}
+
+/// One program run inside the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSpec {
+    /// Program (absolute path inside the sandbox) and its arguments.
+    pub argv: Vec<String>,
+    /// The whole environment, `KEY=value` each; nothing of the host's is added.
+    pub env: Vec<String>,
+    /// Limits of this stage. `disk` is taken from the sandbox.
+    pub limits: Limits,
+    /// Bytes fed to standard input, after which it is closed.
+    pub stdin: Vec<u8>,
+}
+
+/// How a stage's program ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was ended by this signal.
+    Signal(i32),
+    /// It never started, or cod ended the sandbox before it reported.
+    #[default]
+    Unknown,
+}
+
+/// What one stage did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageOutcome {
+    /// How the program ended.
+    pub exit: Exit,
+    /// The limit cod enforced, if the stage was stopped for one or the OOM killer fired.
+    pub limit: Option<LimitReason>,
+    /// The run was cancelled by its caller.
+    pub cancelled: bool,
+    /// `execve` failed with this errno (the program does not exist or is not executable).
+    pub exec_errno: Option<i32>,
+    /// Captured standard output, at most the output limit.
+    pub stdout: Vec<u8>,
+    /// Captured standard error, at most the output limit.
+    pub stderr: Vec<u8>,
+    /// Whether stdout went over the limit.
+    pub stdout_truncated: bool,
+    /// Whether stderr went over the limit.
+    pub stderr_truncated: bool,
+    /// CPU time of every process of the stage.
+    pub cpu: Duration,
+    /// Wall time from start to the program's end.
+    pub wall: Duration,
+    /// Peak memory, bytes.
+    pub memory_peak: u64,
+}
+
+/// What the sandbox did: one outcome per stage that ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxOutcome {
+    /// Stages in order; stops at the first that did not end `ok`.
+    pub stages: Vec<StageOutcome>,
+}
+
+impl StageOutcome {
+    /// The verdict of this stage alone.
+    pub fn status(&self) -> Status {
+        if self.exec_errno.is_some() {
+            return Status::InternalError;
+        }
+        match self.limit {
+            Some(LimitReason::Cpu | LimitReason::Wall) => return Status::TimeLimit,
+            Some(LimitReason::Memory) => return Status::MemoryLimit,
+            Some(LimitReason::Output) => return Status::OutputLimit,
+            None => {}
+        }
+        match self.exit {
+            Exit::Code(0) if !self.cancelled => Status::Ok,
+            Exit::Code(_) | Exit::Signal(_) => Status::RuntimeError,
+            Exit::Unknown => Status::InternalError,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_prefers_limits_over_exit() {
+        let mut o = StageOutcome {
+            exit: Exit::Signal(9),
+            ..Default::default()
+        };
+        assert_eq!(o.status(), Status::RuntimeError);
+        o.limit = Some(LimitReason::Memory);
+        assert_eq!(o.status(), Status::MemoryLimit);
+        o.limit = Some(LimitReason::Wall);
+        assert_eq!(o.status(), Status::TimeLimit);
+        o.limit = Some(LimitReason::Output);
+        assert_eq!(o.status(), Status::OutputLimit);
+        o.limit = None;
+        o.exit = Exit::Code(0);
+        assert_eq!(o.status(), Status::Ok);
+        o.exec_errno = Some(libc::ENOENT);
+        assert_eq!(o.status(), Status::InternalError);
+    }
+}

@@ -1,0 +1,229 @@
+//! The raw system calls rustix does not wrap, one small function each.
+//!
+//! Every function reads `errno` immediately and returns `io::Result`. All of them are
+//! async-signal-safe: they may be called between `clone` and `execve`. Nothing here
+//! allocates.
+
+use std::ffi::{CStr, c_char};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use rustix::io::Errno;
+
+/// `clone(flags)` without a new stack: fork semantics plus namespace flags.
+///
+/// Returns `Ok(0)` in the child and the child's pid in the parent.
+///
+/// Only call this from a single-threaded process: the child starts as a copy of the calling
+/// thread alone, and glibc's `fork` handlers do not run, so the child must stick to raw
+/// system calls until it execs or exits.
+pub(crate) fn clone_raw(flags: u64) -> io::Result<i32> {
+    // SAFETY: clone with a null stack pointer behaves like fork: the child continues on a
+    // copy of the caller's stack. The remaining pointer arguments (parent_tid, child_tid, tls)
+    // are unused because no CLONE_*SETTID/CLONE_SETTLS flag is passed; callers pass only
+    // namespace flags and the exit signal, which `debug_assert` below checks.
+    debug_assert_eq!(
+        flags
+            & (libc::CLONE_VM
+                | libc::CLONE_SETTLS
+                | libc::CLONE_PARENT_SETTID
+                | libc::CLONE_CHILD_SETTID
+                | libc::CLONE_CHILD_CLEARTID) as u64,
+        0
+    );
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        i32::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+    }
+}
+
+/// A fork that runs no `pthread_atfork` handlers (see [`clone_raw`]).
+pub(crate) fn fork_raw() -> io::Result<i32> {
+    clone_raw(libc::SIGCHLD as u64)
+}
+
+/// The kernel's `struct mount_attr` (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY` from linux/mount.h.
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID`
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// `MOUNT_ATTR_NODEV`
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// `mount_setattr(dirfd, path, flags, {attr_set})` (Linux 5.12): changes only the given
+/// attributes, so locked flags inherited from the host (nosuid, nodev, atime) need not be
+/// repeated as a classic `MS_REMOUNT|MS_BIND` would require. `dirfd` of `None` means the
+/// cwd; an empty `path` means `dirfd` itself (`AT_EMPTY_PATH`).
+pub(crate) fn mount_setattr(
+    dirfd: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    recursive: bool,
+    attr_set: u64,
+) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    let dirfd = dirfd.map_or(libc::AT_FDCWD, |fd| fd.as_raw_fd());
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call, `dirfd`
+    // is open (borrowed) or AT_FDCWD, and `attr` is a properly initialised `struct
+    // mount_attr` whose size is passed alongside; the kernel only reads from both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// `execve(path, argv, envp)`; returns only on failure.
+///
+/// `argv` and `envp` must be null-terminated arrays of pointers to NUL-terminated strings
+/// that stay alive for the call; the callers in `init.rs` build them before `clone`.
+pub(crate) fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> io::Error {
+    if argv.last().is_none_or(|p| !p.is_null()) || envp.last().is_none_or(|p| !p.is_null()) {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    }
+    // SAFETY: both arrays end with a null pointer (checked above) and every other element
+    // points into a CString owned by the caller's prepared plan, alive for this call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+fn errno() -> Errno {
+    Errno::from_raw_os_error(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
+pub(crate) fn close_from(first: u32) -> Result<(), Errno> {
+    // SAFETY: close_range takes plain integers; closing descriptors this process does not
+    // use again is the intent (the caller is about to exec).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// `close(fd)`, ignoring errors: for descriptors inherited across `clone` that this process
+/// must not hold.
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: `fd` is a descriptor number owned by the supervisor's plan; in the child no
+    // Rust object owns it, so closing it cannot cause a double close in this process.
+    unsafe { libc::close(fd) };
+}
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, min)`.
+pub(crate) fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC takes plain integers.
+    let rc = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if rc < 0 { Err(errno()) } else { Ok(rc) }
+}
+
+/// `dup2(old, new)`: `new` is open and inheritable afterwards.
+pub(crate) fn dup_onto(old: RawFd, new: RawFd) -> Result<(), Errno> {
+    // SAFETY: dup2 takes plain integers; replacing `new` is the intent.
+    let rc = unsafe { libc::dup2(old, new) };
+    if rc < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// `dup3(old, new, O_CLOEXEC)` onto a fixed descriptor number.
+pub(crate) fn dup_onto_cloexec(old: RawFd, new: RawFd) -> Result<(), Errno> {
+    // SAFETY: dup3 takes plain integers; replacing `new` is the intent.
+    let rc = unsafe { libc::dup3(old, new, libc::O_CLOEXEC) };
+    if rc < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// Drops every capability from the bounding set (`PR_CAPBSET_DROP` for each, up to the
+/// first number the kernel does not know).
+pub(crate) fn drop_bounding_set() {
+    for cap in 0..64 {
+        // SAFETY: prctl with PR_CAPBSET_DROP takes plain integers.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        if rc < 0 && errno() == Errno::INVAL {
+            break;
+        }
+    }
+}
+
+/// Resets every signal disposition to the default and unblocks all signals, so that the
+/// program does not inherit the supervisor's ignored `SIGPIPE`.
+pub(crate) fn reset_signals() {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `signal` with SIG_DFL installs no handler code; invalid or reserved signal
+        // numbers make it fail with EINVAL, which is ignored on purpose.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // SAFETY: `set` is a local, fully initialised by sigemptyset before use; the old-mask
+    // pointer is null.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// `kill(-1, SIGKILL)`: from a PID namespace's init, kills every other process in it.
+pub(crate) fn kill_all_but_self() -> io::Result<()> {
+    // SAFETY: kill takes plain integers.
+    let rc = unsafe { libc::kill(-1, libc::SIGKILL) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `_exit(code)`: ends the process without running destructors or atexit handlers, as a
+/// forked child must.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, prog)` for a program given as raw instructions.
+///
+/// The caller must have set `no_new_privs` (or hold `CAP_SYS_ADMIN`).
+pub(crate) fn seccomp_install(filter: &[libc::sock_filter]) -> Result<(), Errno> {
+    // Validate before calling the kernel: an empty program or one longer than BPF_MAXINSNS
+    // would otherwise come back as a bare EINVAL.
+    if filter.is_empty() || filter.len() > 4096 {
+        return Err(Errno::INVAL);
+    }
+    let prog = libc::sock_fprog {
+        len: u16::try_from(filter.len()).map_err(|_| Errno::INVAL)?,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies the
+    // program and does not write through the pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0u32,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 { Err(errno()) } else { Ok(()) }
+}
