@@ -1,0 +1,399 @@
+//! A run request checked against the registry and the limits policy (`Job`), and the sandbox
+//! spec it becomes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cod_core::limits::{LimitsPolicy, LimitsSpec};
+use cod_core::run::{RequestError, RunRequest};
+use cod_sandbox::{Bind, FileEntry, SandboxSpec, StageSpec, Symlink};
+
+use crate::language::{Language, Registry};
+use crate::template::{Context, expand};
+
+/// Environment every stage starts from; languages add to it. Nothing of the host's leaks in.
+pub const BASE_ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("HOME", "/box"),
+    ("USER", "sandbox"),
+    ("LOGNAME", "sandbox"),
+    ("LANG", "C.UTF-8"),
+    ("LC_ALL", "C.UTF-8"),
+    ("TMPDIR", "/tmp"),
+    ("TERM", "dumb"),
+];
+
+/// A unique id for a run: time-ordered, readable in logs.
+pub fn new_run_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}{:04x}{:04x}", now, std::process::id() & 0xffff, n & 0xffff)
+}
+
+/// What every run binds from the host: `/usr`, the loader cache, `/etc/alternatives`, and
+/// the merged-/usr links
+/// (`/bin -> usr/bin` ...) mirrored as the host has them (or bound, on hosts without them).
+#[derive(Clone, Debug)]
+pub struct HostLayout {
+    binds: Vec<Bind>,
+    symlinks: Vec<Symlink>,
+}
+
+impl HostLayout {
+    /// Reads the layout of this host.
+    pub fn detect() -> HostLayout {
+        let mut binds = vec![Bind {
+            src: "/usr".into(),
+            dst: "/usr".into(),
+        }];
+        let mut symlinks = Vec::new();
+        for d in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            let p = Path::new(d);
+            match std::fs::read_link(p) {
+                Ok(target) => symlinks.push(Symlink {
+                    path: p.into(),
+                    target,
+                }),
+                Err(_) if p.is_dir() => binds.push(Bind {
+                    src: p.into(),
+                    dst: p.into(),
+                }),
+                Err(_) => {}
+            }
+        }
+        // The loader's cache, the time zone, and Debian's alternatives (/usr/bin/cc and
+        // friends are links through /etc/alternatives).
+        for f in ["/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"] {
+            if Path::new(f).exists() {
+                binds.push(Bind {
+                    src: f.into(),
+                    dst: f.into(),
+                });
+            }
+        }
+        HostLayout { binds, symlinks }
+    }
+}
+
+/// One file of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFile {
+    /// File name; the main file may leave it to the language.
+    pub name: Option<String>,
+    /// Contents.
+    pub content: Vec<u8>,
+}
+
+/// A run ready to be placed in a slot.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Run id.
+    pub id: String,
+    /// The language.
+    pub language: Arc<Language>,
+    /// Files: the main one first.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// `{main}` of the program.
+    pub main: String,
+    /// Standard input.
+    pub stdin: Vec<u8>,
+    /// Program arguments.
+    pub args: Vec<String>,
+    /// Limits of the run stage.
+    pub limits: LimitsSpec,
+    /// Limits of the compile stage (for compiled languages).
+    pub compile_limits: LimitsSpec,
+}
+
+/// The available language called `name`, or an error for the `language` field.
+pub fn find_language(registry: &Registry, name: &str) -> Result<Arc<Language>, RequestError> {
+    let language = registry.get(name).ok_or_else(|| RequestError::Invalid {
+        field: "language".into(),
+        why: format!(
+            "unknown language {name:?}; available: {}",
+            registry.available_names().join(", ")
+        ),
+    })?;
+    if let Some(why) = &language.unavailable {
+        return Err(RequestError::Invalid {
+            field: "language".into(),
+            why: format!("{} is not available on this server: {why}", language.name),
+        });
+    }
+    Ok(language.clone())
+}
+
+impl Job {
+    /// A job of `language` over `files` (the main one first). `extra_field` names the
+    /// request field of extra file `i` in errors.
+    pub fn new(
+        language: Arc<Language>,
+        files: Vec<JobFile>,
+        extra_field: impl Fn(usize) -> String,
+        stdin: Vec<u8>,
+        args: Vec<String>,
+        limits: LimitsSpec,
+        compile_limits: LimitsSpec,
+    ) -> Result<Job, RequestError> {
+        let mut files = files.into_iter();
+        let first = files.next().ok_or_else(|| RequestError::Missing {
+            field: "source".into(),
+            why: "a program needs a main file",
+        })?;
+        let main = language.main_name(&String::from_utf8_lossy(&first.content));
+        let main_name = first.name.unwrap_or_else(|| language.main_file_name(&main));
+        let mut out = vec![(main_name.clone(), first.content)];
+        for (i, f) in files.enumerate() {
+            let name = f.name.ok_or_else(|| RequestError::Missing {
+                field: format!("{}.name", extra_field(i)),
+                why: "required for every file but the main one",
+            })?;
+            if name == main_name || out.iter().any(|(n, _)| *n == name) {
+                return Err(RequestError::Invalid {
+                    field: format!("{}.name", extra_field(i)),
+                    why: format!("{name:?} is already the name of another file"),
+                });
+            }
+            out.push((name, f.content));
+        }
+        Ok(Job {
+            id: new_run_id(),
+            language,
+            files: out,
+            main,
+            stdin,
+            args,
+            limits,
+            compile_limits,
+        })
+    }
+
+    /// Checks a native API request against the registry and policy. Errors name the field.
+    pub fn from_request(
+        req: &RunRequest,
+        registry: &Registry,
+        policy: &LimitsPolicy,
+    ) -> Result<Job, RequestError> {
+        req.validate()?;
+        let language = find_language(registry, &req.language)?;
+        let limits = policy
+            .resolve(req.limits.as_ref())
+            .map_err(|e| RequestError::Invalid {
+                field: match &e {
+                    cod_core::LimitsError::AboveMax { field, .. }
+                    | cod_core::LimitsError::Zero { field } => format!("limits.{field}"),
+                },
+                why: e.to_string(),
+            })?;
+        let mut files: Vec<JobFile> = Vec::with_capacity(req.files.len() + 1);
+        if let Some(src) = &req.source {
+            files.push(JobFile {
+                name: None,
+                content: src.clone().into_bytes(),
+            });
+        }
+        files.extend(req.files.iter().map(|f| JobFile {
+            name: f.name.clone(),
+            content: f.content.clone().into_bytes(),
+        }));
+        // Extra file i is files[i] after `source`, files[i + 1] without it.
+        let offset = usize::from(req.source.is_none());
+        Job::new(
+            language,
+            files,
+            |i| format!("files[{}]", i + offset),
+            req.stdin.clone().unwrap_or_default().into_bytes(),
+            req.args.clone(),
+            limits,
+            policy.compile,
+        )
+    }
+
+    /// The sandbox spec of this job in worker slot `slot`.
+    pub fn sandbox_spec(&self, slot: u32, host: &HostLayout) -> SandboxSpec {
+        let compile_limits = &self.compile_limits;
+        let lang = &self.language;
+        let source = self.files[0].0.clone();
+        let sources: Vec<String> = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, (name, _))| *i == 0 || lang.is_source(name))
+            .map(|(_, (name, _))| name.clone())
+            .collect();
+        let mut disk_mb = self.limits.disk_mb;
+        let mut stages = Vec::new();
+        let env = |extra: &std::collections::BTreeMap<String, String>| -> Vec<String> {
+            let mut vars: Vec<(String, String)> = BASE_ENV
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            for (k, v) in lang.env.iter().map(|(k, v)| (k, v)).chain(extra.iter()) {
+                match vars.iter_mut().find(|(key, _)| key == k) {
+                    Some(slot) => slot.1 = v.clone(),
+                    None => vars.push((k.clone(), v.clone())),
+                }
+            }
+            vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+        };
+        if let Some(compile) = &lang.compile {
+            disk_mb = disk_mb.max(compile_limits.disk_mb);
+            let limits = compile_limits.to_limits();
+            let ctx = Context {
+                source: &source,
+                sources: &sources,
+                args: &[],
+                main: &self.main,
+                memory_bytes: limits.memory.get(),
+            };
+            stages.push(StageSpec {
+                argv: expand(&compile.command, &ctx),
+                env: env(&compile.env),
+                limits,
+                stdin: Vec::new(),
+            });
+        }
+        let limits = self.limits.to_limits();
+        let ctx = Context {
+            source: &source,
+            sources: &sources,
+            args: &self.args,
+            main: &self.main,
+            memory_bytes: limits.memory.get(),
+        };
+        stages.push(StageSpec {
+            argv: expand(&lang.run.command, &ctx),
+            env: env(&lang.run.env),
+            limits,
+            stdin: self.stdin.clone(),
+        });
+        let mut binds = host.binds.clone();
+        binds.extend(lang.binds.iter().cloned());
+        SandboxSpec {
+            slot,
+            binds,
+            symlinks: host.symlinks.clone(),
+            files: self
+                .files
+                .iter()
+                .map(|(name, content)| FileEntry {
+                    name: name.clone(),
+                    content: content.clone(),
+                    executable: false,
+                })
+                .collect(),
+            stages,
+            disk: disk_mb.saturating_mul(1 << 20),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cod_core::run::SourceFile;
+
+    fn registry() -> Registry {
+        Registry::load(None, &[]).unwrap()
+    }
+
+    #[test]
+    fn unknown_language_names_the_field_and_lists_choices() {
+        let req = RunRequest {
+            language: "cobol".into(),
+            source: Some("x".into()),
+            ..Default::default()
+        };
+        let err = Job::from_request(&req, &registry(), &LimitsPolicy::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("language:"), "{msg}");
+        assert!(msg.contains("python"), "{msg}");
+    }
+
+    #[test]
+    fn limits_above_max_name_the_field() {
+        let req = RunRequest {
+            language: "python".into(),
+            source: Some("x".into()),
+            limits: Some(cod_core::LimitsRequest {
+                memory_mb: Some(1 << 30),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = Job::from_request(&req, &registry(), &LimitsPolicy::default()).unwrap_err();
+        assert!(err.to_string().starts_with("limits.memory_mb:"), "{err}");
+    }
+
+    #[test]
+    fn c_job_compiles_every_c_file_and_runs_with_args() {
+        let req = RunRequest {
+            language: "c".into(),
+            source: Some("int main(){}".into()),
+            args: vec!["x".into(), "y".into()],
+            files: vec![
+                SourceFile {
+                    name: Some("util.c".into()),
+                    content: "".into(),
+                },
+                SourceFile {
+                    name: Some("util.h".into()),
+                    content: "".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let reg = registry();
+        let job = Job::from_request(&req, &reg, &LimitsPolicy::default()).unwrap();
+        let spec = job.sandbox_spec(3, &HostLayout::detect());
+        assert_eq!(spec.slot, 3);
+        assert_eq!(spec.stages.len(), 2);
+        let compile = &spec.stages[0].argv;
+        assert!(compile.contains(&"main.c".to_owned()) && compile.contains(&"util.c".to_owned()));
+        assert!(!compile.contains(&"util.h".to_owned()));
+        assert_eq!(spec.stages[1].argv, ["/box/main", "x", "y"]);
+        assert_eq!(spec.files.len(), 3);
+        assert!(spec.stages[1].env.iter().any(|e| e == "HOME=/box"));
+        assert!(!spec.stages[1].env.iter().any(|e| e.starts_with("NODE_EXTRA_CA_CERTS")));
+        assert_eq!(spec.disk, LimitsSpec::COMPILE.disk_mb << 20);
+    }
+
+    #[test]
+    fn java_file_is_named_after_its_public_class() {
+        let req = RunRequest {
+            language: "java".into(),
+            source: Some("public class Hello { public static void main(String[] a) {} }".into()),
+            ..Default::default()
+        };
+        let job = Job::from_request(&req, &registry(), &LimitsPolicy::default()).unwrap();
+        assert_eq!(job.files[0].0, "Hello.java");
+        assert_eq!(job.main, "Hello");
+    }
+
+    #[test]
+    fn extra_file_cannot_replace_the_main_file() {
+        let req = RunRequest {
+            language: "python".into(),
+            source: Some("".into()),
+            files: vec![SourceFile {
+                name: Some("main.py".into()),
+                content: "".into(),
+            }],
+            ..Default::default()
+        };
+        let err = Job::from_request(&req, &registry(), &LimitsPolicy::default()).unwrap_err();
+        assert!(err.to_string().starts_with("files[0].name:"), "{err}");
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_ne!(a, b);
+    }
+}

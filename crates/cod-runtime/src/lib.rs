@@ -1,0 +1,15 @@
+//! Languages and runs: the registry of `languages/*.toml`, checking requests into jobs,
+//! turning jobs into sandbox specs, running them from async code and reporting the results.
+//!
+//! This crate knows nothing of HTTP; the server and the CLI both use it.
+#![forbid(unsafe_code)]
+
+pub mod executor;
+pub mod job;
+pub mod language;
+pub mod report;
+mod template;
+
+pub use executor::{Executor, run_in_jail};
+pub use job::{HostLayout, Job, JobFile, find_language, new_run_id};
+pub use language::{Language, Registry, RegistryError};

@@ -1,0 +1,112 @@
+//! Command-line structure (clap derive). Logic lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::observability::LogFormat;
+
+/// cod (Compute On Demand): runs untrusted programs quickly, in a real sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "cod", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML); see docs/config.md.
+    #[arg(long, global = true, env = "COD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, env = "COD_LOG_FORMAT", value_enum, default_value_t)]
+    pub(crate) log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the service: HTTP API, Piston-compatible routes and the web page.
+    Serve(ServeArgs),
+    /// Compile and run a program file locally, in the same sandbox the service uses.
+    Run(RunArgs),
+    /// Measure run latency against running the same programs without a sandbox and under
+    /// bubblewrap.
+    Bench(BenchArgs),
+    /// List languages and whether this host can run them.
+    Runtimes,
+    /// Print the configuration in effect, every key written out.
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:2000].
+    #[arg(long, env = "COD_LISTEN")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Runs executed at once (each holds one CPU); 0 means one per CPU.
+    #[arg(long, env = "COD_WORKERS")]
+    pub(crate) workers: Option<usize>,
+    /// Runs that may wait for a worker before new ones get 429.
+    #[arg(long, env = "COD_QUEUE")]
+    pub(crate) queue: Option<usize>,
+    /// Directory of extra language files.
+    #[arg(long, env = "COD_LANGUAGES_DIR")]
+    pub(crate) languages_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default)]
+pub(crate) struct LimitArgs {
+    /// CPU time limit, ms.
+    #[arg(long)]
+    pub(crate) cpu_ms: Option<u64>,
+    /// Wall-clock limit, ms.
+    #[arg(long)]
+    pub(crate) wall_ms: Option<u64>,
+    /// Memory limit, MiB.
+    #[arg(long)]
+    pub(crate) memory_mb: Option<u64>,
+    /// Processes and threads.
+    #[arg(long)]
+    pub(crate) processes: Option<u64>,
+    /// Output kept per stream, KiB.
+    #[arg(long)]
+    pub(crate) output_kb: Option<u64>,
+    /// Writable disk, MiB.
+    #[arg(long)]
+    pub(crate) disk_mb: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The program's main file, then any extra files it needs (headers, modules).
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    /// Language (name or alias); default: from the main file's extension.
+    #[arg(long = "lang", short = 'l')]
+    pub(crate) language: Option<String>,
+    /// Standard input: a file, or `-` for this process's stdin. Default: empty.
+    #[arg(long)]
+    pub(crate) stdin: Option<PathBuf>,
+    /// Print the whole run result as JSON instead of the program's output.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+    /// Arguments for the program (after `--`).
+    #[arg(last = true)]
+    pub(crate) args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Runs per scenario (after warm-up).
+    #[arg(long, default_value_t = 30)]
+    pub(crate) runs: usize,
+    /// Only these languages (comma-separated); default: every available one.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) languages: Vec<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Skip the bubblewrap baseline even when `bwrap` is installed.
+    #[arg(long)]
+    pub(crate) no_bwrap: bool,
+}

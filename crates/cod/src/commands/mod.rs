@@ -1,0 +1,99 @@
+//! One module per subcommand, and the set-up they share.
+
+mod bench;
+mod run;
+mod serve;
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cod_core::Config;
+use cod_runtime::Registry;
+use cod_sandbox::{Jail, JailConfig};
+
+use crate::cli::{Cli, Command};
+use crate::observability;
+
+/// Runs the chosen subcommand.
+pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = load_config(cli.config.as_deref())?;
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    observability::init(cli.log_format, default_level)?;
+    match cli.command {
+        Command::Serve(args) => serve::serve(config, args),
+        Command::Run(args) => run::run(&config, args),
+        Command::Bench(args) => bench::bench(&config, args),
+        Command::Runtimes => runtimes(&config),
+        Command::Config => {
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads and validates the configuration file, or the defaults without one.
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the configuration file {}", p.display()))?;
+            Config::from_toml(&text).with_context(|| format!("in {}", p.display()))
+        }
+    }
+}
+
+/// Number of CPUs of this machine.
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts the sandbox helper (this binary, re-executed) with `slots` worker slots.
+pub(crate) fn start_jail(config: &Config, slots: usize) -> anyhow::Result<Arc<Jail>> {
+    let exe = std::env::current_exe().context("finding this program's path")?;
+    let s = &config.sandbox;
+    let jail_config = JailConfig {
+        cgroup: s.cgroup,
+        cgroup_root: s.cgroup_root.clone(),
+        cgroup_name: s.cgroup_name.clone(),
+        uid_base: s.uid_base,
+        slots: u32::try_from(slots).context("too many workers")?,
+        cpus_per_run: 1,
+        stack: s.stack.get(),
+        open_files: s.open_files,
+        state_dir: s.state_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
+        "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",
+    )?;
+    Ok(Arc::new(jail))
+}
+
+/// Loads and probes the languages.
+pub(crate) fn load_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
+    let reg = Registry::load(config.languages.dir.as_deref(), &config.languages.enabled)
+        .context("loading the language files")?;
+    Ok(Arc::new(reg))
+}
+
+fn runtimes(config: &Config) -> anyhow::Result<ExitCode> {
+    let reg = load_registry(config)?;
+    println!("{:<12} {:<10} {:<9} {:<26} NOTES", "LANGUAGE", "VERSION", "COMPILED", "ALIASES");
+    for l in reg.all() {
+        println!(
+            "{:<12} {:<10} {:<9} {:<26} {}",
+            l.name,
+            l.version,
+            if l.compiled() { "yes" } else { "no" },
+            l.aliases.join(","),
+            l.unavailable.as_deref().map_or(String::new(), |w| format!("unavailable: {w}")),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

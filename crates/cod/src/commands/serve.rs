@@ -1,0 +1,90 @@
+//! `cod serve`: the embedded single-node service.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cod_core::Config;
+use cod_runtime::Executor;
+use cod_sched::Admission;
+use cod_server::AppState;
+use tracing::info;
+
+use crate::cli::ServeArgs;
+
+/// How long running requests may finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(l) = args.listen {
+        config.server.listen = l;
+    }
+    if let Some(w) = args.workers {
+        config.server.workers = w;
+    }
+    if let Some(q) = args.queue {
+        config.server.queue = q;
+    }
+    if let Some(d) = args.languages_dir {
+        config.languages.dir = Some(d);
+    }
+    config.validate()?;
+    let workers = match config.server.workers {
+        0 => super::cpus(),
+        n => n,
+    };
+    // The helper is started before the async runtime: it is a separate process either way,
+    // but spawning it first keeps start-up errors simple.
+    let jail = super::start_jail(&config, workers)?;
+    let registry = super::load_registry(&config)?;
+    for l in registry.all() {
+        match &l.unavailable {
+            None => info!(language = %l.name, version = %l.version, "language available"),
+            Some(why) => tracing::warn!(language = %l.name, reason = %why, "language unavailable"),
+        }
+    }
+    let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits));
+    let state = AppState {
+        executor,
+        admission: Admission::new(workers, config.server.queue),
+        max_body: usize::try_from(config.server.max_body.get()).unwrap_or(usize::MAX),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        info!(%addr, workers, queue = config.server.queue, cgroup = ?jail.cgroup_mode(), "cod is serving on http://{addr}/");
+        cod_server::serve(listener, cod_server::app(state), shutdown_signal(), SHUTDOWN_GRACE)
+            .await
+            .context("serving HTTP")?;
+        info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    info!("shutting down: finishing running requests");
+}
