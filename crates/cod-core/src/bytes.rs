@@ -78,11 +78,11 @@ impl FromStr for Bytes {
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n != 0 && n % Self::GIB == 0 {
+        if n != 0 && n.is_multiple_of(Self::GIB) {
             write!(f, "{}GiB", n / Self::GIB)
-        } else if n != 0 && n % Self::MIB == 0 {
+        } else if n != 0 && n.is_multiple_of(Self::MIB) {
             write!(f, "{}MiB", n / Self::MIB)
-        } else if n != 0 && n % Self::KIB == 0 {
+        } else if n != 0 && n.is_multiple_of(Self::KIB) {
             write!(f, "{}KiB", n / Self::KIB)
         } else {
             write!(f, "{n}B")

@@ -189,12 +189,6 @@ pub struct StageReport {
     pub memory_kb: u64,
 }
 
-impl Default for Status {
-    fn default() -> Self {
-        Status::InternalError
-    }
-}
-
 /// The compile stage of a compiled language.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompileReport {

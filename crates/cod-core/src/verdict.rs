@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The verdict of a run or of one of its stages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The verdict of a run or of one of its stages. The default, `internal_error`, is what a
+/// result says until something better is known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Exited with code 0 within every limit.
@@ -19,6 +20,7 @@ pub enum Status {
     /// The compile stage did not produce a program.
     CompileError,
     /// cod itself failed; the program is not to blame.
+    #[default]
     InternalError,
 }
 

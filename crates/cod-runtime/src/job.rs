@@ -78,6 +78,16 @@ impl HostLayout {
         }
         HostLayout { binds, symlinks }
     }
+
+    /// Read-only binds every run gets.
+    pub fn binds(&self) -> &[Bind] {
+        &self.binds
+    }
+
+    /// Symlinks every run gets.
+    pub fn symlinks(&self) -> &[Symlink] {
+        &self.symlinks
+    }
 }
 
 /// One file of a job.

@@ -23,6 +23,7 @@ pub(crate) fn init(format: LogFormat, default: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid log filter {text:?} in COD_LOG/RUST_LOG: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

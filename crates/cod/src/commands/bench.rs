@@ -1,11 +1,365 @@
-//! `cod bench`: placeholder replaced below.
+//! `cod bench`: run latency through cod's sandbox against the same work with no sandbox and
+//! under bubblewrap, measured in the same process, interleaved, so that the machine's noise
+//! hits every contender alike. Prints medians, p99s and ratios; optionally writes JSON.
+//!
+//! Scenarios: `/usr/bin/true` (pure sandbox overhead) and each available language's hello
+//! world (compile + run for compiled languages). The "raw" contender runs the very commands
+//! the sandbox would run, on the host, in a fresh temporary directory; "bwrap" runs them in
+//! bubblewrap with all namespaces, read-only binds of the same paths and a tmpfs `/tmp`, one
+//! bubblewrap per stage.
 
-use std::process::ExitCode;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use cod_core::Config;
+use anyhow::{Context, bail};
+use cod_core::limits::LimitsSpec;
+use cod_core::{Config, RunRequest, Status};
+use cod_runtime::{Executor, HostLayout, Job, run_in_jail};
+use cod_sandbox::{Jail, SandboxSpec, StageSpec};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 use crate::cli::BenchArgs;
 
-pub(crate) fn bench(_config: &Config, _args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+/// Runs before measuring each scenario, to warm caches.
+const WARMUP: usize = 3;
+
+#[derive(Debug, Serialize)]
+struct Stats {
+    median_ms: f64,
+    p99_ms: f64,
+    min_ms: f64,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let idx = |q: f64| {
+        let i = (q * (v.len() - 1) as f64).round();
+        // The index is within 0..len by construction.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let i = i as usize;
+        i.min(v.len() - 1)
+    };
+    Stats {
+        median_ms: ms(v[idx(0.5)]),
+        p99_ms: ms(v[idx(0.99)]),
+        min_ms: ms(v[0]),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: String,
+    raw: Stats,
+    bwrap: Option<Stats>,
+    cod: Stats,
+    /// cod median / raw median.
+    cod_over_raw: f64,
+    /// cod median / bwrap median.
+    cod_over_bwrap: Option<f64>,
+    /// cod median − raw median, ms: the sandbox's cost per run.
+    cod_overhead_ms: f64,
+    /// bwrap median − raw median, ms.
+    bwrap_overhead_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    runs: usize,
+    cpus: usize,
+    kernel: String,
+    cgroup: String,
+    rows: Vec<Row>,
+}
+
+/// One program to measure: the sandbox spec cod runs, and how to replay it outside.
+struct Scenario {
+    name: String,
+    spec: SandboxSpec,
+    /// Stages with host paths (for raw and bwrap): argv, env, stdin.
+    host_stages: Vec<(Vec<String>, Vec<String>, Vec<u8>)>,
+    /// (host path, sandbox path) read-only binds besides the base layout.
+    extra_binds: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Rewrites sandbox paths in `s` to host paths (`/box` to `work`, bind targets to sources).
+fn to_host(s: &str, work: &Path, binds: &[(PathBuf, PathBuf)]) -> String {
+    let map_one = |tok: &str| -> String {
+        if tok == "/box" || tok.starts_with("/box/") {
+            return format!("{}{}", work.display(), &tok[4..]);
+        }
+        for (src, dst) in binds {
+            let dst = dst.to_string_lossy();
+            if tok == dst || tok.starts_with(&format!("{dst}/")) {
+                return format!("{}{}", src.display(), &tok[dst.len()..]);
+            }
+        }
+        tok.to_owned()
+    };
+    // PATH-like values are lists.
+    s.split(':').map(map_one).collect::<Vec<_>>().join(":")
+}
+
+fn write_files(dir: &Path, spec: &SandboxSpec) -> anyhow::Result<()> {
+    for f in &spec.files {
+        std::fs::write(dir.join(&f.name), &f.content)?;
+    }
+    Ok(())
+}
+
+/// Runs the stages on the host in a fresh directory; returns the time taken.
+fn run_raw(sc: &Scenario) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    write_files(dir.path(), &sc.spec)?;
+    let start = Instant::now();
+    for (argv, env, stdin) in &sc.host_stages {
+        let argv: Vec<String> = argv.iter().map(|a| to_host(a, dir.path(), &sc.extra_binds)).collect();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env_clear().current_dir(dir.path());
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                let v = if k == "HOME" || k == "TMPDIR" { dir.path().display().to_string() } else { to_host(v, dir.path(), &sc.extra_binds) };
+                cmd.env(k, v);
+            }
+        }
+        let out = pipe_run(&mut cmd, stdin)?;
+        if !out.status.success() {
+            bail!("{} failed without a sandbox: {}", sc.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(start.elapsed())
+}
+
+fn pipe_run(cmd: &mut Command, stdin: &[u8]) -> anyhow::Result<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut input = child.stdin.take().context("stdin")?;
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    Ok(out)
+}
+
+/// Runs the stages in bubblewrap with isolation equivalent to cod's; returns the time taken.
+fn run_bwrap(sc: &Scenario, host: &HostLayout) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    write_files(dir.path(), &sc.spec)?;
+    let start = Instant::now();
+    for (argv, env, stdin) in &sc.host_stages {
+        let mut cmd = Command::new("bwrap");
+        cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]);
+        for b in host.binds() {
+            cmd.arg("--ro-bind").arg(&b.src).arg(&b.dst);
+        }
+        for l in host.symlinks() {
+            cmd.arg("--symlink").arg(&l.target).arg(&l.path);
+        }
+        for (src, dst) in &sc.extra_binds {
+            cmd.arg("--ro-bind").arg(src).arg(dst);
+        }
+        cmd.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
+            .arg("--bind")
+            .arg(dir.path())
+            .arg("/box")
+            .args(["--chdir", "/box"]);
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.args(["--setenv", k, v]);
+            }
+        }
+        cmd.arg("--").args(argv);
+        let out = pipe_run(&mut cmd, stdin)?;
+        if !out.status.success() {
+            bail!("{} failed under bubblewrap: {}", sc.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(start.elapsed())
+}
+
+async fn run_cod(jail: &Jail, sc: &Scenario) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let out = run_in_jail(jail, sc.spec.clone())
+        .await
+        .map_err(|f| anyhow::anyhow!("{f}"))?;
+    let elapsed = start.elapsed();
+    for (i, s) in out.stages.iter().enumerate() {
+        if s.status() != Status::Ok {
+            bail!(
+                "{} stage {i} ended {:?} in the sandbox: {}",
+                sc.name,
+                s.status(),
+                String::from_utf8_lossy(&s.stderr)
+            );
+        }
+    }
+    Ok(elapsed)
+}
+
+fn scenarios(executor: &Executor, host: &HostLayout, only: &[String]) -> anyhow::Result<Vec<Scenario>> {
+    let mut out = Vec::new();
+    let limits = LimitsSpec::DEFAULT.to_limits();
+    if only.is_empty() || only.iter().any(|l| l == "true") {
+        out.push(Scenario {
+            name: "/usr/bin/true".into(),
+            spec: SandboxSpec {
+                slot: 0,
+                binds: host.binds().to_vec(),
+                symlinks: host.symlinks().to_vec(),
+                files: vec![],
+                stages: vec![StageSpec {
+                    argv: vec!["/usr/bin/true".into()],
+                    env: vec!["PATH=/usr/bin:/bin".into()],
+                    limits,
+                    stdin: vec![],
+                }],
+                disk: limits.disk.get(),
+            },
+            host_stages: vec![(vec!["/usr/bin/true".into()], vec!["PATH=/usr/bin:/bin".into()], vec![])],
+            extra_binds: vec![],
+        });
+    }
+    for lang in executor.registry().all() {
+        if !lang.available() || (!only.is_empty() && !only.contains(&lang.name)) {
+            continue;
+        }
+        let req = RunRequest {
+            language: lang.name.clone(),
+            source: Some(lang.hello.clone()),
+            ..Default::default()
+        };
+        let job: Job = executor.prepare(&req).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let spec = job.sandbox_spec(0, host);
+        let extra_binds: Vec<(PathBuf, PathBuf)> = spec
+            .binds
+            .iter()
+            .filter(|b| !host.binds().contains(b))
+            .map(|b| (b.src.clone(), b.dst.clone()))
+            .collect();
+        let host_stages = spec
+            .stages
+            .iter()
+            .map(|s| (s.argv.clone(), s.env.clone(), s.stdin.clone()))
+            .collect();
+        out.push(Scenario {
+            name: format!("{} hello", lang.name),
+            spec,
+            host_stages,
+            extra_binds,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let registry = super::load_registry(config)?;
+    let jail = super::start_jail(config, 1)?;
+    let cgroup = format!("{:?}", jail.cgroup_mode());
+    let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits));
+    let host = HostLayout::detect();
+    let scenarios = scenarios(&executor, &host, &args.languages)?;
+    let use_bwrap = !args.no_bwrap && Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !use_bwrap && !args.no_bwrap {
+        eprintln!("bwrap is not installed (Debian: apt-get install bubblewrap); skipping that baseline");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let contenders = if use_bwrap { 3 } else { 2 };
+    let total = (scenarios.len() * (args.runs + WARMUP) * contenders) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:24} [{bar:40}] {pos}/{len} {elapsed}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut rows = Vec::new();
+    for sc in &scenarios {
+        bar.set_message(sc.name.clone());
+        let (mut raw, mut bw, mut cod) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..args.runs + WARMUP {
+            // Interleaved, so that load changes hit all contenders alike.
+            let r = run_raw(sc)?;
+            bar.inc(1);
+            let b = if use_bwrap {
+                let b = run_bwrap(sc, &host)?;
+                bar.inc(1);
+                Some(b)
+            } else {
+                None
+            };
+            let c = rt.block_on(run_cod(&jail, sc))?;
+            bar.inc(1);
+            if i >= WARMUP {
+                raw.push(r);
+                if let Some(b) = b {
+                    bw.push(b);
+                }
+                cod.push(c);
+            }
+        }
+        let raw = stats(raw);
+        let cod = stats(cod);
+        let bwrap = (!bw.is_empty()).then(|| stats(bw));
+        rows.push(Row {
+            scenario: sc.name.clone(),
+            cod_over_raw: cod.median_ms / raw.median_ms,
+            cod_over_bwrap: bwrap.as_ref().map(|b| cod.median_ms / b.median_ms),
+            cod_overhead_ms: cod.median_ms - raw.median_ms,
+            bwrap_overhead_ms: bwrap.as_ref().map(|b| b.median_ms - raw.median_ms),
+            raw,
+            bwrap,
+            cod,
+        });
+    }
+    bar.finish_and_clear();
+    let report = Report {
+        runs: args.runs,
+        cpus: super::cpus(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        cgroup,
+        rows,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "cod bench: {} runs per contender, {} CPUs, kernel {}, cgroup {}; medians (p99) in ms",
+        r.runs, r.cpus, r.kernel, r.cgroup
+    );
+    println!();
+    println!("| scenario | raw | bwrap | cod | cod/raw | cod/bwrap | cod overhead | bwrap overhead |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let f = |s: &Stats| format!("{:.2} ({:.2})", s.median_ms, s.p99_ms);
+    let opt = |o: Option<f64>, unit: &str| o.map_or("–".to_owned(), |v| format!("{v:.2}{unit}"));
+    for row in &r.rows {
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {} | {:+.2} ms | {} |",
+            row.scenario,
+            f(&row.raw),
+            row.bwrap.as_ref().map_or("–".to_owned(), f),
+            f(&row.cod),
+            row.cod_over_raw,
+            opt(row.cod_over_bwrap, ""),
+            row.cod_overhead_ms,
+            row.bwrap_overhead_ms.map_or("–".to_owned(), |v| format!("{v:+.2} ms")),
+        );
+    }
 }

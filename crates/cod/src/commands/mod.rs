@@ -72,7 +72,33 @@ pub(crate) fn start_jail(config: &Config, slots: usize) -> anyhow::Result<Arc<Ja
     let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
         "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",
     )?;
+    self_test(&jail).context("the sandbox does not work on this host (see docs/sandbox.md)")?;
     Ok(Arc::new(jail))
+}
+
+/// Runs `/usr/bin/true` in the sandbox once, so that a host without user namespaces,
+/// seccomp or a usable cgroup fails at start-up with the reason, not at the first request.
+fn self_test(jail: &Jail) -> anyhow::Result<()> {
+    let host = cod_runtime::HostLayout::detect();
+    let limits = cod_core::limits::LimitsSpec::DEFAULT.to_limits();
+    let spec = cod_sandbox::SandboxSpec {
+        slot: 0,
+        binds: host.binds().to_vec(),
+        symlinks: host.symlinks().to_vec(),
+        files: vec![],
+        stages: vec![cod_sandbox::StageSpec {
+            argv: vec!["/usr/bin/true".into()],
+            env: vec![],
+            limits,
+            stdin: vec![],
+        }],
+        disk: limits.disk.get(),
+    };
+    let outcome = jail.run(&spec)?;
+    match outcome.stages.first().map(cod_sandbox::StageOutcome::status) {
+        Some(cod_core::Status::Ok) => Ok(()),
+        other => anyhow::bail!("a trial run of /usr/bin/true ended {other:?}: {outcome:?}"),
+    }
 }
 
 /// Loads and probes the languages.
