@@ -14,15 +14,22 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    let mut out = String::from("/// Built-in language files: (file name, contents).\npub(crate) const BUILTIN: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Built-in language files: (file name, contents).\npub(crate) const BUILTIN: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         println!("cargo::rerun-if-changed={}", f.display());
         let name = f.file_name().expect("a file").to_string_lossy();
         let abs = f.canonicalize().expect("the file exists");
-        writeln!(out, "    ({name:?}, include_str!({:?})),", abs.display().to_string())
-            .expect("writing to a String");
+        writeln!(
+            out,
+            "    ({name:?}, include_str!({:?})),",
+            abs.display().to_string()
+        )
+        .expect("writing to a String");
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it")).join("builtin_languages.rs");
+    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"))
+        .join("builtin_languages.rs");
     std::fs::write(dest, out).expect("OUT_DIR is writable");
 }

@@ -264,7 +264,13 @@ mod tests {
             ..Default::default()
         };
         let err = p.resolve(Some(&r)).unwrap_err();
-        assert!(matches!(err, LimitsError::AboveMax { field: "wall_ms", .. }));
+        assert!(matches!(
+            err,
+            LimitsError::AboveMax {
+                field: "wall_ms",
+                ..
+            }
+        ));
         assert!(err.to_string().contains("limits.wall_ms"));
         let zero = LimitsRequest {
             processes: Some(0),

@@ -232,8 +232,10 @@ mod tests {
 
     #[test]
     fn files_only_request_uses_first_file() {
-        let r = req(r#"{"language":"c","files":[{"content":"int main(){}"},{"name":"a.h","content":""}]}"#)
-            .unwrap();
+        let r = req(
+            r#"{"language":"c","files":[{"content":"int main(){}"},{"name":"a.h","content":""}]}"#,
+        )
+        .unwrap();
         assert_eq!(r.validate(), Ok(()));
     }
 

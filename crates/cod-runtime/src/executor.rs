@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
+use cod_core::RunResult;
 use cod_core::limits::LimitsPolicy;
 use cod_core::run::{RequestError, RunRequest};
-use cod_core::RunResult;
 use cod_sandbox::protocol::{self, Event, Failure, Request};
 use cod_sandbox::{Jail, SandboxOutcome, SandboxSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -32,7 +32,12 @@ pub fn new_run_id() -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}{:04x}{:04x}", now, std::process::id() & 0xffff, n & 0xffff)
+    format!(
+        "{:x}{:04x}{:04x}",
+        now,
+        std::process::id() & 0xffff,
+        n & 0xffff
+    )
 }
 
 /// What every run binds from the host: `/usr`, the loader cache, `/etc/alternatives`, and
@@ -369,7 +374,12 @@ mod tests {
         assert_eq!(spec.stages[1].argv, ["/box/main", "x", "y"]);
         assert_eq!(spec.files.len(), 3);
         assert!(spec.stages[1].env.iter().any(|e| e == "HOME=/box"));
-        assert!(!spec.stages[1].env.iter().any(|e| e.starts_with("NODE_EXTRA_CA_CERTS")));
+        assert!(
+            !spec.stages[1]
+                .env
+                .iter()
+                .any(|e| e.starts_with("NODE_EXTRA_CA_CERTS"))
+        );
         assert_eq!(spec.disk, LimitsSpec::COMPILE.disk_mb << 20);
     }
 

@@ -228,17 +228,26 @@ fn parse(file: &str, text: &str) -> Result<LanguageFile, RegistryError> {
         file: file.to_owned(),
         message: m,
     };
-    if lf.name.is_empty() || !lf.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-        return Err(bad(format!("name {:?} must be lowercase letters and digits", lf.name)));
+    if lf.name.is_empty()
+        || !lf
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return Err(bad(format!(
+            "name {:?} must be lowercase letters and digits",
+            lf.name
+        )));
     }
     if lf.extensions.is_empty() {
         return Err(bad("extensions must not be empty".into()));
     }
-    for (what, cmd) in [("run.command", Some(&lf.run.command)), ("compile.command", lf.compile.as_ref().map(|c| &c.command))] {
-        if let Some(cmd) = cmd {
-            if cmd.is_empty() {
-                return Err(bad(format!("{what} must not be empty")));
-            }
+    for (what, cmd) in [
+        ("run.command", Some(&lf.run.command)),
+        ("compile.command", lf.compile.as_ref().map(|c| &c.command)),
+    ] {
+        if cmd.is_some_and(Vec::is_empty) {
+            return Err(bad(format!("{what} must not be empty")));
         }
     }
     Ok(lf)
@@ -265,10 +274,11 @@ impl Registry {
                 .collect();
             paths.sort();
             for p in paths {
-                let text = std::fs::read_to_string(&p).map_err(|source| RegistryError::ReadDir {
-                    dir: p.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|source| RegistryError::ReadDir {
+                        dir: p.clone(),
+                        source,
+                    })?;
                 let lf = parse(&p.display().to_string(), &text)?;
                 files.insert(lf.name.clone(), lf);
             }
@@ -371,7 +381,9 @@ fn probe(cmd: &[String]) -> Result<String, String> {
         let _ = child.wait();
         return Err(format!("{prog} did not finish within {PROBE_TIMEOUT:?}"));
     }
-    let output = child.wait_with_output().map_err(|e| format!("{prog}: {e}"))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("{prog}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
             "{} exited with {}: {}",
@@ -505,7 +517,10 @@ fn probe_host(lf: &LanguageFile, lang: &mut Language, version_re: &Regex) -> Res
     for p in programs {
         let host = host_path(&p, &lang.binds);
         if !host.exists() {
-            return Err(format!("{p} is not installed (looked for {})", host.display()));
+            return Err(format!(
+                "{p} is not installed (looked for {})",
+                host.display()
+            ));
         }
     }
     let vcmd: Vec<String> = lf.version.command.iter().map(|a| sub(a)).collect();
@@ -564,13 +579,22 @@ mod tests {
         let lf = parse("java.toml", text).unwrap();
         let lang = Language {
             main: Some((
-                lf.main.as_ref().unwrap().patterns.iter().map(|p| Regex::new(p).unwrap()).collect(),
+                lf.main
+                    .as_ref()
+                    .unwrap()
+                    .patterns
+                    .iter()
+                    .map(|p| Regex::new(p).unwrap())
+                    .collect(),
                 "Main".into(),
             )),
             ..resolve_unprobed(&lf)
         };
         assert_eq!(lang.main_name("public class Solution {\n}"), "Solution");
-        assert_eq!(lang.main_name("import x;\nfinal class Foo { }\nclass Bar {}"), "Foo");
+        assert_eq!(
+            lang.main_name("import x;\nfinal class Foo { }\nclass Bar {}"),
+            "Foo"
+        );
         assert_eq!(lang.main_name("// nothing"), "Main");
         assert_eq!(lang.main_file_name("Solution"), "Solution.java");
     }

@@ -63,7 +63,11 @@ pub fn stage_report(o: &StageOutcome, limits: &LimitsSpec, what: &str) -> StageR
         (Status::OutputLimit, _) => Some(format!(
             "{what} wrote more than {} KiB to {}",
             limits.output_kb,
-            if o.stdout_truncated { "stdout" } else { "stderr" }
+            if o.stdout_truncated {
+                "stdout"
+            } else {
+                "stderr"
+            }
         )),
         (Status::InternalError, _) => Some(match o.exec_errno {
             Some(e) => format!(
@@ -75,7 +79,11 @@ pub fn stage_report(o: &StageOutcome, limits: &LimitsSpec, what: &str) -> StageR
         (_, _) if o.cancelled => Some(format!("the {what} was cancelled")),
         (Status::RuntimeError, _) => Some(match o.exit {
             Exit::Code(c) => format!("{what} exited with code {c}"),
-            Exit::Signal(s) => format!("{what} was killed by {} ({})", signal_name(s), describe_signal(s)),
+            Exit::Signal(s) => format!(
+                "{what} was killed by {} ({})",
+                signal_name(s),
+                describe_signal(s)
+            ),
             Exit::Unknown => format!("{what} failed"),
         }),
         _ => None,
@@ -173,7 +181,11 @@ mod tests {
 
     #[test]
     fn reports_signals_by_name_and_lossy_output() {
-        let r = stage_report(&outcome(Exit::Signal(11), None), &LimitsSpec::DEFAULT, "the program");
+        let r = stage_report(
+            &outcome(Exit::Signal(11), None),
+            &LimitsSpec::DEFAULT,
+            "the program",
+        );
         assert_eq!(r.status, Status::RuntimeError);
         assert_eq!(r.signal.as_deref(), Some("SIGSEGV"));
         assert_eq!(r.exit_code, None);
@@ -198,7 +210,11 @@ mod tests {
             "the program",
         );
         assert_eq!(r.status, Status::MemoryLimit);
-        let r = stage_report(&outcome(Exit::Code(0), None), &LimitsSpec::DEFAULT, "the program");
+        let r = stage_report(
+            &outcome(Exit::Code(0), None),
+            &LimitsSpec::DEFAULT,
+            "the program",
+        );
         assert_eq!(r.status, Status::Ok);
         assert_eq!(r.exit_code, Some(0));
         assert_eq!(r.message, None);

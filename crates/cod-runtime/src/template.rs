@@ -65,13 +65,23 @@ mod tests {
             main: "Main",
             memory_bytes: 256 << 20,
         };
-        let cmd: Vec<String> = ["gcc", "{sources}", "-o", "{main}", "-Xmx{memory_mb}m", "{args}", "x{args}"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let cmd: Vec<String> = [
+            "gcc",
+            "{sources}",
+            "-o",
+            "{main}",
+            "-Xmx{memory_mb}m",
+            "{args}",
+            "x{args}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(
             expand(&cmd, &ctx),
-            ["gcc", "main.c", "util.c", "-o", "Main", "-Xmx256m", "a b", "{source}", "x{args}"]
+            [
+                "gcc", "main.c", "util.c", "-o", "Main", "-Xmx256m", "a b", "{source}", "x{args}"
+            ]
         );
     }
 
@@ -92,7 +102,10 @@ mod tests {
     #[test]
     fn vars_substitute_and_report_leftovers() {
         let vars = BTreeMap::from([("home".to_owned(), "/opt/x".to_owned())]);
-        assert_eq!(substitute_vars("{home}/bin/{home}", &vars), "/opt/x/bin//opt/x");
+        assert_eq!(
+            substitute_vars("{home}/bin/{home}", &vars),
+            "/opt/x/bin//opt/x"
+        );
         let names = ["home".to_owned(), "other".to_owned()];
         assert!(unresolved("{other}/x", names.iter()));
         assert!(!unresolved("/plain", names.iter()));

@@ -159,7 +159,8 @@ impl Jail {
                 }
                 // dup2 clears FD_CLOEXEC on the copy; when the numbers were equal it did not.
                 let flags = libc::fcntl(HELPER_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(HELPER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                if flags < 0 || libc::fcntl(HELPER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -206,6 +207,12 @@ impl Jail {
         self.slots
     }
 
+    /// The helper's process id (it names the helper's cgroup instance and staging directory),
+    /// or `None` once the helper has been waited for.
+    pub fn helper_pid(&self) -> Option<u32> {
+        self.child.lock().ok()?.as_ref().map(Child::id)
+    }
+
     /// Opens a run: returns the caller's end of a new socket whose other end the helper
     /// hands to a fresh supervisor. Write one [`Request::Run`] to it, then read [`Event`]s.
     pub fn connect(&self) -> Result<UnixStream, JailError> {
@@ -224,8 +231,13 @@ impl Jail {
                 "ancillary buffer too small",
             )));
         }
-        sendmsg(&self.control, &[IoSlice::new(b"r")], &mut anc, SendFlags::NOSIGNAL)
-            .map_err(|e| JailError::Control(e.into()))?;
+        sendmsg(
+            &self.control,
+            &[IoSlice::new(b"r")],
+            &mut anc,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(|e| JailError::Control(e.into()))?;
         Ok(UnixStream::from(ours))
     }
 
@@ -247,10 +259,10 @@ impl Drop for Jail {
     fn drop(&mut self) {
         // Closing our end is the helper's signal to finish its runs, clean up and exit.
         let _ = rustix::net::shutdown(&self.control, rustix::net::Shutdown::Both);
-        if let Ok(mut guard) = self.child.lock() {
-            if let Some(mut child) = guard.take() {
-                let _ = child.wait();
-            }
+        if let Ok(mut guard) = self.child.lock()
+            && let Some(mut child) = guard.take()
+        {
+            let _ = child.wait();
         }
     }
 }

@@ -12,7 +12,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags, recv, recvmsg, send};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags, recv, recvmsg, send,
+};
 use rustix::process::WaitOptions;
 
 use crate::cgroup::CgroupTree;
@@ -33,7 +35,9 @@ pub fn helper_main() -> ! {
     )
     .is_err()
     {
-        eprintln!("cod sandbox helper: no control socket on fd {HELPER_FD}; it is started by cod itself");
+        eprintln!(
+            "cod sandbox helper: no control socket on fd {HELPER_FD}; it is started by cod itself"
+        );
         sys::exit_now(2);
     }
     // SAFETY: fd 3 is open (checked above), was given to this process by its parent for this
@@ -65,12 +69,7 @@ pub fn helper_main() -> ! {
     serve(&control, &state);
     drop(control);
     // Wait for the supervisors still running, then remove what this helper created.
-    loop {
-        match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some(_)) | Err(Errno::INTR) => {}
-            _ => break,
-        }
-    }
+    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
     cleanup(&state);
     sys::exit_now(0)
 }

@@ -139,13 +139,26 @@ pub(crate) fn init_main(p: &InitPlan<'_>) -> ! {
     // The supervisor has moved us into the slot's cgroup; make it our cgroup root.
     // SAFETY: only CLONE_NEWCGROUP is unshared, which does not touch the descriptor table
     // (the hazard `unshare_unsafe` documents is CLONE_FILES), and this process has one thread.
-    let unshared = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWCGROUP) };
+    let unshared =
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWCGROUP) };
     if let Err(e) = unshared {
-        report(p.report, REPORT_SETUP_FAILED, Step::UnshareCgroup as i32, -1, e.raw_os_error());
+        report(
+            p.report,
+            REPORT_SETUP_FAILED,
+            Step::UnshareCgroup as i32,
+            -1,
+            e.raw_os_error(),
+        );
         sys::exit_now(1);
     }
     if let Err((step, index, errno)) = p.mounts.build() {
-        report(p.report, REPORT_SETUP_FAILED, step as i32, index, errno.raw_os_error());
+        report(
+            p.report,
+            REPORT_SETUP_FAILED,
+            step as i32,
+            index,
+            errno.raw_os_error(),
+        );
         sys::exit_now(1);
     }
     report(p.report, REPORT_READY, 0, 0, 0);
@@ -193,7 +206,7 @@ fn run_stage(p: &InitPlan<'_>, st: &ExecPlan) -> (i32, i32) {
     loop {
         match rustix::process::wait(WaitOptions::empty()) {
             Ok(Some((pid, st))) if pid.as_raw_nonzero().get() == child => {
-                status = st.as_raw() as i32;
+                status = st.as_raw();
                 break;
             }
             Ok(_) | Err(Errno::INTR) => {}
@@ -202,12 +215,7 @@ fn run_stage(p: &InitPlan<'_>, st: &ExecPlan) -> (i32, i32) {
     }
     // Whatever the program left behind (daemons, double forks) dies now.
     let _ = sys::kill_all_but_self();
-    loop {
-        match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some(_)) | Err(Errno::INTR) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
+    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
     (status, exec_errno)
 }
 
@@ -230,7 +238,12 @@ fn prepare_exec(p: &InitPlan<'_>, st: &ExecPlan, err_fd: &mut RawFd) -> Result<(
     rustix::process::setsid()?;
     // Move the four descriptors above any number they could collide with, then into place.
     let hi = |raw: RawFd| sys::dup_above(raw, 100);
-    let (i, o, e, w) = (hi(st.stdio[0])?, hi(st.stdio[1])?, hi(st.stdio[2])?, hi(*err_fd)?);
+    let (i, o, e, w) = (
+        hi(st.stdio[0])?,
+        hi(st.stdio[1])?,
+        hi(st.stdio[2])?,
+        hi(*err_fd)?,
+    );
     *err_fd = w;
     sys::dup_onto(i, 0)?;
     sys::dup_onto(o, 1)?;

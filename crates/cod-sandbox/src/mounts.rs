@@ -11,7 +11,7 @@
 //! | `/etc` | generated `passwd`, `group`, `hosts`, plus any file binds |
 //! | `/box`, `/tmp`, `/dev/shm` | one size-limited tmpfs, private to the run (the only writable places) |
 //! | `/dev` | read-only tmpfs with `null`, `zero`, `full`, `random`, `urandom` bound from the host |
-//! | `/proc` | a new procfs of the run's PID namespace |
+//! | `/proc` | a new procfs of the run's PID namespace, showing only the program's processes |
 //!
 //! Both tmpfs are mounted on the helper's staging directories inside the run's private mount
 //! namespace, so the host never sees them and they vanish with the namespace.
@@ -220,7 +220,12 @@ impl MountPlan {
                 source,
             })?;
             let dst = relative(&b.dst)?;
-            dirs.extend(dst.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()).map(Path::to_owned));
+            dirs.extend(
+                dst.ancestors()
+                    .skip(1)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_owned),
+            );
             if meta.is_dir() {
                 dirs.push(dst.clone());
             }
@@ -233,7 +238,12 @@ impl MountPlan {
         let mut symlinks = Vec::new();
         for l in &spec.symlinks {
             let path = relative(&l.path)?;
-            dirs.extend(path.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()).map(Path::to_owned));
+            dirs.extend(
+                path.ancestors()
+                    .skip(1)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_owned),
+            );
             symlinks.push((cstr(&l.target)?, cstr(&path)?));
         }
         // Parents first (fewer components), then by name so that duplicates are neighbours.
@@ -259,8 +269,10 @@ impl MountPlan {
             staging_root: cstr(root)?,
             staging_scratch: cstr(scratch)?,
             root_opts: cstr("size=1m,nr_inodes=4096,mode=0755,uid=0,gid=0")?,
-            scratch_opts: CString::new(format!("size={disk},nr_inodes={inodes},mode=0755,uid=0,gid=0"))
-                .expect("no NUL in numbers"),
+            scratch_opts: CString::new(format!(
+                "size={disk},nr_inodes={inodes},mode=0755,uid=0,gid=0"
+            ))
+            .expect("no NUL in numbers"),
             dirs: dirs.iter().map(cstr).collect::<Result<_, _>>()?,
             binds,
             symlinks,
@@ -280,16 +292,33 @@ impl MountPlan {
     /// namespace's root (an unprivileged host uid) and assembles the tree from descriptors.
     /// Async-signal-safe, no allocation.
     pub(crate) fn build(&self) -> Result<(), SetupError> {
-        let e = |step: Step, i: usize| move |errno: Errno| (step, i32::try_from(i).unwrap_or(-1), errno);
+        let e = |step: Step, i: usize| {
+            move |errno: Errno| (step, i32::try_from(i).unwrap_or(-1), errno)
+        };
         let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
         let ro = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
 
-        mount_change(c"/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-            .map_err(e(Step::MakePrivate, 0))?;
-        mount(c"tmpfs", &*self.staging_root, c"tmpfs", nosuid_nodev, Some(&*self.root_opts))
-            .map_err(e(Step::MountRoot, 0))?;
-        mount(c"tmpfs", &*self.staging_scratch, c"tmpfs", nosuid_nodev, Some(&*self.scratch_opts))
-            .map_err(e(Step::MountScratch, 0))?;
+        mount_change(
+            c"/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        )
+        .map_err(e(Step::MakePrivate, 0))?;
+        mount(
+            c"tmpfs",
+            &*self.staging_root,
+            c"tmpfs",
+            nosuid_nodev,
+            Some(&*self.root_opts),
+        )
+        .map_err(e(Step::MountRoot, 0))?;
+        mount(
+            c"tmpfs",
+            &*self.staging_scratch,
+            c"tmpfs",
+            nosuid_nodev,
+            Some(&*self.scratch_opts),
+        )
+        .map_err(e(Step::MountScratch, 0))?;
         let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root = rustix::fs::open(&*self.staging_root, dir_flags, Mode::empty())
             .map_err(e(Step::MountRoot, 1))?;
@@ -303,7 +332,8 @@ impl MountPlan {
         for (i, b) in self.binds.iter().enumerate() {
             let fd = open_tree(CWD, &*b.src, clone | OpenTreeFlags::AT_RECURSIVE)
                 .map_err(e(Step::Bind, i))?;
-            sys::mount_setattr(Some(fd.as_fd()), c"", true, ro).map_err(e(Step::BindReadOnly, i))?;
+            sys::mount_setattr(Some(fd.as_fd()), c"", true, ro)
+                .map_err(e(Step::BindReadOnly, i))?;
             trees[i] = Some(fd);
         }
         let mut devices: [Option<OwnedFd>; DEVICES.len()] = std::array::from_fn(|_| None);
@@ -315,8 +345,10 @@ impl MountPlan {
         let zero_u = Uid::from_raw(0);
         let zero_g = Gid::from_raw(0);
         rustix::thread::set_thread_groups(&[]).map_err(e(Step::BecomeRoot, 0))?;
-        rustix::thread::set_thread_res_gid(zero_g, zero_g, zero_g).map_err(e(Step::BecomeRoot, 1))?;
-        rustix::thread::set_thread_res_uid(zero_u, zero_u, zero_u).map_err(e(Step::BecomeRoot, 2))?;
+        rustix::thread::set_thread_res_gid(zero_g, zero_g, zero_g)
+            .map_err(e(Step::BecomeRoot, 1))?;
+        rustix::thread::set_thread_res_uid(zero_u, zero_u, zero_u)
+            .map_err(e(Step::BecomeRoot, 2))?;
         rustix::process::fchdir(&root).map_err(e(Step::PivotRoot, 0))?;
 
         for (i, d) in self.dirs.iter().enumerate() {
@@ -327,8 +359,14 @@ impl MountPlan {
                 create_empty(&b.dst).map_err(e(Step::Bind, i))?;
             }
             if let Some(fd) = &trees[i] {
-                move_mount(fd, c"", CWD, &*b.dst, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-                    .map_err(e(Step::Bind, i))?;
+                move_mount(
+                    fd,
+                    c"",
+                    CWD,
+                    &*b.dst,
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+                .map_err(e(Step::Bind, i))?;
             }
         }
         for (i, (target, link)) in self.symlinks.iter().enumerate() {
@@ -387,17 +425,25 @@ impl MountPlan {
         }
         mkdir_ok(CWD, c"dev/shm", 0o755).map_err(e(Step::MountDev, 10))?;
         let shm = open_tree(&scratch, c"shm", clone).map_err(e(Step::MountDev, 11))?;
-        move_mount(&shm, c"", CWD, c"dev/shm", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
-            .map_err(e(Step::MountDev, 12))?;
+        move_mount(
+            &shm,
+            c"",
+            CWD,
+            c"dev/shm",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(e(Step::MountDev, 12))?;
         sys::mount_setattr(None, c"dev", false, sys::MOUNT_ATTR_RDONLY)
             .map_err(e(Step::MountDev, 13))?;
 
+        // hidepid=invisible: the program sees only processes of its own uid, not the init
+        // (whose command line would name the host's path to cod).
         mount(
             c"proc",
             c"proc",
             c"proc",
             MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            None,
+            Some(c"hidepid=invisible"),
         )
         .map_err(e(Step::MountProc, 0))?;
 
@@ -418,7 +464,11 @@ impl MountPlan {
         let show = |c: &CStr| c.to_string_lossy().into_owned();
         match (step, i) {
             (Step::Bind | Step::BindReadOnly, Some(i)) if i < self.binds.len() => {
-                format!(" {} -> /{}", show(&self.binds[i].src), show(&self.binds[i].dst))
+                format!(
+                    " {} -> /{}",
+                    show(&self.binds[i].src),
+                    show(&self.binds[i].dst)
+                )
             }
             (Step::MakeDir, Some(i)) if i < self.dirs.len() => format!(" /{}", show(&self.dirs[i])),
             (Step::Symlink, Some(i)) if i < self.symlinks.len() => {
@@ -512,7 +562,11 @@ mod tests {
         assert_eq!(p.binds[0].dst.to_str().unwrap(), "usr");
         assert!(p.binds[0].is_dir);
         assert!(!p.binds[1].is_dir);
-        let dirs: Vec<_> = p.dirs.iter().map(|d| d.to_str().unwrap().to_owned()).collect();
+        let dirs: Vec<_> = p
+            .dirs
+            .iter()
+            .map(|d| d.to_str().unwrap().to_owned())
+            .collect();
         assert!(dirs.contains(&"usr".to_owned()));
         assert!(dirs.contains(&"etc".to_owned()));
         // parents come before children and nothing repeats
@@ -520,9 +574,17 @@ mod tests {
         for d in &dirs {
             assert!(seen.insert(d.clone()), "{d} twice");
             let parent = Path::new(d).parent().unwrap().to_str().unwrap().to_owned();
-            assert!(parent.is_empty() || seen.contains(&parent), "{d} before its parent");
+            assert!(
+                parent.is_empty() || seen.contains(&parent),
+                "{d} before its parent"
+            );
         }
-        assert!(p.scratch_opts.to_str().unwrap().starts_with("size=67108864,"));
+        assert!(
+            p.scratch_opts
+                .to_str()
+                .unwrap()
+                .starts_with("size=67108864,")
+        );
         assert_eq!(p.describe_item(Step::Bind, 0), " /usr -> /usr");
     }
 

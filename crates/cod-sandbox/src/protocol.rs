@@ -6,8 +6,8 @@
 
 use std::io::{self, Read, Write};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::spec::{SandboxOutcome, SandboxSpec};
 
@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn oversized_and_garbage_frames_are_errors() {
         assert!(matches!(
-            decode_len((MAX_FRAME as u32 + 1).to_le_bytes()),
+            decode_len((u32::try_from(MAX_FRAME).unwrap() + 1).to_le_bytes()),
             Err(FrameError::TooLarge(_))
         ));
         let mut r: &[u8] = &[3, 0, 0, 0, 0xff, 0xff, 0xff];

@@ -120,6 +120,8 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Secco
 }
 
 /// The x32 guard: kill other architectures, fail x32 calls with EPERM, allow the rest.
+// BPF opcodes are 16-bit values that libc declares as u32; the casts below cannot truncate.
+#[allow(clippy::cast_possible_truncation)]
 fn x32_guard() -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
@@ -127,18 +129,48 @@ fn x32_guard() -> Vec<libc::sock_filter> {
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
     // offsetof(struct seccomp_data, nr) = 0, offsetof(.., arch) = 4
     vec![
-        libc::sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: 4 },
-        libc::sock_filter { code: JEQ_K, jt: 1, jf: 0, k: AUDIT_ARCH_X86_64 },
-        libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_KILL_PROCESS },
-        libc::sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: 0 },
-        libc::sock_filter { code: JSET_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        },
+        libc::sock_filter {
+            code: JEQ_K,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_KILL_PROCESS,
+        },
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JSET_K,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
         libc::sock_filter {
             code: RET_K,
             jt: 0,
             jf: 0,
             k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
         },
-        libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: libc::SECCOMP_RET_ALLOW },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
     ]
 }
 

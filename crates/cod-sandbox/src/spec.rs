@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cod_core::{Limits, LimitReason, Status};
+use cod_core::{LimitReason, Limits, Status};
 use serde::{Deserialize, Serialize};
 
 /// Path of the writable work directory inside the sandbox (also `HOME` and the cwd).

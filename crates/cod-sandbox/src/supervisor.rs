@@ -19,7 +19,9 @@ use cod_core::LimitReason;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, pipe_with};
-use rustix::process::{Pid, PidfdFlags, Resource, Signal, WaitOptions, pidfd_open, pidfd_send_signal};
+use rustix::process::{
+    Pid, PidfdFlags, Resource, Signal, WaitOptions, pidfd_open, pidfd_send_signal,
+};
 
 use crate::cgroup::{Baseline, CgroupLimits, CgroupTree, SlotCgroup};
 use crate::client::JailConfig;
@@ -27,7 +29,9 @@ use crate::init::{self, CMD_GO, CMD_STAGE, ExecPlan, InitPlan, REPORT_LEN};
 use crate::mounts::{MountPlan, Step};
 use crate::protocol::{self, Event, Failure, Request};
 use crate::seccomp::SeccompPolicy;
-use crate::spec::{Exit, MAX_STAGES, SANDBOX_ID, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
+use crate::spec::{
+    Exit, MAX_STAGES, SANDBOX_ID, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec,
+};
 use crate::sys;
 
 /// How long the init may take to build the root before the run is declared failed.
@@ -101,10 +105,16 @@ fn read_spec(sock: &mut UnixStream) -> Result<Option<SandboxSpec>, Failure> {
 fn validate(spec: &SandboxSpec, config: &JailConfig) -> Result<(), Failure> {
     let bad = |why: String| failure("validating the spec", Some(libc::EINVAL), why);
     if spec.slot >= config.slots {
-        return Err(bad(format!("slot {} is not below {}", spec.slot, config.slots)));
+        return Err(bad(format!(
+            "slot {} is not below {}",
+            spec.slot, config.slots
+        )));
     }
     if spec.stages.is_empty() || spec.stages.len() > MAX_STAGES {
-        return Err(bad(format!("{} stages (1 to {MAX_STAGES} allowed)", spec.stages.len())));
+        return Err(bad(format!(
+            "{} stages (1 to {MAX_STAGES} allowed)",
+            spec.stages.len()
+        )));
     }
     for (i, s) in spec.stages.iter().enumerate() {
         match s.argv.first() {
@@ -122,8 +132,13 @@ fn cstrings(items: &[String], what: &str) -> Result<Vec<CString>, Failure> {
     items
         .iter()
         .map(|s| {
-            CString::new(s.as_bytes())
-                .map_err(|_| failure("validating the spec", Some(libc::EINVAL), format!("{what} contains a NUL byte")))
+            CString::new(s.as_bytes()).map_err(|_| {
+                failure(
+                    "validating the spec",
+                    Some(libc::EINVAL),
+                    format!("{what} contains a NUL byte"),
+                )
+            })
         })
         .collect()
 }
@@ -174,12 +189,8 @@ impl InitProcess {
         }
         self.kill();
         if let Some(pid) = Pid::from_raw(self.pid) {
-            loop {
-                match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-                    Err(Errno::INTR) => continue,
-                    _ => break,
-                }
-            }
+            let wait = || rustix::process::waitpid(Some(pid), WaitOptions::empty());
+            while let Err(Errno::INTR) = wait() {}
         }
         self.reaped = true;
     }
@@ -192,7 +203,11 @@ impl Drop for InitProcess {
 }
 
 /// Runs the whole sandbox.
-fn run(spec: &SandboxSpec, st: &HelperState, sock: &mut UnixStream) -> Result<SandboxOutcome, Failure> {
+fn run(
+    spec: &SandboxSpec,
+    st: &HelperState,
+    sock: &mut UnixStream,
+) -> Result<SandboxOutcome, Failure> {
     validate(spec, &st.config)?;
     let cg = st
         .cgroups
@@ -234,7 +249,8 @@ fn run(spec: &SandboxSpec, st: &HelperState, sock: &mut UnixStream) -> Result<Sa
             err_w,
         });
     }
-    let mut close_in_init: Vec<RawFd> = vec![sock.as_raw_fd(), cmd_w.as_raw_fd(), rep_r.as_raw_fd()];
+    let mut close_in_init: Vec<RawFd> =
+        vec![sock.as_raw_fd(), cmd_w.as_raw_fd(), rep_r.as_raw_fd()];
     for p in &pipes {
         close_in_init.extend([p.in_w.as_raw_fd(), p.out_r.as_raw_fd(), p.err_r.as_raw_fd()]);
     }
@@ -296,8 +312,13 @@ fn run(spec: &SandboxSpec, st: &HelperState, sock: &mut UnixStream) -> Result<Sa
         std::fs::write(format!("/proc/{pid}/{file}"), line)
             .map_err(io_failure(format!("writing {file}")))?;
     }
-    cg.attach(pid)
-        .map_err(|e| failure("moving the init into the slot's cgroup", None, error_chain(&e)))?;
+    cg.attach(pid).map_err(|e| {
+        failure(
+            "moving the init into the slot's cgroup",
+            None,
+            error_chain(&e),
+        )
+    })?;
     write_all(&cmd_w, &[CMD_GO]).map_err(io_failure("starting the init"))?;
 
     wait_ready(&rep_r, &init, &plan)?;
@@ -313,9 +334,14 @@ fn run(spec: &SandboxSpec, st: &HelperState, sock: &mut UnixStream) -> Result<Sa
             .prepare(limits)
             .map_err(|e| failure("setting the slot's limits", None, error_chain(&e)))?;
         let stage_no = u8::try_from(i).expect("at most MAX_STAGES stages");
+        // The stage's wall time starts before the init is told to fork the program: taken
+        // after, it would miss however long the program ran before this process got the CPU
+        // back (whole short programs, on a busy machine).
+        let start = Instant::now();
         write_all(&cmd_w, &[CMD_STAGE, stage_no]).map_err(io_failure("starting a stage"))?;
         let _ = protocol::write_frame(sock, &Event::StageStarted(u32::from(stage_no)));
         let watch = Watch {
+            start,
             limits: s.limits,
             cg: &cg,
             base: &base,
@@ -379,7 +405,11 @@ fn wait_ready(rep: &OwnedFd, init: &InitProcess, plan: &MountPlan) -> Result<(),
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(failure("building the root filesystem", Some(libc::ETIMEDOUT), "timed out"));
+            return Err(failure(
+                "building the root filesystem",
+                Some(libc::ETIMEDOUT),
+                "timed out",
+            ));
         }
         let mut fds = [PollFd::new(rep, PollFlags::IN)];
         match poll(&mut fds, Some(&timespec(left))) {
@@ -392,17 +422,27 @@ fn wait_ready(rep: &OwnedFd, init: &InitProcess, plan: &MountPlan) -> Result<(),
             Some((init::REPORT_SETUP_FAILED, step, index, errno)) => {
                 let step = Step::from_u32(step.cast_unsigned());
                 let what = step.map_or("setting up", Step::describe);
-                let item = step.map(|s| plan.describe_item(s, index)).unwrap_or_default();
+                let item = step
+                    .map(|s| plan.describe_item(s, index))
+                    .unwrap_or_default();
                 Err(failure(
                     format!("{what}{item}"),
                     Some(errno),
                     io::Error::from_raw_os_error(errno),
                 ))
             }
-            Some(other) => Err(failure("waiting for the init", None, format!("unexpected report {other:?}"))),
+            Some(other) => Err(failure(
+                "waiting for the init",
+                None,
+                format!("unexpected report {other:?}"),
+            )),
             None => {
                 let _ = init;
-                Err(failure("building the root filesystem", None, "the init died"))
+                Err(failure(
+                    "building the root filesystem",
+                    None,
+                    "the init died",
+                ))
             }
         };
     }
@@ -473,6 +513,8 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 
 /// Watches one stage from its start to its end.
 struct Watch<'a> {
+    /// When the stage was started.
+    start: Instant,
     limits: cod_core::Limits,
     cg: &'a SlotCgroup,
     base: &'a Baseline,
@@ -501,7 +543,7 @@ impl Watch<'_> {
         };
         let mut stdin_pos = 0usize;
 
-        let start = Instant::now();
+        let start = self.start;
         let wall_deadline = start + self.limits.wall;
         let mut next_cpu_check = start + self.limits.cpu.clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
         let mut report: Option<(i32, i32)> = None;
@@ -517,11 +559,20 @@ impl Watch<'_> {
                 break;
             }
             let now = Instant::now();
-            let kill = |reason: Option<LimitReason>, killed: &mut Option<LimitReason>, end: &mut Option<Instant>| {
+            let kill = |reason: Option<LimitReason>,
+                        killed: &mut Option<LimitReason>,
+                        end: &mut Option<Instant>| {
                 if end.is_none() {
-                    *end = Some(now);
+                    // The moment of the kill, not `now`: that was taken before the poll which
+                    // may have waited up to a CPU-check interval for the output or the
+                    // caller's request that triggered it.
+                    *end = Some(Instant::now());
                     *killed = reason;
                     self.init.kill();
+                } else if killed.is_none() {
+                    // The program had already ended (its report was read in the same wake-up,
+                    // before the output that passed the cap): the limit was still passed.
+                    *killed = reason;
                 }
             };
             if !finished && end.is_none() {
@@ -591,7 +642,11 @@ impl Watch<'_> {
                         end.get_or_insert_with(Instant::now);
                     }
                     Some(other) => {
-                        return Err(failure("watching the program", None, format!("unexpected report {other:?}")));
+                        return Err(failure(
+                            "watching the program",
+                            None,
+                            format!("unexpected report {other:?}"),
+                        ));
                     }
                     None => init_dead = true,
                 }
@@ -602,17 +657,15 @@ impl Watch<'_> {
             if r_err && err.drain() {
                 kill(Some(LimitReason::Output), &mut killed, &mut end);
             }
-            if r_in {
-                if let Some(fd) = &stdin_fd {
-                    match rustix::io::write(fd, &stdin[stdin_pos..]) {
-                        Ok(n) => stdin_pos += n,
-                        Err(Errno::AGAIN | Errno::INTR) => {}
-                        // EPIPE: the program closed its stdin or exited; the rest is dropped.
-                        Err(_) => stdin_pos = stdin.len(),
-                    }
-                    if stdin_pos >= stdin.len() {
-                        stdin_fd = None;
-                    }
+            if r_in && let Some(fd) = &stdin_fd {
+                match rustix::io::write(fd, &stdin[stdin_pos..]) {
+                    Ok(n) => stdin_pos += n,
+                    Err(Errno::AGAIN | Errno::INTR) => {}
+                    // EPIPE: the program closed its stdin or exited; the rest is dropped.
+                    Err(_) => stdin_pos = stdin.len(),
+                }
+                if stdin_pos >= stdin.len() {
+                    stdin_fd = None;
                 }
             }
             if r_sock {
@@ -687,4 +740,3 @@ impl Watch<'_> {
         ))
     }
 }
-

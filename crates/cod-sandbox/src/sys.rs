@@ -18,10 +18,6 @@ use rustix::io::Errno;
 /// thread alone, and glibc's `fork` handlers do not run, so the child must stick to raw
 /// system calls until it execs or exits.
 pub(crate) fn clone_raw(flags: u64) -> io::Result<i32> {
-    // SAFETY: clone with a null stack pointer behaves like fork: the child continues on a
-    // copy of the caller's stack. The remaining pointer arguments (parent_tid, child_tid, tls)
-    // are unused because no CLONE_*SETTID/CLONE_SETTLS flag is passed; callers pass only
-    // namespace flags and the exit signal, which `debug_assert` below checks.
     debug_assert_eq!(
         flags
             & (libc::CLONE_VM
@@ -31,6 +27,10 @@ pub(crate) fn clone_raw(flags: u64) -> io::Result<i32> {
                 | libc::CLONE_CHILD_CLEARTID) as u64,
         0
     );
+    // SAFETY: clone with a null stack pointer behaves like fork: the child continues on a
+    // copy of the caller's stack. The remaining pointer arguments (parent_tid, child_tid, tls)
+    // are unused because no CLONE_*SETTID/CLONE_SETTLS flag is passed; callers pass only
+    // namespace flags and the exit signal, which the `debug_assert` above checks.
     let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -112,7 +112,11 @@ pub(crate) fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]
 }
 
 fn errno() -> Errno {
-    Errno::from_raw_os_error(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    Errno::from_raw_os_error(
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 /// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.

@@ -70,7 +70,11 @@ impl Drop for Permit {
         let held = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
         let old = self.inner.mean_hold_us.load(Ordering::Relaxed);
         // Weight 1/8 for the newest sample.
-        let new = if old == 0 { held } else { old - old / 8 + held / 8 };
+        let new = if old == 0 {
+            held
+        } else {
+            old - old / 8 + held / 8
+        };
         self.inner.mean_hold_us.store(new, Ordering::Relaxed);
         self.inner
             .free
@@ -151,7 +155,8 @@ impl Admission {
 
     /// Estimated wait before `queued` runs ahead have gone through the workers.
     fn retry_after(&self, queued: usize) -> Duration {
-        let mean = Duration::from_micros(self.inner.mean_hold_us.load(Ordering::Relaxed).max(100_000));
+        let mean =
+            Duration::from_micros(self.inner.mean_hold_us.load(Ordering::Relaxed).max(100_000));
         let rounds = u32::try_from((queued + 1).div_ceil(self.inner.workers)).unwrap_or(u32::MAX);
         (mean * rounds).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }

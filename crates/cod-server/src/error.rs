@@ -2,12 +2,12 @@
 //! the problem, and the right status. User faults are 4xx; cod's own faults are a 500 with a
 //! generic body (the detail goes to the log).
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use cod_core::run::RequestError;
 use cod_sched::Rejected;
 use serde::de::DeserializeOwned;
@@ -65,10 +65,8 @@ impl ApiError {
         let (status, message) = self.parts();
         let mut resp = (status, Json(json!({ key: message }))).into_response();
         if let ApiError::Overloaded(r) = &self {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_secs(r)),
-            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(r)));
         }
         resp
     }
@@ -87,9 +85,15 @@ impl IntoResponse for ApiError {
 /// Turns a body rejection into 413 (too large) or 400.
 pub fn body_error(rejection: &BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(format!("request body is too large: {}", rejection.body_text()))
+        ApiError::TooLarge(format!(
+            "request body is too large: {}",
+            rejection.body_text()
+        ))
     } else {
-        ApiError::BadRequest(format!("could not read the request body: {}", rejection.body_text()))
+        ApiError::BadRequest(format!(
+            "could not read the request body: {}",
+            rejection.body_text()
+        ))
     }
 }
 
@@ -140,16 +144,22 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        let err = parse_json::<RunRequest>(br#"{"language":"py","source":"x","limits":{"cpu_ms":"lots"}}"#)
-            .unwrap_err();
+        let err = parse_json::<RunRequest>(
+            br#"{"language":"py","source":"x","limits":{"cpu_ms":"lots"}}"#,
+        )
+        .unwrap_err();
         let (status, msg) = err.parts();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(msg.contains("limits.cpu_ms"), "{msg}");
-        let (_, msg) = parse_json::<RunRequest>(b"{\"language\": ").unwrap_err().parts();
+        let (_, msg) = parse_json::<RunRequest>(b"{\"language\": ")
+            .unwrap_err()
+            .parts();
         assert!(msg.starts_with("malformed JSON"), "{msg}");
         let (_, msg) = parse_json::<RunRequest>(b"").unwrap_err().parts();
         assert!(msg.contains("empty"), "{msg}");
-        let (_, msg) = parse_json::<RunRequest>(br#"{"source":"x"}"#).unwrap_err().parts();
+        let (_, msg) = parse_json::<RunRequest>(br#"{"source":"x"}"#)
+            .unwrap_err()
+            .parts();
         assert!(msg.contains("language"), "{msg}");
     }
 }

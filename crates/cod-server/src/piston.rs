@@ -172,8 +172,11 @@ fn stage(r: &StageReport) -> PistonStage {
     };
     // Limits end the program with SIGKILL; say so as Piston does.
     let signal = r.signal.clone().or_else(|| {
-        matches!(r.status, Status::TimeLimit | Status::MemoryLimit | Status::OutputLimit)
-            .then(|| "SIGKILL".to_owned())
+        matches!(
+            r.status,
+            Status::TimeLimit | Status::MemoryLimit | Status::OutputLimit
+        )
+        .then(|| "SIGKILL".to_owned())
     });
     PistonStage {
         output: format!("{}{}", r.stdout, r.stderr),
@@ -216,7 +219,18 @@ fn version_matches(selector: &str, version: &str) -> bool {
     if selector.is_empty() || selector == "*" || selector == "latest" || selector == version {
         return true;
     }
-    match (semver::VersionReq::parse(selector), loose_version(version)) {
+    // Piston uses node-semver, where a bare "3.10.0" means exactly that version and "3.10"
+    // means 3.10.x; the semver crate reads bare versions as caret ranges, so translate.
+    let is_bare = selector.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let translated = match (is_bare, selector.split('.').count()) {
+        (true, 3) => format!("={selector}"),
+        (true, _) => format!("{selector}.*"),
+        (false, _) => selector.to_owned(),
+    };
+    match (
+        semver::VersionReq::parse(&translated),
+        loose_version(version),
+    ) {
         (Ok(req), Some(v)) => req.matches(&v),
         _ => false,
     }
@@ -232,7 +246,9 @@ fn ms_limit(field: &str, v: Option<i64>, default: u64, max: u64) -> Result<u64, 
         Some(n) => {
             let n = n.cast_unsigned();
             if n > max {
-                Err(bad(format!("{field} cannot exceed the configured limit of {max}")))
+                Err(bad(format!(
+                    "{field} cannot exceed the configured limit of {max}"
+                )))
             } else {
                 Ok(n)
             }
@@ -241,7 +257,12 @@ fn ms_limit(field: &str, v: Option<i64>, default: u64, max: u64) -> Result<u64, 
 }
 
 /// A memory limit in bytes from Piston, as MiB (rounded up).
-fn mem_limit(field: &str, v: Option<i64>, default_mb: u64, max_mb: u64) -> Result<u64, PistonError> {
+fn mem_limit(
+    field: &str,
+    v: Option<i64>,
+    default_mb: u64,
+    max_mb: u64,
+) -> Result<u64, PistonError> {
     match v {
         None => Ok(default_mb),
         Some(n) if n < 0 => Ok(default_mb),
@@ -277,10 +298,16 @@ fn decode(i: usize, f: &PistonFile) -> Result<Vec<u8>, PistonError> {
 fn job(st: &AppState, req: ExecuteRequest) -> Result<Job, PistonError> {
     let registry = st.executor.registry();
     let language = find_language(registry, &req.language).map_err(|_| {
-        bad(format!("{}-{} runtime is unknown", req.language, req.version))
+        bad(format!(
+            "{}-{} runtime is unknown",
+            req.language, req.version
+        ))
     })?;
     if !version_matches(&req.version, &language.version) {
-        return Err(bad(format!("{}-{} runtime is unknown", req.language, req.version)));
+        return Err(bad(format!(
+            "{}-{} runtime is unknown",
+            req.language, req.version
+        )));
     }
     if req.files.is_empty() {
         return Err(bad("files is required as a non-empty array"));
@@ -307,7 +334,12 @@ fn job(st: &AppState, req: ExecuteRequest) -> Result<Job, PistonError> {
     let limits = LimitsSpec {
         wall_ms: ms_limit("run_timeout", req.run_timeout, d.wall_ms, m.wall_ms)?,
         cpu_ms: ms_limit("run_cpu_time", req.run_cpu_time, d.cpu_ms, m.cpu_ms)?,
-        memory_mb: mem_limit("run_memory_limit", req.run_memory_limit, d.memory_mb, m.memory_mb)?,
+        memory_mb: mem_limit(
+            "run_memory_limit",
+            req.run_memory_limit,
+            d.memory_mb,
+            m.memory_mb,
+        )?,
         ..*d
     };
     let compile_limits = LimitsSpec {
@@ -362,6 +394,9 @@ mod tests {
         assert!(version_matches("12", "12.2.0"));
         assert!(!version_matches("3.10.0", "3.11.2"));
         assert!(!version_matches("2.x", "3.11.2"));
+        assert!(version_matches("3.11", "3.11.2"));
+        assert!(!version_matches("3.10", "3.11.2"));
+        assert!(version_matches("~3.11.0", "3.11.2"));
         assert!(version_matches("1.95.0", "1.95.0"));
     }
 
@@ -372,7 +407,10 @@ mod tests {
         let e = ms_limit("run_timeout", Some(9000), 10, 5000).unwrap_err();
         assert!(e.0.parts().1.contains("run_timeout"));
         assert_eq!(mem_limit("run_memory_limit", Some(1), 256, 512).unwrap(), 1);
-        assert_eq!(mem_limit("run_memory_limit", Some(128 << 20), 256, 512).unwrap(), 128);
+        assert_eq!(
+            mem_limit("run_memory_limit", Some(128 << 20), 256, 512).unwrap(),
+            128
+        );
         assert!(mem_limit("run_memory_limit", Some(1 << 40), 256, 512).is_err());
     }
 
@@ -386,11 +424,17 @@ mod tests {
             ..Default::default()
         };
         let s = stage(&r);
-        assert_eq!((s.status.as_deref(), s.code, s.output.as_str()), (Some("RE"), Some(1), "ab"));
+        assert_eq!(
+            (s.status.as_deref(), s.code, s.output.as_str()),
+            (Some("RE"), Some(1), "ab")
+        );
         r.status = Status::TimeLimit;
         r.exit_code = None;
         let s = stage(&r);
-        assert_eq!((s.status.as_deref(), s.signal.as_deref(), s.code), (Some("TO"), Some("SIGKILL"), None));
+        assert_eq!(
+            (s.status.as_deref(), s.signal.as_deref(), s.code),
+            (Some("TO"), Some("SIGKILL"), None)
+        );
         r.status = Status::Ok;
         r.exit_code = Some(0);
         let s = stage(&r);

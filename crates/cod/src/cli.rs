@@ -14,7 +14,13 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "COD_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     /// Log format.
-    #[arg(long, global = true, env = "COD_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "COD_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     pub(crate) log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]

@@ -1,5 +1,6 @@
 //! The native HTTP API end to end, in-process, with the real sandbox: results, bad input,
 //! body limits, overload, cancellation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -13,7 +14,12 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_example_answers_every_field() {
     let st = state();
-    let r = post(&st, "/api/v1/run", r#"{"language":"python","source":"print(input()*2)","stdin":"ab"}"#).await;
+    let r = post(
+        &st,
+        "/api/v1/run",
+        r#"{"language":"python","source":"print(input()*2)","stdin":"ab"}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     let v = &r.json;
     assert_eq!(v["status"], "ok", "{v}");
@@ -37,7 +43,9 @@ async fn readme_example_answers_every_field() {
 async fn body_without_content_type_is_accepted() {
     let st = state();
     let req = axum::http::Request::post("/api/v1/run")
-        .body(axum::body::Body::from(r#"{"language":"py","source":"print(6*7)"}"#))
+        .body(axum::body::Body::from(
+            r#"{"language":"py","source":"print(6*7)"}"#,
+        ))
         .unwrap();
     let r = call(&st, req).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -47,7 +55,13 @@ async fn body_without_content_type_is_accepted() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compiled_language_reports_the_compile_stage() {
     let st = state();
-    let v = run(&st, "c", "#include <stdio.h>\nint main(){puts(\"hi\");return 4;}", json!({})).await;
+    let v = run(
+        &st,
+        "c",
+        "#include <stdio.h>\nint main(){puts(\"hi\");return 4;}",
+        json!({}),
+    )
+    .await;
     assert_eq!(v["status"], "runtime_error", "{v}");
     assert_eq!(v["exit_code"], 4);
     assert_eq!(v["stdout"], "hi\n");
@@ -58,7 +72,10 @@ async fn compiled_language_reports_the_compile_stage() {
     let v = run(&st, "c", "int main(){ this is not C }", json!({})).await;
     assert_eq!(v["status"], "compile_error", "{v}");
     assert_eq!(v["compile"]["status"], "runtime_error");
-    assert!(v["compile"]["stderr"].as_str().unwrap().contains("error"), "{v}");
+    assert!(
+        v["compile"]["stderr"].as_str().unwrap().contains("error"),
+        "{v}"
+    );
     assert_eq!(v["stdout"], "");
     assert_eq!(v["exit_code"], Value::Null);
 }
@@ -74,21 +91,50 @@ async fn bad_input_gets_400_naming_the_field() {
         (r#"{"source":"print(1)"}"#, "language"),
         (r#"{"language":"python"}"#, "source"),
         (r#"{"language":"cobol","source":"x"}"#, "language"),
-        (r#"{"language":"python","source":"x","limits":{"cpu_ms":999999999}}"#, "limits.cpu_ms"),
-        (r#"{"language":"python","source":"x","limits":{"memory_mb":0}}"#, "limits.memory_mb"),
-        (r#"{"language":"python","source":"x","limits":{"cpu_ms":"fast"}}"#, "limits.cpu_ms"),
-        (r#"{"language":"python","source":"x","limits":{"cpus":1}}"#, "cpus"),
-        (r#"{"language":"python","source":"x","stdn":"typo"}"#, "stdn"),
-        (r#"{"language":"python","source":"x","files":[{"name":"../etc/passwd","content":""}]}"#, "files[0].name"),
-        (r#"{"language":"python","source":"x","files":[{"content":""}]}"#, "files[0].name"),
-        (r#"{"language":"python","source":"x","args":["a\u0000b"]}"#, "args[0]"),
+        (
+            r#"{"language":"python","source":"x","limits":{"cpu_ms":999999999}}"#,
+            "limits.cpu_ms",
+        ),
+        (
+            r#"{"language":"python","source":"x","limits":{"memory_mb":0}}"#,
+            "limits.memory_mb",
+        ),
+        (
+            r#"{"language":"python","source":"x","limits":{"cpu_ms":"fast"}}"#,
+            "limits.cpu_ms",
+        ),
+        (
+            r#"{"language":"python","source":"x","limits":{"cpus":1}}"#,
+            "cpus",
+        ),
+        (
+            r#"{"language":"python","source":"x","stdn":"typo"}"#,
+            "stdn",
+        ),
+        (
+            r#"{"language":"python","source":"x","files":[{"name":"../etc/passwd","content":""}]}"#,
+            "files[0].name",
+        ),
+        (
+            r#"{"language":"python","source":"x","files":[{"content":""}]}"#,
+            "files[0].name",
+        ),
+        (
+            r#"{"language":"python","source":"x","args":["a\u0000b"]}"#,
+            "args[0]",
+        ),
         (r#"{"language":42,"source":"x"}"#, "language"),
     ];
     for (body, needle) in cases {
         let r = post(&st, "/api/v1/run", *body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body} -> {}", r.json);
-        let msg = r.json["error"].as_str().unwrap_or_else(|| panic!("no error field for {body}: {}", r.json));
-        assert!(msg.contains(needle), "{body}: {msg:?} does not mention {needle}");
+        let msg = r.json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field for {body}: {}", r.json));
+        assert!(
+            msg.contains(needle),
+            "{body}: {msg:?} does not mention {needle}"
+        );
     }
 }
 
@@ -142,7 +188,10 @@ async fn web_page_is_served_without_external_resources() {
     assert_eq!(r.status, StatusCode::OK);
     let html = r.json.as_str().unwrap();
     assert!(html.contains("/api/v1/run"));
-    assert!(!html.contains("https://"), "the page must not load anything from the network");
+    assert!(
+        !html.contains("https://"),
+        "the page must not load anything from the network"
+    );
 }
 
 /// With every worker busy and no queue, a run gets 429 with Retry-After; a client that goes
@@ -150,10 +199,24 @@ async fn web_page_is_served_without_external_resources() {
 #[tokio::test(flavor = "multi_thread")]
 async fn overload_gets_429_and_disconnect_cancels_the_run() {
     let uid_base = 61_000;
-    let st = state_on(jail_with(1, uid_base), 1, 0, 1 << 20, LimitsPolicy::default());
+    let st = state_on(
+        jail_with(1, uid_base),
+        1,
+        0,
+        1 << 20,
+        LimitsPolicy::default(),
+    );
     let slow = tokio::spawn({
         let st = st.clone();
-        async move { run(&st, "python", "import time\ntime.sleep(30)", json!({"limits":{"wall_ms":40000,"cpu_ms":1000}})).await }
+        async move {
+            run(
+                &st,
+                "python",
+                "import time\ntime.sleep(30)",
+                json!({"limits":{"wall_ms":40000,"cpu_ms":1000}}),
+            )
+            .await
+        }
     });
     tokio::time::timeout(TIMEOUT, async {
         while processes_of(uid_base..uid_base + 1).is_empty() {
@@ -164,9 +227,18 @@ async fn overload_gets_429_and_disconnect_cancels_the_run() {
     .expect("the slow run starts");
     assert_eq!(st.admission.stats().running, 1);
 
-    let r = post(&st, "/api/v1/run", r#"{"language":"python","source":"print(1)"}"#).await;
+    let r = post(
+        &st,
+        "/api/v1/run",
+        r#"{"language":"python","source":"print(1)"}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.json);
-    let retry: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     assert!(r.json["error"].as_str().unwrap().contains("busy"));
     assert!(st.admission.stats().rejected >= 1);
@@ -175,13 +247,19 @@ async fn overload_gets_429_and_disconnect_cancels_the_run() {
     slow.abort();
     let _ = slow.await;
     tokio::time::timeout(Duration::from_secs(20), async {
-        while !processes_of(uid_base..uid_base + 1).is_empty() || st.admission.stats().running != 0 {
+        while !processes_of(uid_base..uid_base + 1).is_empty() || st.admission.stats().running != 0
+        {
             tokio::task::yield_now().await;
         }
     })
     .await
     .expect("the cancelled run's processes are killed and its slot is freed");
-    let r = post(&st, "/api/v1/run", r#"{"language":"python","source":"print(1)"}"#).await;
+    let r = post(
+        &st,
+        "/api/v1/run",
+        r#"{"language":"python","source":"print(1)"}"#,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["stdout"], "1\n");
 }

@@ -1,6 +1,7 @@
 //! Hostile programs through the HTTP API. Each gets its specific verdict; while it runs, a
 //! second, innocent run on the other worker must finish correctly, and afterwards the
 //! server still answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -39,7 +40,10 @@ async fn attack(st: &AppState, lang: &str, source: &str, extra: Value) -> Value 
         run(st, lang, source, extra),
         run(st, "python", CANARY, json!({}))
     );
-    assert_eq!(canary["status"], "ok", "the innocent run was disturbed: {canary:#}");
+    assert_eq!(
+        canary["status"], "ok",
+        "the innocent run was disturbed: {canary:#}"
+    );
     assert_eq!(canary["stdout"], CANARY_OUT);
     let h = get(st, "/healthz").await;
     assert_eq!(h.status, StatusCode::OK);
@@ -75,24 +79,51 @@ int main(void) {
     assert_verdict(&v, "ok", None);
     let out = v["stdout"].as_str().unwrap();
     assert!(out.contains("Resource temporarily unavailable"), "{out}");
-    let made: u32 = out.split_whitespace().nth(3).unwrap().trim_end_matches(':').parse().unwrap();
+    let made: u32 = out
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(':')
+        .parse()
+        .unwrap();
     assert!(made < 32, "more processes than the limit: {made}");
-    assert!(processes_of(61_100..61_102).is_empty(), "the bomb's processes outlived the run");
+    assert!(
+        processes_of(61_100..61_102).is_empty(),
+        "the bomb's processes outlived the run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn classic_fork_bomb_ends_by_its_limits() {
     let st = attack_state(61_200);
-    let v = attack(&st, "bash", ":(){ :|:& };:\nwait", json!({"limits": {"processes": 32, "wall_ms": 2000, "cpu_ms": 1000}})).await;
-    assert!(matches!(v["status"].as_str(), Some("time_limit" | "runtime_error" | "ok")), "{v:#}");
+    let v = attack(
+        &st,
+        "bash",
+        ":(){ :|:& };:\nwait",
+        json!({"limits": {"processes": 32, "wall_ms": 2000, "cpu_ms": 1000}}),
+    )
+    .await;
+    assert!(
+        matches!(
+            v["status"].as_str(),
+            Some("time_limit" | "runtime_error" | "ok")
+        ),
+        "{v:#}"
+    );
     assert!(v["wall_ms"].as_u64().unwrap() < 4000, "{v:#}");
-    assert!(processes_of(61_200..61_202).is_empty(), "the bomb's processes outlived the run");
+    assert!(
+        processes_of(61_200..61_202).is_empty(),
+        "the bomb's processes outlived the run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thread_bomb_is_limited_by_processes() {
     let st = attack_state(61_300);
-    let v = attack(&st, "c", r#"
+    let v = attack(
+        &st,
+        "c",
+        r#"
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -106,7 +137,10 @@ int main(void) {
         if (e) { printf("threads %d %s\n", n, strerror(e)); return 0; }
         n++;
     }
-}"#, json!({"limits": {"processes": 20}})).await;
+}"#,
+        json!({"limits": {"processes": 20}}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
     let out = v["stdout"].as_str().unwrap();
     assert!(out.contains("Resource temporarily unavailable"), "{out}");
@@ -126,16 +160,26 @@ int main(void) { for (;;) { char *p = malloc(1 << 20); if (!p) return 3; memset(
     assert_eq!(c["signal"], "SIGKILL");
     assert!(c["memory_kb"].as_u64().unwrap() >= 50 * 1024, "{c:#}");
     assert!(c["message"].as_str().unwrap().contains("64 MiB"));
-    let py = attack(&st, "python", "a = []\nwhile True:\n    a.append(bytearray(1 << 20))",
-        json!({"limits": {"memory_mb": 64}})).await;
+    let py = attack(
+        &st,
+        "python",
+        "a = []\nwhile True:\n    a.append(bytearray(1 << 20))",
+        json!({"limits": {"memory_mb": 64}}),
+    )
+    .await;
     assert_verdict(&py, "memory_limit", Some("memory"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_loop_gets_cpu_time_limit() {
     let st = attack_state(61_500);
-    let v = attack(&st, "c", "int main(void){ volatile unsigned long x = 0; for (;;) x++; }",
-        json!({"limits": {"cpu_ms": 500, "wall_ms": 10000}})).await;
+    let v = attack(
+        &st,
+        "c",
+        "int main(void){ volatile unsigned long x = 0; for (;;) x++; }",
+        json!({"limits": {"cpu_ms": 500, "wall_ms": 10000}}),
+    )
+    .await;
     assert_verdict(&v, "time_limit", Some("cpu"));
     let cpu = v["cpu_ms"].as_u64().unwrap();
     assert!((500..2000).contains(&cpu), "cpu {cpu}");
@@ -145,7 +189,13 @@ async fn cpu_loop_gets_cpu_time_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sleep_forever_gets_wall_time_limit() {
     let st = attack_state(61_600);
-    let v = attack(&st, "python", "import time\ntime.sleep(10**6)", json!({"limits": {"wall_ms": 700}})).await;
+    let v = attack(
+        &st,
+        "python",
+        "import time\ntime.sleep(10**6)",
+        json!({"limits": {"wall_ms": 700}}),
+    )
+    .await;
     assert_verdict(&v, "time_limit", Some("wall"));
     let wall = v["wall_ms"].as_u64().unwrap();
     assert!((700..3000).contains(&wall), "wall {wall}");
@@ -156,11 +206,29 @@ async fn sleep_forever_gets_wall_time_limit() {
 async fn output_floods_are_cut_and_stopped() {
     let st = attack_state(61_700);
     for (name, src, stream) in [
-        ("lines", "while True:\n    print('spam spam spam')", "stdout"),
-        ("no newlines", "import sys\nwhile True:\n    sys.stdout.write('x' * 4096)", "stdout"),
-        ("stderr", "import sys\nwhile True:\n    sys.stderr.write('e' * 4096)", "stderr"),
+        (
+            "lines",
+            "while True:\n    print('spam spam spam')",
+            "stdout",
+        ),
+        (
+            "no newlines",
+            "import sys\nwhile True:\n    sys.stdout.write('x' * 4096)",
+            "stdout",
+        ),
+        (
+            "stderr",
+            "import sys\nwhile True:\n    sys.stderr.write('e' * 4096)",
+            "stderr",
+        ),
     ] {
-        let v = attack(&st, "python", src, json!({"limits": {"output_kb": 64, "wall_ms": 10000}})).await;
+        let v = attack(
+            &st,
+            "python",
+            src,
+            json!({"limits": {"output_kb": 64, "wall_ms": 10000}}),
+        )
+        .await;
         assert_verdict(&v, "output_limit", Some("output"));
         assert_eq!(v[stream].as_str().unwrap().len(), 64 * 1024, "{name}");
         assert_eq!(v[format!("{stream}_truncated")], true, "{name}");
@@ -171,7 +239,10 @@ async fn output_floods_are_cut_and_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_fill_stops_at_the_disk_limit() {
     let st = attack_state(61_800);
-    let v = attack(&st, "python", r#"
+    let v = attack(
+        &st,
+        "python",
+        r#"
 import os
 for path in ("/box/big", "/tmp/big"):
     n = 0
@@ -182,13 +253,19 @@ for path in ("/box/big", "/tmp/big"):
     except OSError as e:
         print(path, n, e.errno)
     os.unlink(path)
-"#, json!({"limits": {"disk_mb": 16, "memory_mb": 256}})).await;
+"#,
+        json!({"limits": {"disk_mb": 16, "memory_mb": 256}}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
     for line in v["stdout"].as_str().unwrap().lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let mib: u64 = parts[1].parse().unwrap();
         assert!(mib <= 16, "{line}");
-        assert!(parts[2] == "28" || parts[2] == "27", "ENOSPC or EFBIG expected: {line}");
+        assert!(
+            parts[2] == "28" || parts[2] == "27",
+            "ENOSPC or EFBIG expected: {line}"
+        );
     }
     assert_eq!(v["stdout"].as_str().unwrap().lines().count(), 2, "{v:#}");
 }
@@ -199,7 +276,11 @@ async fn network_is_unreachable_even_to_the_servers_own_port() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let v = attack(&st, "python", &format!(r#"
+    let v = attack(
+        &st,
+        "python",
+        &format!(
+            r#"
 import socket
 for fam, addr in ((socket.AF_INET, ("127.0.0.1", {port})), (socket.AF_INET6, ("::1", {port}))):
     try:
@@ -210,10 +291,20 @@ for fam, addr in ((socket.AF_INET, ("127.0.0.1", {port})), (socket.AF_INET6, (":
     except OSError as e:
         print(type(e).__name__, e.errno)
 print(open("/proc/net/dev").read().count(":"))
-"#), json!({})).await;
+"#
+        ),
+        json!({}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
-    assert_eq!(v["stdout"], "PermissionError 1\nPermissionError 1\n1\n", "{v:#}");
-    assert!(listener.accept().is_err(), "nothing may reach the host's loopback");
+    assert_eq!(
+        v["stdout"], "PermissionError 1\nPermissionError 1\n1\n",
+        "{v:#}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "nothing may reach the host's loopback"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,15 +325,44 @@ print(json.dumps(seen))
 "#, json!({})).await;
     assert_verdict(&v, "ok", None);
     let seen: Value = serde_json::from_str(v["stdout"].as_str().unwrap()).unwrap();
-    for p in ["/etc/shadow", "/root", "/home", "/work", "/var", "/etc/ssh", "/run", "/sys"] {
+    for p in [
+        "/etc/shadow",
+        "/root",
+        "/home",
+        "/work",
+        "/var",
+        "/etc/ssh",
+        "/run",
+        "/sys",
+    ] {
         assert_eq!(seen[p], false, "{p} is visible inside the sandbox");
     }
     assert_eq!(seen["env_secret"], false);
-    assert!(seen["proc1_environ"].is_null() || !seen["proc1_environ"].as_str().unwrap().contains("hunter2"));
-    let env: Vec<&str> = seen["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(
+        seen["proc1_environ"].is_null()
+            || !seen["proc1_environ"].as_str().unwrap().contains("hunter2")
+    );
+    let env: Vec<&str> = seen["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
     for k in &env {
         assert!(
-            ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TERM", "PYTHONIOENCODING", "LC_CTYPE"].contains(k),
+            [
+                "PATH",
+                "HOME",
+                "USER",
+                "LOGNAME",
+                "LANG",
+                "LC_ALL",
+                "TMPDIR",
+                "TERM",
+                "PYTHONIOENCODING",
+                "LC_CTYPE"
+            ]
+            .contains(k),
             "unexpected variable {k} in {env:?}"
         );
     }
@@ -254,7 +374,11 @@ print(json.dumps(seen))
 async fn writes_outside_the_work_dir_fail_and_nothing_persists() {
     let st = attack_state(62_100);
     let marker = format!("cod-attack-{}", std::process::id());
-    let v = attack(&st, "python", &format!(r#"
+    let v = attack(
+        &st,
+        "python",
+        &format!(
+            r#"
 import os
 for d in ("/", "/usr", "/etc", "/bin", "/dev", "/proc", "/usr/lib", "/box", "/tmp", "/dev/shm"):
     try:
@@ -263,7 +387,11 @@ for d in ("/", "/usr", "/etc", "/bin", "/dev", "/proc", "/usr/lib", "/box", "/tm
         print(d, "ok")
     except OSError as e:
         print(d, e.errno)
-"#), json!({})).await;
+"#
+        ),
+        json!({}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
     let out = v["stdout"].as_str().unwrap();
     for line in out.lines() {
@@ -274,14 +402,28 @@ for d in ("/", "/usr", "/etc", "/bin", "/dev", "/proc", "/usr/lib", "/box", "/tm
         } else if dir == "/proc" {
             assert_eq!(res, "2", "procfs has no room for files: {line}");
         } else {
-            assert!(res == "30" || res == "13", "{dir} should be read-only (EROFS/EACCES): {line}");
+            assert!(
+                res == "30" || res == "13",
+                "{dir} should be read-only (EROFS/EACCES): {line}"
+            );
         }
     }
     for d in ["/tmp", "/", "/dev/shm", "/usr"] {
-        assert!(!std::path::Path::new(d).join(&marker).exists(), "{d}/{marker} leaked to the host");
+        assert!(
+            !std::path::Path::new(d).join(&marker).exists(),
+            "{d}/{marker} leaked to the host"
+        );
     }
     // A second run does not see the first one's files.
-    let again = run(&st, "python", &format!("import os\nprint(os.path.exists('/box/{marker}'), os.path.exists('/tmp/{marker}'))"), json!({})).await;
+    let again = run(
+        &st,
+        "python",
+        &format!(
+            "import os\nprint(os.path.exists('/box/{marker}'), os.path.exists('/tmp/{marker}'))"
+        ),
+        json!({}),
+    )
+    .await;
     assert_eq!(again["stdout"], "False False\n");
 }
 
@@ -290,7 +432,10 @@ async fn kill_all_signal_hits_only_the_run() {
     let st = attack_state(62_200);
     // kill(-1) reaches every process the caller may signal except itself and init: here,
     // only its own child. The init (another uid) cannot be signalled at all.
-    let v = attack(&st, "c", r#"
+    let v = attack(
+        &st,
+        "c",
+        r#"
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -306,9 +451,15 @@ int main(void) {
     rc = kill(1, SIGKILL);
     printf("kill(1) %d errno %d\n", rc, errno);
     return 0;
-}"#, json!({})).await;
+}"#,
+        json!({}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
-    assert_eq!(v["stdout"], "kill(-1) 0 child signal 9\nkill(1) -1 errno 1\n", "{v:#}");
+    assert_eq!(
+        v["stdout"], "kill(-1) 0 child signal 9\nkill(1) -1 errno 1\n",
+        "{v:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -342,7 +493,12 @@ int main(void) {
     assert_verdict(&v, "ok", None);
     for line in v["stdout"].as_str().unwrap().lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(&parts[1..], ["-1", "1"], "{} must fail with EPERM: {line}", parts[0]);
+        assert_eq!(
+            &parts[1..],
+            ["-1", "1"],
+            "{} must fail with EPERM: {line}",
+            parts[0]
+        );
     }
     assert_eq!(v["stdout"].as_str().unwrap().lines().count(), 9);
 }
@@ -350,7 +506,10 @@ int main(void) {
 #[tokio::test(flavor = "multi_thread")]
 async fn fd_exhaustion_is_bounded() {
     let st = attack_state(62_400);
-    let v = attack(&st, "python", r#"
+    let v = attack(
+        &st,
+        "python",
+        r#"
 import os
 fds = []
 try:
@@ -358,7 +517,10 @@ try:
         fds.append(os.open("/dev/null", os.O_RDONLY))
 except OSError as e:
     print(len(fds), e.errno)
-"#, json!({})).await;
+"#,
+        json!({}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
     let out = v["stdout"].as_str().unwrap();
     let parts: Vec<&str> = out.split_whitespace().collect();
@@ -370,7 +532,10 @@ except OSError as e:
 async fn double_fork_daemon_dies_with_its_run() {
     let uid_base = 62_500;
     let st = attack_state(uid_base);
-    let v = attack(&st, "python", r#"
+    let v = attack(
+        &st,
+        "python",
+        r#"
 import os, time
 if os.fork() == 0:
     os.setsid()
@@ -379,11 +544,20 @@ if os.fork() == 0:
             time.sleep(0.01)
     os._exit(0)
 print("parent done")
-"#, json!({"limits": {"wall_ms": 10000}})).await;
+"#,
+        json!({"limits": {"wall_ms": 10000}}),
+    )
+    .await;
     assert_verdict(&v, "ok", None);
     assert_eq!(v["stdout"], "parent done\n");
-    assert!(v["wall_ms"].as_u64().unwrap() < 5000, "the run waited for its daemon: {v:#}");
-    assert!(processes_of(uid_base..uid_base + 2).is_empty(), "the daemon survived its run");
+    assert!(
+        v["wall_ms"].as_u64().unwrap() < 5000,
+        "the run waited for its daemon: {v:#}"
+    );
+    assert!(
+        processes_of(uid_base..uid_base + 2).is_empty(),
+        "the daemon survived its run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,10 +566,22 @@ async fn deep_recursion_and_crashes_are_runtime_errors() {
     let c = attack(&st, "c", "int f(int n) { volatile char pad[256]; pad[0] = n; return f(n + 1) + pad[0]; }\nint main(void) { return f(0); }", json!({})).await;
     assert_verdict(&c, "runtime_error", None);
     assert_eq!(c["signal"], "SIGSEGV");
-    let py = attack(&st, "python", "def f(n):\n    return f(n + 1)\nf(0)", json!({})).await;
+    let py = attack(
+        &st,
+        "python",
+        "def f(n):\n    return f(n + 1)\nf(0)",
+        json!({}),
+    )
+    .await;
     assert_verdict(&py, "runtime_error", None);
     assert!(py["stderr"].as_str().unwrap().contains("RecursionError"));
-    let segv = attack(&st, "c", "int main(void) { *(volatile int *)0 = 1; return 0; }", json!({})).await;
+    let segv = attack(
+        &st,
+        "c",
+        "int main(void) { *(volatile int *)0 = 1; return 0; }",
+        json!({}),
+    )
+    .await;
     assert_verdict(&segv, "runtime_error", None);
     assert_eq!(segv["signal"], "SIGSEGV");
     assert_eq!(segv["exit_code"], Value::Null);
@@ -404,19 +590,37 @@ async fn deep_recursion_and_crashes_are_runtime_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compiler_bombs_end_as_compile_errors() {
     let st = attack_state(62_700);
-    let zero = attack(&st, "c", "#include \"/dev/zero\"\nint main(void){return 0;}", json!({})).await;
+    let zero = attack(
+        &st,
+        "c",
+        "#include \"/dev/zero\"\nint main(void){return 0;}",
+        json!({}),
+    )
+    .await;
     assert_verdict(&zero, "compile_error", None);
     assert!(
-        matches!(zero["compile"]["status"].as_str(), Some("time_limit" | "memory_limit" | "output_limit" | "runtime_error")),
+        matches!(
+            zero["compile"]["status"].as_str(),
+            Some("time_limit" | "memory_limit" | "output_limit" | "runtime_error")
+        ),
         "{zero:#}"
     );
     assert!(zero["compile"]["wall_ms"].as_u64().unwrap() < 15_000);
 
-    let shadow = attack(&st, "c", "#include \"/etc/shadow\"\nint main(void){return 0;}", json!({})).await;
+    let shadow = attack(
+        &st,
+        "c",
+        "#include \"/etc/shadow\"\nint main(void){return 0;}",
+        json!({}),
+    )
+    .await;
     assert_verdict(&shadow, "compile_error", None);
     let err = shadow["compile"]["stderr"].as_str().unwrap();
     assert!(err.contains("No such file"), "{err}");
-    assert!(!err.contains("root:"), "host secrets leaked through the compiler");
+    assert!(
+        !err.contains("root:"),
+        "host secrets leaked through the compiler"
+    );
 
     let spam = attack(&st, "cpp", "template<int N> struct F { static const int v = F<N-1>::v + F<N-2>::v; };\nint main() { return F<100000>::v; }", json!({})).await;
     assert_verdict(&spam, "compile_error", None);
@@ -436,7 +640,10 @@ async fn many_runs_leave_no_processes_behind() {
         }));
     }
     for h in handles {
-        let v = tokio::time::timeout(Duration::from_secs(60), h).await.unwrap().unwrap();
+        let v = tokio::time::timeout(Duration::from_secs(60), h)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(v["stdout"], "x\n", "{v:#}");
     }
     assert!(processes_of(uid_base..uid_base + 4).is_empty());

@@ -1,5 +1,6 @@
 //! Correct programs in every language: standard input, arguments, the standard library,
 //! several files, exit codes and stderr — through the API with the real sandbox.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -7,13 +8,25 @@ use common::*;
 use serde_json::{Value, json};
 
 /// Runs one program and checks status, exit code, stdout and (a part of) stderr.
-async fn check(st: &cod_server::AppState, lang: &str, source: &str, extra: Value, stdout: &str, code: i64, stderr_has: &str) {
+async fn check(
+    st: &cod_server::AppState,
+    lang: &str,
+    source: &str,
+    extra: Value,
+    stdout: &str,
+    code: i64,
+    stderr_has: &str,
+) {
     let v = run(st, lang, source, extra).await;
     let want_status = if code == 0 { "ok" } else { "runtime_error" };
     assert_eq!(v["status"], want_status, "{lang}: {v:#}");
     assert_eq!(v["exit_code"], code, "{lang}: {v:#}");
     assert_eq!(v["stdout"], stdout, "{lang}: {v:#}");
-    assert!(v["stderr"].as_str().unwrap().contains(stderr_has), "{lang}: stderr {:?} lacks {stderr_has:?}", v["stderr"]);
+    assert!(
+        v["stderr"].as_str().unwrap().contains(stderr_has),
+        "{lang}: stderr {:?} lacks {stderr_has:?}",
+        v["stderr"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,13 +36,33 @@ async fn python() {
         json!({"stdin": "ada\n", "args": ["x", "y z"]}), "hi ada ['x', 'y z']\n", 3, "warn").await;
     check(&st, "py", "import json, collections, math, re, itertools\nc = collections.Counter('abca')\nprint(json.dumps(c.most_common(1)), math.comb(5, 2), re.sub(r'\\d', '#', 'a1b2'))",
         json!({}), "[[\"a\", 2]] 10 a#b#\n", 0, "").await;
-    check(&st, "python", "from helper import twice\nprint(twice(21))",
-        json!({"files": [{"name": "helper.py", "content": "def twice(x):\n    return 2 * x\n"}]}), "42\n", 0, "").await;
+    check(
+        &st,
+        "python",
+        "from helper import twice\nprint(twice(21))",
+        json!({"files": [{"name": "helper.py", "content": "def twice(x):\n    return 2 * x\n"}]}),
+        "42\n",
+        0,
+        "",
+    )
+    .await;
     let v = run(&st, "python", "raise ValueError('boom')", json!({})).await;
     assert_eq!(v["status"], "runtime_error");
-    assert!(v["stderr"].as_str().unwrap().contains("ValueError: boom"), "{v}");
+    assert!(
+        v["stderr"].as_str().unwrap().contains("ValueError: boom"),
+        "{v}"
+    );
     // Unicode in and out.
-    check(&st, "python", "print(input()[::-1])", json!({"stdin": "héllo→🙂"}), "🙂→olléh\n", 0, "").await;
+    check(
+        &st,
+        "python",
+        "print(input()[::-1])",
+        json!({"stdin": "héllo→🙂"}),
+        "🙂→olléh\n",
+        0,
+        "",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,10 +91,21 @@ async fn rust() {
     check(&st, "rust", "mod util;\nuse std::collections::HashMap;\nuse std::io::Read;\nfn main() {\n    let mut s = String::new();\n    std::io::stdin().read_to_string(&mut s).unwrap();\n    let mut m = HashMap::new();\n    for w in s.split_whitespace() { *m.entry(w).or_insert(0) += 1; }\n    let args: Vec<String> = std::env::args().skip(1).collect();\n    println!(\"{} {} {:?}\", m[\"a\"], util::twice(21), args);\n    eprintln!(\"to stderr\");\n    std::process::exit(5);\n}",
         json!({"stdin": "a b a", "args": ["q"], "files": [{"name": "util.rs", "content": "pub fn twice(x: i32) -> i32 { x * 2 }\n"}]}),
         "2 42 [\"q\"]\n", 5, "to stderr").await;
-    let v = run(&st, "rust", "fn main() { let v: Vec<i32> = vec![]; println!(\"{}\", v[3]); }", json!({})).await;
+    let v = run(
+        &st,
+        "rust",
+        "fn main() { let v: Vec<i32> = vec![]; println!(\"{}\", v[3]); }",
+        json!({}),
+    )
+    .await;
     assert_eq!(v["status"], "runtime_error", "{v}");
     assert_eq!(v["exit_code"], 101);
-    assert!(v["stderr"].as_str().unwrap().contains("index out of bounds"));
+    assert!(
+        v["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("index out of bounds")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +124,13 @@ async fn java() {
         "42 [1, 2, 3] x\n", 4, "warn").await;
     let v = run(&st, "java", "public class Main { public static void main(String[] a) { throw new IllegalStateException(\"nope\"); } }", json!({})).await;
     assert_eq!(v["status"], "runtime_error", "{v}");
-    assert!(v["stderr"].as_str().unwrap().contains("IllegalStateException"), "{v}");
+    assert!(
+        v["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("IllegalStateException"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

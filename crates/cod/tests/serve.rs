@@ -1,5 +1,6 @@
 //! `cod serve` as a real process: the README's example, the server's own environment kept
 //! out of runs, and a clean shutdown that removes the sandbox's cgroups and directories.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -40,13 +41,18 @@ fn start(extra: &[&str]) -> Server {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("cod serve announces its address");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("cod serve announces its address");
     Server { child, addr }
 }
 
 fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,8 +83,15 @@ async fn readme_example_and_environment_isolation() {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["stdout"], "False False\n", "the server's environment leaked: {v}");
-    let page = c.get(format!("http://{}/", server.addr)).send().await.unwrap();
+    assert_eq!(
+        v["stdout"], "False False\n",
+        "the server's environment leaked: {v}"
+    );
+    let page = c
+        .get(format!("http://{}/", server.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
 }
 
@@ -92,7 +105,11 @@ fn helper_pid(parent: u32) -> u32 {
         };
         // The fourth field after the parenthesised name is the parent pid.
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let ppid: u32 = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let ppid: u32 = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         if ppid == parent && cmdline.windows(6).any(|w| w == b"__jail") {
             return pid;
@@ -109,14 +126,19 @@ fn sigterm_stops_cleanly_and_removes_cgroups_and_staging() {
     let staging = std::env::temp_dir().join(format!("cod-jail-{helper}"));
     assert!(cgroup.exists(), "{} exists while serving", cgroup.display());
     assert!(staging.exists());
-    let rc = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    let rc = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(rc.success());
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     // The helper exits once the server has closed its socket; wait for it through its pidfd
     // by polling /proc (bounded).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while Path::new("/proc").join(helper.to_string()).exists() && std::time::Instant::now() < deadline {
+    while Path::new("/proc").join(helper.to_string()).exists()
+        && std::time::Instant::now() < deadline
+    {
         std::thread::yield_now();
     }
     assert!(!cgroup.exists(), "{} left behind", cgroup.display());

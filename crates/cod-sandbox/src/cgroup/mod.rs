@@ -14,7 +14,6 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-
 pub use cod_core::config::CgroupMode;
 
 /// A failed cgroupfs operation, with the file it concerned.
@@ -161,8 +160,12 @@ impl CgroupTree {
         cpus: u32,
     ) -> Result<CgroupTree, CgroupError> {
         match Self::detect(mode, root)? {
-            CgroupMode::V2 => Ok(CgroupTree::V2(v2::Tree::create(root, name, instance, cpus)?)),
-            _ => Ok(CgroupTree::V1(v1::Tree::create(root, name, instance, cpus)?)),
+            CgroupMode::V2 => Ok(CgroupTree::V2(v2::Tree::create(
+                root, name, instance, cpus,
+            )?)),
+            _ => Ok(CgroupTree::V1(v1::Tree::create(
+                root, name, instance, cpus,
+            )?)),
         }
     }
 

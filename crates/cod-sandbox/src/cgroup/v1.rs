@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Baseline, CgroupError, CgroupLimits, Usage, mkdir, read_keyed, read_u64, remove_stale_instances,
-    remove_tree, write,
+    Baseline, CgroupError, CgroupLimits, Usage, mkdir, read_keyed, read_u64,
+    remove_stale_instances, remove_tree, write,
 };
 
 const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
@@ -21,7 +21,10 @@ pub(super) fn usable(root: &Path) -> Result<(), String> {
     for c in CONTROLLERS {
         let dir = root.join(c);
         if !dir.join("cgroup.procs").exists() {
-            return Err(format!("controller {c} is not mounted at {}", dir.display()));
+            return Err(format!(
+                "controller {c} is not mounted at {}",
+                dir.display()
+            ));
         }
     }
     Ok(())
@@ -191,7 +194,10 @@ mod tests {
                 ("memory.max_usage_in_bytes", "0\n"),
                 ("memory.memsw.max_usage_in_bytes", "0\n"),
                 ("memory.usage_in_bytes", "1048576\n"),
-                ("memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n"),
+                (
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n",
+                ),
             ],
             "pids" => &[("pids.max", "max\n")],
             "cpuacct" => &[("cpuacct.usage", "5000000\n")],
@@ -237,7 +243,10 @@ mod tests {
             "65"
         );
         let cpu = root.path().join("cpu/cod/4242/slot-3");
-        assert_eq!(fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(), "100000");
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "100000"
+        );
 
         slot.attach(777).unwrap();
         for c in CONTROLLERS {
@@ -246,11 +255,26 @@ mod tests {
         }
 
         // The stage ran: 20 ms more CPU, a 5 MiB peak over the 1 MiB baseline, one OOM kill.
-        fs::write(root.path().join("cpuacct/cod/4242/slot-3/cpuacct.usage"), "25000000").unwrap();
-        fs::write(mem.join("memory.max_usage_in_bytes"), (6u64 << 20).to_string()).unwrap();
-        fs::write(mem.join("memory.memsw.max_usage_in_bytes"), (6u64 << 20).to_string()).unwrap();
-        fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
-            .unwrap();
+        fs::write(
+            root.path().join("cpuacct/cod/4242/slot-3/cpuacct.usage"),
+            "25000000",
+        )
+        .unwrap();
+        fs::write(
+            mem.join("memory.max_usage_in_bytes"),
+            (6u64 << 20).to_string(),
+        )
+        .unwrap();
+        fs::write(
+            mem.join("memory.memsw.max_usage_in_bytes"),
+            (6u64 << 20).to_string(),
+        )
+        .unwrap();
+        fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n",
+        )
+        .unwrap();
         let u = slot.usage(&base).unwrap();
         assert_eq!(u.cpu, Duration::from_millis(20));
         assert_eq!(u.memory_peak, 5 << 20);

@@ -24,8 +24,8 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// Checks that the unified hierarchy at `root` offers every controller cod needs.
 pub(super) fn usable(root: &Path) -> Result<(), String> {
     let path = root.join("cgroup.controllers");
-    let have = fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let have =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let missing: Vec<_> = NEEDED
         .iter()
         .filter(|c| !have.split_whitespace().any(|h| h == **c))
@@ -33,7 +33,10 @@ pub(super) fn usable(root: &Path) -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("controllers {missing:?} are not enabled at {}", root.display()))
+        Err(format!(
+            "controllers {missing:?} are not enabled at {}",
+            root.display()
+        ))
     }
 }
 
@@ -199,9 +202,17 @@ mod tests {
     fn populate(slot: &Path) {
         for (f, v) in [
             ("memory.current", "2097152\n"),
-            ("memory.peak", "2097152\n"),
-            ("memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n"),
-            ("cpu.stat", "usage_usec 1000\nuser_usec 800\nsystem_usec 200\n"),
+            // Empty: `prepare` writes "reset\n" at offset 0, and unlike the kernel's file a
+            // regular file would keep the tail of a longer old value after it.
+            ("memory.peak", ""),
+            (
+                "memory.events",
+                "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+            ),
+            (
+                "cpu.stat",
+                "usage_usec 1000\nuser_usec 800\nsystem_usec 200\n",
+            ),
             ("cgroup.procs", ""),
             ("cgroup.kill", ""),
         ] {
@@ -232,7 +243,10 @@ mod tests {
         );
         let dir = root.path().join("cod/555/slot-0");
         let slot = tree.slot(0).unwrap();
-        assert_eq!(fs::read_to_string(dir.join("cpu.max")).unwrap(), "100000 100000");
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "100000 100000"
+        );
         populate(&dir);
         assert!(matches!(slot, SlotCgroup::V2(_)));
 
@@ -246,16 +260,29 @@ mod tests {
             fs::read_to_string(dir.join("memory.max")).unwrap(),
             (128u64 << 20).to_string()
         );
-        assert_eq!(fs::read_to_string(dir.join("memory.swap.max")).unwrap(), "0");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.swap.max")).unwrap(),
+            "0"
+        );
         assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "17");
-        assert_eq!(fs::read_to_string(dir.join("memory.peak")).unwrap(), "reset\n");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.peak")).unwrap(),
+            "reset\n"
+        );
 
         slot.attach(4321).unwrap();
-        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "4321");
+        assert_eq!(
+            fs::read_to_string(dir.join("cgroup.procs")).unwrap(),
+            "4321"
+        );
         assert_eq!(slot.procs().unwrap(), vec![4321]);
 
         // The stage ran: 30 ms of CPU, peak 10 MiB (8 MiB above the baseline), two OOM kills.
-        fs::write(dir.join("cpu.stat"), "usage_usec 31000\nuser_usec 1\nsystem_usec 1\n").unwrap();
+        fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 31000\nuser_usec 1\nsystem_usec 1\n",
+        )
+        .unwrap();
         fs::write(dir.join("memory.peak"), format!("{}\n", 10u64 << 20)).unwrap();
         fs::write(
             dir.join("memory.events"),

@@ -117,18 +117,29 @@ fn run_raw(sc: &Scenario) -> anyhow::Result<Duration> {
     write_files(dir.path(), &sc.spec)?;
     let start = Instant::now();
     for (argv, env, stdin) in &sc.host_stages {
-        let argv: Vec<String> = argv.iter().map(|a| to_host(a, dir.path(), &sc.extra_binds)).collect();
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| to_host(a, dir.path(), &sc.extra_binds))
+            .collect();
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env_clear().current_dir(dir.path());
         for kv in env {
             if let Some((k, v)) = kv.split_once('=') {
-                let v = if k == "HOME" || k == "TMPDIR" { dir.path().display().to_string() } else { to_host(v, dir.path(), &sc.extra_binds) };
+                let v = if k == "HOME" || k == "TMPDIR" {
+                    dir.path().display().to_string()
+                } else {
+                    to_host(v, dir.path(), &sc.extra_binds)
+                };
                 cmd.env(k, v);
             }
         }
         let out = pipe_run(&mut cmd, stdin)?;
         if !out.status.success() {
-            bail!("{} failed without a sandbox: {}", sc.name, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} failed without a sandbox: {}",
+                sc.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     Ok(start.elapsed())
@@ -158,7 +169,12 @@ fn run_bwrap(sc: &Scenario, host: &HostLayout) -> anyhow::Result<Duration> {
     let start = Instant::now();
     for (argv, env, stdin) in &sc.host_stages {
         let mut cmd = Command::new("bwrap");
-        cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]);
+        cmd.args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+        ]);
         for b in host.binds() {
             cmd.arg("--ro-bind").arg(&b.src).arg(&b.dst);
         }
@@ -181,7 +197,11 @@ fn run_bwrap(sc: &Scenario, host: &HostLayout) -> anyhow::Result<Duration> {
         cmd.arg("--").args(argv);
         let out = pipe_run(&mut cmd, stdin)?;
         if !out.status.success() {
-            bail!("{} failed under bubblewrap: {}", sc.name, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} failed under bubblewrap: {}",
+                sc.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     Ok(start.elapsed())
@@ -206,7 +226,11 @@ async fn run_cod(jail: &Jail, sc: &Scenario) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-fn scenarios(executor: &Executor, host: &HostLayout, only: &[String]) -> anyhow::Result<Vec<Scenario>> {
+fn scenarios(
+    executor: &Executor,
+    host: &HostLayout,
+    only: &[String],
+) -> anyhow::Result<Vec<Scenario>> {
     let mut out = Vec::new();
     let limits = LimitsSpec::DEFAULT.to_limits();
     if only.is_empty() || only.iter().any(|l| l == "true") {
@@ -225,7 +249,11 @@ fn scenarios(executor: &Executor, host: &HostLayout, only: &[String]) -> anyhow:
                 }],
                 disk: limits.disk.get(),
             },
-            host_stages: vec![(vec!["/usr/bin/true".into()], vec!["PATH=/usr/bin:/bin".into()], vec![])],
+            host_stages: vec![(
+                vec!["/usr/bin/true".into()],
+                vec!["PATH=/usr/bin:/bin".into()],
+                vec![],
+            )],
             extra_binds: vec![],
         });
     }
@@ -271,11 +299,19 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
     let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits));
     let host = HostLayout::detect();
     let scenarios = scenarios(&executor, &host, &args.languages)?;
-    let use_bwrap = !args.no_bwrap && Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    let use_bwrap = !args.no_bwrap
+        && Command::new("bwrap")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !use_bwrap && !args.no_bwrap {
-        eprintln!("bwrap is not installed (Debian: apt-get install bubblewrap); skipping that baseline");
+        eprintln!(
+            "bwrap is not installed (Debian: apt-get install bubblewrap); skipping that baseline"
+        );
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let contenders = if use_bwrap { 3 } else { 2 };
     let total = (scenarios.len() * (args.runs + WARMUP) * contenders) as u64;
     let bar = ProgressBar::new(total);
@@ -327,7 +363,10 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
     let report = Report {
         runs: args.runs,
         cpus: super::cpus(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
         cgroup,
         rows,
     };
@@ -345,7 +384,9 @@ fn print_table(r: &Report) {
         r.runs, r.cpus, r.kernel, r.cgroup
     );
     println!();
-    println!("| scenario | raw | bwrap | cod | cod/raw | cod/bwrap | cod overhead | bwrap overhead |");
+    println!(
+        "| scenario | raw | bwrap | cod | cod/raw | cod/bwrap | cod overhead | bwrap overhead |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let f = |s: &Stats| format!("{:.2} ({:.2})", s.median_ms, s.p99_ms);
     let opt = |o: Option<f64>, unit: &str| o.map_or("–".to_owned(), |v| format!("{v:.2}{unit}"));
@@ -359,7 +400,8 @@ fn print_table(r: &Report) {
             row.cod_over_raw,
             opt(row.cod_over_bwrap, ""),
             row.cod_overhead_ms,
-            row.bwrap_overhead_ms.map_or("–".to_owned(), |v| format!("{v:+.2} ms")),
+            row.bwrap_overhead_ms
+                .map_or("–".to_owned(), |v| format!("{v:+.2} ms")),
         );
     }
 }

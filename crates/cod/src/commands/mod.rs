@@ -95,7 +95,11 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
         disk: limits.disk.get(),
     };
     let outcome = jail.run(&spec)?;
-    match outcome.stages.first().map(cod_sandbox::StageOutcome::status) {
+    match outcome
+        .stages
+        .first()
+        .map(cod_sandbox::StageOutcome::status)
+    {
         Some(cod_core::Status::Ok) => Ok(()),
         other => anyhow::bail!("a trial run of /usr/bin/true ended {other:?}: {outcome:?}"),
     }
@@ -110,7 +114,10 @@ pub(crate) fn load_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
 
 fn runtimes(config: &Config) -> anyhow::Result<ExitCode> {
     let reg = load_registry(config)?;
-    println!("{:<12} {:<10} {:<9} {:<26} NOTES", "LANGUAGE", "VERSION", "COMPILED", "ALIASES");
+    println!(
+        "{:<12} {:<10} {:<9} {:<26} NOTES",
+        "LANGUAGE", "VERSION", "COMPILED", "ALIASES"
+    );
     for l in reg.all() {
         println!(
             "{:<12} {:<10} {:<9} {:<26} {}",
@@ -118,7 +125,9 @@ fn runtimes(config: &Config) -> anyhow::Result<ExitCode> {
             l.version,
             if l.compiled() { "yes" } else { "no" },
             l.aliases.join(","),
-            l.unavailable.as_deref().map_or(String::new(), |w| format!("unavailable: {w}")),
+            l.unavailable
+                .as_deref()
+                .map_or(String::new(), |w| format!("unavailable: {w}")),
         );
     }
     Ok(ExitCode::SUCCESS)

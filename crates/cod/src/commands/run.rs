@@ -98,17 +98,19 @@ pub(crate) fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
 fn print_result(r: &RunResult) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    if let Some(c) = &r.compile {
-        if c.stage.status != Status::Ok {
-            err.write_all(c.stage.stdout.as_bytes())?;
-            err.write_all(c.stage.stderr.as_bytes())?;
-        }
+    if let Some(c) = r.compile.as_ref().filter(|c| c.stage.status != Status::Ok) {
+        err.write_all(c.stage.stdout.as_bytes())?;
+        err.write_all(c.stage.stderr.as_bytes())?;
     }
     out.write_all(r.run.stdout.as_bytes())?;
     out.flush()?;
     err.write_all(r.run.stderr.as_bytes())?;
     if r.run.status != Status::Ok && r.run.status != Status::RuntimeError {
-        let reason = r.run.reason.map(|x| format!(" ({x:?})").to_lowercase()).unwrap_or_default();
+        let reason = r
+            .run
+            .reason
+            .map(|x| format!(" ({x:?})").to_lowercase())
+            .unwrap_or_default();
         writeln!(
             err,
             "cod: {}{reason}: {}",

@@ -41,13 +41,23 @@ pub fn jail_with(slots: u32, uid_base: u32) -> Arc<Jail> {
         ..Default::default()
     };
     Arc::new(
-        Jail::spawn(Path::new(env!("CARGO_BIN_EXE_cod")), &[OsStr::new("__jail")], &config)
-            .expect("the sandbox helper starts (tests run as root)"),
+        Jail::spawn(
+            Path::new(env!("CARGO_BIN_EXE_cod")),
+            &[OsStr::new("__jail")],
+            &config,
+        )
+        .expect("the sandbox helper starts (tests run as root)"),
     )
 }
 
 pub fn state_with(workers: usize, queue: usize, max_body: usize, policy: LimitsPolicy) -> AppState {
-    state_on(jail(u32::try_from(workers).unwrap()), workers, queue, max_body, policy)
+    state_on(
+        jail(u32::try_from(workers).unwrap()),
+        workers,
+        queue,
+        max_body,
+        policy,
+    )
 }
 
 pub fn state_on(

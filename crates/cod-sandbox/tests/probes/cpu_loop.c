@@ -1,0 +1,5 @@
+/* Spin forever. */
+int main(void) {
+    volatile unsigned long x = 0;
+    for (;;) x++;
+}
