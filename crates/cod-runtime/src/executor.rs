@@ -38,7 +38,7 @@ fn failure(step: &str, e: impl std::fmt::Display) -> Failure {
 /// Sends `spec` to the sandbox and waits for its outcome.
 pub async fn run_in_jail(jail: &Jail, spec: SandboxSpec) -> Result<SandboxOutcome, Failure> {
     let sock = jail
-        .connect()
+        .connect(spec.slot)
         .map_err(|e| failure("handing the run to the sandbox helper", e))?;
     sock.set_nonblocking(true)
         .map_err(|e| failure("preparing the run's socket", e))?;

@@ -213,9 +213,10 @@ impl Jail {
         self.child.lock().ok()?.as_ref().map(Child::id)
     }
 
-    /// Opens a run: returns the caller's end of a new socket whose other end the helper
-    /// hands to a fresh supervisor. Write one [`Request::Run`] to it, then read [`Event`]s.
-    pub fn connect(&self) -> Result<UnixStream, JailError> {
+    /// Opens a run in worker slot `slot`: returns the caller's end of a new socket whose
+    /// other end the helper hands to a fresh supervisor in that slot. Write one
+    /// [`Request::Run`] (whose spec names the same slot) to it, then read [`Event`]s.
+    pub fn connect(&self, slot: u32) -> Result<UnixStream, JailError> {
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
             SocketType::STREAM,
@@ -233,7 +234,7 @@ impl Jail {
         }
         sendmsg(
             &self.control,
-            &[IoSlice::new(b"r")],
+            &[IoSlice::new(&slot.to_le_bytes())],
             &mut anc,
             SendFlags::NOSIGNAL,
         )
@@ -243,7 +244,7 @@ impl Jail {
 
     /// Runs `spec` and waits for its outcome (blocking).
     pub fn run(&self, spec: &SandboxSpec) -> Result<SandboxOutcome, JailError> {
-        let mut sock = self.connect()?;
+        let mut sock = self.connect(spec.slot)?;
         protocol::write_frame(&mut sock, &Request::Run(Box::new(spec.clone())))?;
         loop {
             match protocol::read_frame::<Event>(&mut sock)? {

@@ -6,21 +6,25 @@
 //! helpers), and answers `Ready` or `Failed`. When the caller closes the control socket it
 //! waits for its supervisors, removes its cgroups and staging directories, and exits.
 
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags, recv, recvmsg, send,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recv, recvmsg, send, sendmsg,
+    socketpair,
 };
 use rustix::process::WaitOptions;
 
 use crate::cgroup::CgroupTree;
 use crate::client::{CONTROL_MAX, HELPER_FD, HelperReply, JailConfig};
+use crate::keeper;
+use crate::protocol::Failure;
 use crate::seccomp::SeccompPolicy;
-use crate::supervisor::{self, HelperState};
+use crate::supervisor::HelperState;
 use crate::sys;
 
 const STAGING_PREFIX: &str = "cod-jail-";
@@ -141,21 +145,127 @@ fn cleanup(state: &HelperState) {
     }
 }
 
-/// Receives run sockets until the caller closes the control socket.
+/// A slot's keeper, as the helper sees it.
+struct Keeper {
+    pid: i32,
+    sock: OwnedFd,
+}
+
+/// Forks the keeper of `slot`. `others` are the helper's sockets to the other keepers, which
+/// the new keeper must not hold (a copy would keep their keepers from seeing the helper
+/// close them).
+fn spawn_keeper(slot: u32, state: &HelperState, others: &[RawFd]) -> Result<Keeper, Failure> {
+    let fail = |step: &str, e: Errno| Failure {
+        step: step.to_owned(),
+        errno: Some(e.raw_os_error()),
+        message: std::io::Error::from(e).to_string(),
+    };
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| fail("creating the keeper's socket", e))?;
+    match sys::fork_raw() {
+        Ok(0) => {
+            // The keeper needs neither the control socket nor the other keepers' sockets
+            // (all close-on-exec, but a keeper never execs).
+            sys::close(HELPER_FD);
+            for &fd in others {
+                sys::close(fd);
+            }
+            drop(ours);
+            keeper::keeper_main(theirs, slot, state)
+        }
+        Ok(pid) => Ok(Keeper { pid, sock: ours }),
+        Err(e) => Err(Failure {
+            step: "forking the slot's keeper".into(),
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Hands `conn` to the keeper of `slot`, starting (or restarting) it as needed.
+fn hand_over(keepers: &mut [Option<Keeper>], slot: u32, conn: OwnedFd, state: &HelperState) {
+    let others: Vec<RawFd> = keepers
+        .iter()
+        .flatten()
+        .map(|k| k.sock.as_raw_fd())
+        .collect();
+    let Some(entry) = usize::try_from(slot).ok().and_then(|i| keepers.get_mut(i)) else {
+        keeper::refuse(
+            conn,
+            Failure {
+                step: "validating the run".into(),
+                errno: Some(libc::EINVAL),
+                message: format!("slot {slot} is not below {}", state.config.slots),
+            },
+        );
+        return;
+    };
+    // One retry: a keeper that died (killed by an operator, say) is replaced.
+    for _ in 0..2 {
+        if entry.is_none() {
+            match spawn_keeper(slot, state, &others) {
+                Ok(k) => *entry = Some(k),
+                Err(f) => {
+                    keeper::refuse(conn, f);
+                    return;
+                }
+            }
+        }
+        let k = entry.as_ref().expect("set above");
+        let fds = [conn.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        anc.push(SendAncillaryMessage::ScmRights(&fds));
+        match sendmsg(
+            &k.sock,
+            &[IoSlice::new(b"r")],
+            &mut anc,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return,
+            Err(_) => {
+                if let Some(k) = entry.take() {
+                    if let Some(pid) = rustix::process::Pid::from_raw(k.pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+                    }
+                }
+            }
+        }
+    }
+    keeper::refuse(
+        conn,
+        Failure {
+            step: "handing the run to the slot's keeper".into(),
+            errno: None,
+            message: "the keeper could not be reached".into(),
+        },
+    );
+}
+
+/// Receives run sockets until the caller closes the control socket. Each message carries
+/// the run's slot (4 bytes, little-endian) and its socket.
 fn serve(control: &OwnedFd, state: &HelperState) {
+    let slots = usize::try_from(state.config.slots).unwrap_or(0);
+    let mut keepers: Vec<Option<Keeper>> = (0..slots).map(|_| None).collect();
     loop {
-        let mut byte = [0u8; 1];
+        let mut slot_buf = [0u8; 4];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut anc = RecvAncillaryBuffer::new(&mut space);
         let msg = match recvmsg(
             control,
-            &mut [IoSliceMut::new(&mut byte)],
+            &mut [IoSliceMut::new(&mut slot_buf)],
             &mut anc,
             RecvFlags::CMSG_CLOEXEC,
         ) {
             Ok(m) => m,
             Err(Errno::INTR) => continue,
-            Err(_) => return,
+            Err(_) => break,
         };
         let mut conns: Vec<OwnedFd> = Vec::new();
         for m in anc.drain() {
@@ -164,21 +274,23 @@ fn serve(control: &OwnedFd, state: &HelperState) {
             }
         }
         if msg.bytes == 0 && conns.is_empty() {
-            return;
+            break;
         }
+        let slot = u32::from_le_bytes(slot_buf);
         for conn in conns {
-            match sys::fork_raw() {
-                Ok(0) => {
-                    // The supervisor needs neither the control socket nor other runs' sockets.
-                    sys::close(HELPER_FD);
-                    supervisor::supervise(conn, state);
+            hand_over(&mut keepers, slot, conn, state);
+        }
+        // Reap keepers that died; they are restarted on their slot's next run.
+        while let Ok(Some((pid, _))) = rustix::process::wait(WaitOptions::NOHANG) {
+            for k in keepers.iter_mut() {
+                if k.as_ref()
+                    .is_some_and(|k| k.pid == pid.as_raw_nonzero().get())
+                {
+                    *k = None;
                 }
-                // The supervisor owns the connection now (or, if fork failed, dropping it
-                // tells the caller the run could not start).
-                Ok(_) | Err(_) => drop(conn),
             }
         }
-        // Reap supervisors that have finished.
-        while let Ok(Some(_)) = rustix::process::wait(WaitOptions::NOHANG) {}
     }
+    // Closing the keepers' sockets tells them to finish their runs and exit.
+    keepers.clear();
 }

@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod client;
 pub mod helper;
 mod init;
+mod keeper;
 pub mod mounts;
 pub mod protocol;
 pub mod seccomp;

@@ -72,8 +72,19 @@ fn errno_failure(step: impl Into<String>) -> impl FnOnce(Errno) -> Failure {
     move |e| failure(step, Some(e.raw_os_error()), io::Error::from(e))
 }
 
+/// The slot a supervisor runs in: forked by the slot's keeper, it already sits in the
+/// slot's cgroup and network namespace.
+pub(crate) struct SlotContext<'a> {
+    /// The slot number.
+    pub(crate) slot: u32,
+    /// The slot's cgroup.
+    pub(crate) cgroup: &'a SlotCgroup,
+    /// The keeper's pid (which shares the cgroup).
+    pub(crate) keeper: i32,
+}
+
 /// The supervisor's main function; never returns.
-pub(crate) fn supervise(conn: OwnedFd, state: &HelperState) -> ! {
+pub(crate) fn supervise(conn: OwnedFd, state: &HelperState, slot: &SlotContext<'_>) -> ! {
     let mut sock = UnixStream::from(conn);
     let spec = match read_spec(&mut sock) {
         Ok(Some(spec)) => spec,
@@ -83,7 +94,7 @@ pub(crate) fn supervise(conn: OwnedFd, state: &HelperState) -> ! {
             sys::exit_now(0)
         }
     };
-    let result = run(&spec, state, &mut sock);
+    let result = run(&spec, state, slot, &mut sock);
     let _ = protocol::write_frame(&mut sock, &Event::Finished(result));
     sys::exit_now(0)
 }
@@ -102,12 +113,12 @@ fn read_spec(sock: &mut UnixStream) -> Result<Option<SandboxSpec>, Failure> {
     }
 }
 
-fn validate(spec: &SandboxSpec, config: &JailConfig) -> Result<(), Failure> {
+fn validate(spec: &SandboxSpec, slot: u32) -> Result<(), Failure> {
     let bad = |why: String| failure("validating the spec", Some(libc::EINVAL), why);
-    if spec.slot >= config.slots {
+    if spec.slot != slot {
         return Err(bad(format!(
-            "slot {} is not below {}",
-            spec.slot, config.slots
+            "the spec names slot {} but was sent to slot {slot}",
+            spec.slot
         )));
     }
     if spec.stages.is_empty() || spec.stages.len() > MAX_STAGES {
@@ -206,13 +217,11 @@ impl Drop for InitProcess {
 fn run(
     spec: &SandboxSpec,
     st: &HelperState,
+    slot: &SlotContext<'_>,
     sock: &mut UnixStream,
 ) -> Result<SandboxOutcome, Failure> {
-    validate(spec, &st.config)?;
-    let cg = st
-        .cgroups
-        .slot(spec.slot)
-        .map_err(|e| failure("preparing the slot's cgroup", None, error_chain(&e)))?;
+    validate(spec, slot.slot)?;
+    let cg = slot.cgroup;
     let plan = MountPlan::new(spec, &st.staging_root, &st.staging_scratch)
         .map_err(|e| failure("planning the root filesystem", None, error_chain(&e)))?;
 
@@ -263,10 +272,12 @@ fn run(
         close_first: &close_in_init,
     };
 
+    // No CLONE_NEWNET: the slot's keeper made a network namespace (loopback down, nothing
+    // else) that its runs share one after another; creating one per run costs half a
+    // millisecond, and no state survives a run in it (see docs/sandbox.md).
     let flags = (libc::CLONE_NEWUSER
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::SIGCHLD) as u64;
@@ -305,20 +316,18 @@ fn run(
     // Map the program's uid (1000 inside) to the slot's unprivileged host uid, and the
     // namespace's root (which the init becomes to build the root) to a second one. The host's
     // root stays unmapped.
-    let (program_id, init_id) = st.config.host_ids(spec.slot);
+    let (program_id, init_id) = st.config.host_ids(slot.slot);
     let map = format!("0 {init_id} 1\n{SANDBOX_ID} {program_id} 1\n");
     for file in ["uid_map", "gid_map"] {
         let line = &map;
         std::fs::write(format!("/proc/{pid}/{file}"), line)
             .map_err(io_failure(format!("writing {file}")))?;
     }
-    cg.attach(pid).map_err(|e| {
-        failure(
-            "moving the init into the slot's cgroup",
-            None,
-            error_chain(&e),
-        )
-    })?;
+    // The init was born in the slot's cgroup (the keeper lives there; migrating a task per
+    // run costs an RCU grace period on cgroup v1, up to tens of milliseconds). The keeper and
+    // this supervisor share it, so the run's processes are made the OOM killer's first choice.
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), "1000")
+        .map_err(io_failure("setting the init's oom_score_adj"))?;
     write_all(&cmd_w, &[CMD_GO]).map_err(io_failure("starting the init"))?;
 
     wait_ready(&rep_r, &init, &plan)?;
@@ -327,12 +336,13 @@ fn run(
     for (i, (s, (in_w, out_r, err_r))) in spec.stages.iter().zip(stage_fds).enumerate() {
         let limits = CgroupLimits {
             memory: s.limits.memory.get(),
-            // The init counts as one task of the slot.
-            pids: s.limits.processes + 1,
+            // The keeper, this supervisor and the init are tasks of the slot too.
+            pids: s.limits.processes + 3,
         };
         let base = cg
             .prepare(limits)
             .map_err(|e| failure("setting the slot's limits", None, error_chain(&e)))?;
+        let own_base = own_cpu();
         let stage_no = u8::try_from(i).expect("at most MAX_STAGES stages");
         // The stage's wall time starts before the init is told to fork the program: taken
         // after, it would miss however long the program ran before this process got the CPU
@@ -342,8 +352,9 @@ fn run(
         let _ = protocol::write_frame(sock, &Event::StageStarted(u32::from(stage_no)));
         let watch = Watch {
             start,
+            own_base,
             limits: s.limits,
-            cg: &cg,
+            cg,
             base: &base,
             init: &init,
             report: &rep_r,
@@ -357,9 +368,11 @@ fn run(
         }
     }
     init.kill_and_reap();
-    // The PID namespace is gone, so the cgroup is empty; check rather than trust.
-    if cg.procs().is_ok_and(|p| !p.is_empty()) {
-        let _ = cg.kill_all();
+    // The PID namespace is gone, so only the keeper and this supervisor remain in the slot's
+    // cgroup; check rather than trust.
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    if let Ok(procs) = cg.procs() {
+        crate::cgroup::kill_and_wait(procs.into_iter().filter(|&p| p != me && p != slot.keeper));
     }
     Ok(outcome)
 }
@@ -515,6 +528,9 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 struct Watch<'a> {
     /// When the stage was started.
     start: Instant,
+    /// This supervisor's own CPU time when `base` was taken: the supervisor shares the slot's
+    /// cgroup, and its own work is not the run's.
+    own_base: Duration,
     limits: cod_core::Limits,
     cg: &'a SlotCgroup,
     base: &'a Baseline,
@@ -523,7 +539,26 @@ struct Watch<'a> {
     sock: &'a mut UnixStream,
 }
 
+/// CPU time this process has used.
+fn own_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
 impl Watch<'_> {
+    /// CPU time the run has used since the stage's baseline: the slot's counter minus what
+    /// this supervisor used meanwhile.
+    fn run_cpu(&self) -> Result<Duration, Failure> {
+        let slot = self
+            .cg
+            .cpu_since(self.base)
+            .map_err(|e| failure("reading CPU usage", None, error_chain(&e)))?;
+        Ok(slot.saturating_sub(own_cpu().saturating_sub(self.own_base)))
+    }
+
     /// Returns the stage's outcome and whether the init is still alive for another stage.
     fn run(
         self,
@@ -579,10 +614,7 @@ impl Watch<'_> {
                 if now >= wall_deadline {
                     kill(Some(LimitReason::Wall), &mut killed, &mut end);
                 } else if now >= next_cpu_check {
-                    let used = self
-                        .cg
-                        .cpu_since(self.base)
-                        .map_err(|e| failure("reading CPU usage", None, error_chain(&e)))?;
+                    let used = self.run_cpu()?;
                     if used >= self.limits.cpu {
                         kill(Some(LimitReason::Cpu), &mut killed, &mut end);
                     } else {
@@ -689,10 +721,13 @@ impl Watch<'_> {
             }
         }
         let end = end.unwrap_or_else(Instant::now);
-        let usage = self
+        let mut usage = self
             .cg
             .usage(self.base)
             .map_err(|e| failure("reading the slot's usage", None, error_chain(&e)))?;
+        usage.cpu = usage
+            .cpu
+            .saturating_sub(own_cpu().saturating_sub(self.own_base));
 
         let exit = match report {
             Some((_, errno)) if errno != 0 => Exit::Unknown,

@@ -108,7 +108,22 @@ fn thousand_runs_leave_nothing_behind() {
         for slot in &slots {
             let procs = std::fs::read_to_string(dir.join(slot).join("cgroup.procs"))
                 .expect("reading cgroup.procs");
-            assert_eq!(procs, "", "{c}/{slot} still has processes");
+            // Only the slot's keeper (a child of the helper, idle between runs) remains.
+            let pids: Vec<u32> = procs
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect();
+            assert_eq!(
+                pids.len(),
+                1,
+                "{c}/{slot} holds more than its keeper: {procs:?}"
+            );
+            assert_eq!(
+                parent_of(pids[0]),
+                helper,
+                "{c}/{slot}: {} is not the keeper",
+                pids[0]
+            );
         }
     }
     // The staging directories only ever held mounts of the runs' namespaces.
@@ -132,4 +147,15 @@ fn thousand_runs_leave_nothing_behind() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// The parent pid of `pid`, from /proc/<pid>/stat.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process exists");
+    let after_name = stat.rsplit_once(')').expect("a stat line").1;
+    after_name
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("a parent pid")
 }

@@ -314,7 +314,7 @@ fn kill_minus_one_reaches_only_the_run() {
         slot::BYSTANDER_RUN,
         &["/bin/sh", "-c", "sleep 1; echo survived"],
     );
-    let mut sock = jail.connect().expect("opening a run");
+    let mut sock = jail.connect(survivor.spec.slot).expect("opening a run");
     protocol::write_frame(&mut sock, &Request::Run(Box::new(survivor.spec.clone())))
         .expect("sending the spec");
     let started = match protocol::read_frame::<Event>(&mut sock).expect("an event") {
