@@ -229,11 +229,12 @@ fn hand_over(keepers: &mut [Option<Keeper>], slot: u32, conn: OwnedFd, state: &H
         ) {
             Ok(_) => return,
             Err(_) => {
-                if let Some(k) = entry.take() {
-                    if let Some(pid) = rustix::process::Pid::from_raw(k.pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-                    }
+                if let Some(pid) = entry
+                    .take()
+                    .and_then(|k| rustix::process::Pid::from_raw(k.pid))
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
                 }
             }
         }
