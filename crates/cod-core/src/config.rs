@@ -116,6 +116,10 @@ pub struct SandboxConfig {
     /// Open-file limit of programs.
     #[serde(default = "default_open_files")]
     pub open_files: u64,
+    /// CPU quota of each run, in CPUs. 0 sets no hard cap: slots share the CPUs by equal
+    /// weight (one CPU's worth each when all are busy) and a run may use CPUs that idle.
+    #[serde(default)]
+    pub cpus: u32,
     /// Directory for the sandbox's private mount points; default: the system temp dir.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -146,6 +150,7 @@ impl Default for SandboxConfig {
             uid_base: DEFAULT_UID_BASE,
             stack: DEFAULT_STACK,
             open_files: DEFAULT_OPEN_FILES,
+            cpus: 0,
             state_dir: None,
         }
     }
@@ -208,6 +213,11 @@ impl Config {
         if s.stack < Bytes::kib(256) {
             return Err(ConfigError::Value(
                 "sandbox.stack must be at least 256KiB".into(),
+            ));
+        }
+        if s.cpus > 1024 {
+            return Err(ConfigError::Value(
+                "sandbox.cpus must be at most 1024".into(),
             ));
         }
         if self.server.max_body < Bytes::kib(1) {

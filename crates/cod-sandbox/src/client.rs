@@ -45,7 +45,8 @@ pub struct JailConfig {
     pub uid_base: u32,
     /// Number of slots; specs must name a slot below it.
     pub slots: u32,
-    /// CPUs each run may use at once (the cgroup CPU quota).
+    /// CPU quota of each run, in CPUs; 0 sets none (slots share CPUs by equal weight and
+    /// may use idle ones).
     pub cpus_per_run: u32,
     /// `RLIMIT_STACK` of programs, bytes.
     pub stack: u64,
@@ -72,7 +73,7 @@ impl Default for JailConfig {
             cgroup_name: "cod".into(),
             uid_base: cod_core::config::DEFAULT_UID_BASE,
             slots: 64,
-            cpus_per_run: 1,
+            cpus_per_run: 0,
             stack: cod_core::config::DEFAULT_STACK.get(),
             open_files: cod_core::config::DEFAULT_OPEN_FILES,
             state_dir: std::env::temp_dir(),

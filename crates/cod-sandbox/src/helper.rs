@@ -92,7 +92,7 @@ fn start(config: JailConfig) -> Result<HelperState, String> {
         &config.cgroup_root,
         &config.cgroup_name,
         me,
-        config.cpus_per_run.max(1),
+        config.cpus_per_run,
     )
     .map_err(|e| {
         let mut s = e.to_string();

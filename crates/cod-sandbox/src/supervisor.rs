@@ -353,6 +353,14 @@ fn run(
         let watch = Watch {
             start,
             own_base,
+            cpus: match st.config.cpus_per_run {
+                0 => {
+                    u32::try_from(rustix::thread::sched_getaffinity(None).map_or(1, |s| s.count()))
+                        .unwrap_or(1)
+                        .max(1)
+                }
+                n => n,
+            },
             limits: s.limits,
             cg,
             base: &base,
@@ -531,6 +539,8 @@ struct Watch<'a> {
     /// This supervisor's own CPU time when `base` was taken: the supervisor shares the slot's
     /// cgroup, and its own work is not the run's.
     own_base: Duration,
+    /// How many CPUs the run can use at once (its quota, or the machine's).
+    cpus: u32,
     limits: cod_core::Limits,
     cg: &'a SlotCgroup,
     base: &'a Baseline,
@@ -618,11 +628,12 @@ impl Watch<'_> {
                     if used >= self.limits.cpu {
                         kill(Some(LimitReason::Cpu), &mut killed, &mut end);
                     } else {
-                        // With a quota of one CPU the slot cannot use CPU time faster than
-                        // wall time passes (beyond one CFS period), so the limit cannot be
-                        // reached before the remaining CPU time has elapsed.
-                        next_cpu_check =
-                            now + (self.limits.cpu - used).clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
+                        // The slot cannot use CPU time faster than `cpus` times wall time
+                        // (its quota, or every CPU), so the limit cannot be reached before
+                        // the remaining CPU time divided by that has elapsed.
+                        next_cpu_check = now
+                            + ((self.limits.cpu - used) / self.cpus)
+                                .clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
                     }
                 }
             }

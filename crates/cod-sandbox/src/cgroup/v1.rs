@@ -83,11 +83,14 @@ impl Tree {
             mkdir(d)?;
         }
         if fresh {
+            // A quota of `cpus` CPUs, or none (-1): then slots share the CPUs by their equal
+            // weights, each getting one CPU's worth under contention and more when CPUs idle.
             write(&cpu.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
-            write(
-                &cpu.join("cpu.cfs_quota_us"),
-                &(CFS_PERIOD_US * u64::from(self.cpus)).to_string(),
-            )?;
+            let quota = match self.cpus {
+                0 => "-1".to_owned(),
+                n => (CFS_PERIOD_US * u64::from(n)).to_string(),
+            };
+            write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
         }
         let same_cpu = cpu.canonicalize().ok() == cpuacct.canonicalize().ok();
         let mut attach = vec![memory.clone(), pids.clone(), cpu.clone()];
@@ -284,6 +287,16 @@ mod tests {
         for c in CONTROLLERS {
             assert!(!root.path().join(c).join("cod/4242").exists());
         }
+    }
+
+    #[test]
+    fn no_quota_when_cpus_is_zero() {
+        let root = fake_root();
+        let tree = CgroupTree::create(CgroupMode::V1, root.path(), "cod", 4244, 0).unwrap();
+        let _ = tree.slot(0).unwrap();
+        let quota = root.path().join("cpu/cod/4244/slot-0/cpu.cfs_quota_us");
+        assert_eq!(fs::read_to_string(quota).unwrap(), "-1");
+        tree.remove().unwrap();
     }
 
     #[test]

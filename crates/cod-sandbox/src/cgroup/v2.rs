@@ -94,10 +94,11 @@ impl Tree {
         let dir = self.dir.join(format!("slot-{n}"));
         if !dir.exists() {
             mkdir(&dir)?;
-            write(
-                &dir.join("cpu.max"),
-                &format!("{} {CPU_PERIOD_US}", CPU_PERIOD_US * u64::from(self.cpus)),
-            )?;
+            let quota = match self.cpus {
+                0 => "max".to_owned(),
+                n => (CPU_PERIOD_US * u64::from(n)).to_string(),
+            };
+            write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
         }
         Ok(Slot { dir })
     }
@@ -230,6 +231,16 @@ mod tests {
         let bare = fake_root("cpuset io\n");
         let err = CgroupTree::detect(CgroupMode::V2, bare.path()).unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn v2_no_quota_when_cpus_is_zero_on_fake_tree() {
+        let root = fake_root("cpu memory pids\n");
+        let tree = CgroupTree::create(CgroupMode::V2, root.path(), "cod", 556, 0).unwrap();
+        let _ = tree.slot(0).unwrap();
+        let max = root.path().join("cod/556/slot-0/cpu.max");
+        assert_eq!(fs::read_to_string(max).unwrap(), "max 100000");
+        tree.remove().unwrap();
     }
 
     #[test]

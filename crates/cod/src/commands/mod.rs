@@ -64,7 +64,7 @@ pub(crate) fn start_jail(config: &Config, slots: usize) -> anyhow::Result<Arc<Ja
         cgroup_name: s.cgroup_name.clone(),
         uid_base: s.uid_base,
         slots: u32::try_from(slots).context("too many workers")?,
-        cpus_per_run: 1,
+        cpus_per_run: s.cpus,
         stack: s.stack.get(),
         open_files: s.open_files,
         state_dir: s.state_dir.clone().unwrap_or_else(std::env::temp_dir),
