@@ -354,11 +354,9 @@ fn run(
             start,
             own_base,
             cpus: match st.config.cpus_per_run {
-                0 => {
-                    u32::try_from(rustix::thread::sched_getaffinity(None).map_or(1, |s| s.count()))
-                        .unwrap_or(1)
-                        .max(1)
-                }
+                0 => rustix::thread::sched_getaffinity(None)
+                    .map_or(1, |s| s.count())
+                    .max(1),
                 n => n,
             },
             limits: s.limits,
