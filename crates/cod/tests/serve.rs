@@ -87,6 +87,21 @@ async fn readme_example_and_environment_isolation() {
         v["stdout"], "False False\n",
         "the server's environment leaked: {v}"
     );
+    // A program cannot reach the very server that runs it.
+    let port = server.addr.rsplit(':').next().unwrap();
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('reached')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)"
+    );
+    let v: serde_json::Value = c
+        .post(&url)
+        .json(&serde_json::json!({"language": "python", "source": probe}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["stdout"], "PermissionError 1\n", "{v}");
     let page = c
         .get(format!("http://{}/", server.addr))
         .send()

@@ -111,38 +111,49 @@ fn write_files(dir: &Path, spec: &SandboxSpec) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the stages on the host in a fresh directory; returns the time taken.
-fn run_raw(sc: &Scenario) -> anyhow::Result<Duration> {
+/// Writes the scenario's files into a fresh directory and runs each stage as the command
+/// `command(dir, argv, env)` builds; returns the time the stages took. `how` names the
+/// contender in errors.
+fn time_stages(
+    sc: &Scenario,
+    how: &str,
+    command: impl Fn(&Path, &[String], &[String]) -> Command,
+) -> anyhow::Result<Duration> {
     let dir = tempfile::tempdir()?;
     write_files(dir.path(), &sc.spec)?;
     let start = Instant::now();
     for (argv, env, stdin) in &sc.host_stages {
-        let argv: Vec<String> = argv
-            .iter()
-            .map(|a| to_host(a, dir.path(), &sc.extra_binds))
-            .collect();
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).env_clear().current_dir(dir.path());
-        for kv in env {
-            if let Some((k, v)) = kv.split_once('=') {
-                let v = if k == "HOME" || k == "TMPDIR" {
-                    dir.path().display().to_string()
-                } else {
-                    to_host(v, dir.path(), &sc.extra_binds)
-                };
-                cmd.env(k, v);
-            }
-        }
-        let out = pipe_run(&mut cmd, stdin)?;
+        let out = pipe_run(&mut command(dir.path(), argv, env), stdin)?;
         if !out.status.success() {
             bail!(
-                "{} failed without a sandbox: {}",
+                "{} failed {how}: {}",
                 sc.name,
                 String::from_utf8_lossy(&out.stderr)
             );
         }
     }
     Ok(start.elapsed())
+}
+
+/// Runs the stages on the host, sandbox paths rewritten to host ones.
+fn run_raw(sc: &Scenario) -> anyhow::Result<Duration> {
+    time_stages(sc, "without a sandbox", |dir, argv, env| {
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| to_host(a, dir, &sc.extra_binds))
+            .collect();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env_clear().current_dir(dir);
+        for (k, v) in env.iter().filter_map(|kv| kv.split_once('=')) {
+            let v = if k == "HOME" || k == "TMPDIR" {
+                dir.display().to_string()
+            } else {
+                to_host(v, dir, &sc.extra_binds)
+            };
+            cmd.env(k, v);
+        }
+        cmd
+    })
 }
 
 fn pipe_run(cmd: &mut Command, stdin: &[u8]) -> anyhow::Result<std::process::Output> {
@@ -162,12 +173,9 @@ fn pipe_run(cmd: &mut Command, stdin: &[u8]) -> anyhow::Result<std::process::Out
     Ok(out)
 }
 
-/// Runs the stages in bubblewrap with isolation equivalent to cod's; returns the time taken.
+/// Runs the stages in bubblewrap with isolation equivalent to cod's.
 fn run_bwrap(sc: &Scenario, host: &HostLayout) -> anyhow::Result<Duration> {
-    let dir = tempfile::tempdir()?;
-    write_files(dir.path(), &sc.spec)?;
-    let start = Instant::now();
-    for (argv, env, stdin) in &sc.host_stages {
+    time_stages(sc, "under bubblewrap", |dir, argv, env| {
         let mut cmd = Command::new("bwrap");
         cmd.args([
             "--unshare-all",
@@ -186,25 +194,15 @@ fn run_bwrap(sc: &Scenario, host: &HostLayout) -> anyhow::Result<Duration> {
         }
         cmd.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"])
             .arg("--bind")
-            .arg(dir.path())
+            .arg(dir)
             .arg("/box")
             .args(["--chdir", "/box"]);
-        for kv in env {
-            if let Some((k, v)) = kv.split_once('=') {
-                cmd.args(["--setenv", k, v]);
-            }
+        for (k, v) in env.iter().filter_map(|kv| kv.split_once('=')) {
+            cmd.args(["--setenv", k, v]);
         }
         cmd.arg("--").args(argv);
-        let out = pipe_run(&mut cmd, stdin)?;
-        if !out.status.success() {
-            bail!(
-                "{} failed under bubblewrap: {}",
-                sc.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    Ok(start.elapsed())
+        cmd
+    })
 }
 
 async fn run_cod(jail: &Jail, sc: &Scenario) -> anyhow::Result<Duration> {
