@@ -35,33 +35,72 @@ fn failure(step: &str, e: impl std::fmt::Display) -> Failure {
     }
 }
 
-/// Sends `spec` to the sandbox and waits for its outcome.
+/// Sends `spec` to the sandbox and waits for its outcome. A run whose socket closes before
+/// any event never reached a supervisor (the helper died with it queued, and was restarted):
+/// it is handed over once more.
 pub async fn run_in_jail(jail: &Jail, spec: SandboxSpec) -> Result<SandboxOutcome, Failure> {
-    let sock = jail
-        .connect(spec.slot)
-        .map_err(|e| failure("handing the run to the sandbox helper", e))?;
-    sock.set_nonblocking(true)
-        .map_err(|e| failure("preparing the run's socket", e))?;
-    let mut sock = tokio::net::UnixStream::from_std(sock)
-        .map_err(|e| failure("preparing the run's socket", e))?;
+    let slot = spec.slot;
     let frame = protocol::encode(&Request::Run(Box::new(spec)))
         .map_err(|e| failure("encoding the run", e))?;
-    sock.write_all(&frame)
-        .await
-        .map_err(|e| failure("sending the run", e))?;
+    match attempt(jail, slot, &frame).await {
+        Attempt::Lost => match attempt(jail, slot, &frame).await {
+            Attempt::Done(r) => r,
+            Attempt::Lost => Err(failure(
+                "the sandbox supervisor ended without a result",
+                "the run's socket closed",
+            )),
+        },
+        Attempt::Done(r) => r,
+    }
+}
+
+enum Attempt {
+    /// The run's socket closed before any event: the run never started.
+    Lost,
+    /// The run ended (or failed after starting).
+    Done(Result<SandboxOutcome, Failure>),
+}
+
+async fn attempt(jail: &Jail, slot: u32, frame: &[u8]) -> Attempt {
+    let sock = match jail.connect(slot) {
+        Ok(s) => s,
+        Err(e) => return Attempt::Done(Err(failure("handing the run to the sandbox helper", e))),
+    };
+    let sock = sock
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(sock));
+    let mut sock = match sock {
+        Ok(s) => s,
+        Err(e) => return Attempt::Done(Err(failure("preparing the run's socket", e))),
+    };
+    if sock.write_all(frame).await.is_err() {
+        return Attempt::Lost;
+    }
+    let mut started = false;
     loop {
         let mut header = [0u8; 4];
-        sock.read_exact(&mut header)
-            .await
-            .map_err(|e| failure("the sandbox supervisor ended without a result", e))?;
-        let len = protocol::decode_len(header).map_err(|e| failure("reading an event", e))?;
-        let mut body = vec![0u8; len];
-        sock.read_exact(&mut body)
-            .await
-            .map_err(|e| failure("reading an event", e))?;
-        match protocol::decode::<Event>(&body).map_err(|e| failure("decoding an event", e))? {
-            Event::Finished(r) => return r,
-            Event::StageStarted(_) => {}
+        if let Err(e) = sock.read_exact(&mut header).await {
+            return if started {
+                Attempt::Done(Err(failure(
+                    "the sandbox supervisor ended without a result",
+                    e,
+                )))
+            } else {
+                Attempt::Lost
+            };
+        }
+        let event = async {
+            let len = protocol::decode_len(header).map_err(|e| failure("reading an event", e))?;
+            let mut body = vec![0u8; len];
+            sock.read_exact(&mut body)
+                .await
+                .map_err(|e| failure("reading an event", e))?;
+            protocol::decode::<Event>(&body).map_err(|e| failure("decoding an event", e))
+        };
+        match event.await {
+            Ok(Event::Finished(r)) => return Attempt::Done(r),
+            Ok(Event::StageStarted(_)) => started = true,
+            Err(f) => return Attempt::Done(Err(f)),
         }
     }
 }

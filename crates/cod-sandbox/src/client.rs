@@ -7,7 +7,7 @@
 //! caller, which writes the spec and reads the events (blocking through [`Jail::run`], or
 //! asynchronously by wrapping the stream returned by [`Jail::connect`]).
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -125,77 +125,123 @@ pub enum JailError {
     Failure(#[from] Failure),
 }
 
-/// A running helper process. Dropping it stops the helper after its runs finish.
+/// A running helper process and the control socket to it.
+#[derive(Debug)]
+struct Helper {
+    control: OwnedFd,
+    child: Child,
+}
+
+/// The sandbox helper, started on demand: if it dies, the next run starts a new one.
+/// Dropping the jail stops the helper after its runs finish.
 #[derive(Debug)]
 pub struct Jail {
-    control: OwnedFd,
-    child: Mutex<Option<Child>>,
+    program: PathBuf,
+    args: Vec<OsString>,
+    config: JailConfig,
+    helper: Mutex<Option<Helper>>,
     cgroup: CgroupMode,
     slots: u32,
+}
+
+/// Starts `program args...` as the helper, configures it, and waits for its answer.
+fn start_helper(
+    program: &Path,
+    args: &[OsString],
+    config: &JailConfig,
+) -> Result<(Helper, CgroupMode), JailError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| JailError::Control(e.into()))?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .env_clear();
+    // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
+    // fcntl, which are async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(theirs_raw, HELPER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears FD_CLOEXEC on the copy; when the numbers were equal it did not.
+            let flags = libc::fcntl(HELPER_FD, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(HELPER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| JailError::Spawn {
+        program: program.to_owned(),
+        source,
+    })?;
+    drop(theirs);
+    let reply = handshake(&ours, config);
+    match reply {
+        Ok(HelperReply::Ready { cgroup }) => Ok((
+            Helper {
+                control: ours,
+                child,
+            },
+            cgroup,
+        )),
+        Ok(HelperReply::Failed(why)) => {
+            let _ = child.wait();
+            Err(JailError::HelperFailed(why))
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+fn handshake(control: &OwnedFd, config: &JailConfig) -> Result<HelperReply, JailError> {
+    let msg = postcard::to_stdvec(config).map_err(|e| JailError::Protocol(e.into()))?;
+    send(control, &msg, SendFlags::NOSIGNAL).map_err(|e| JailError::Control(e.into()))?;
+    let mut buf = vec![0u8; CONTROL_MAX];
+    let n = match recv(control, &mut buf, RecvFlags::empty()) {
+        Ok((n, _)) => n,
+        Err(e) => return Err(JailError::Control(e.into())),
+    };
+    if n == 0 {
+        return Err(JailError::HelperFailed(
+            "it exited during start-up (see its stderr)".into(),
+        ));
+    }
+    postcard::from_bytes(&buf[..n]).map_err(|e| JailError::Protocol(e.into()))
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        // Closing our end is the helper's signal to finish its runs, clean up and exit.
+        let _ = rustix::net::shutdown(&self.control, rustix::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
 }
 
 impl Jail {
     /// Starts `program args...` as the helper and configures it.
     pub fn spawn(program: &Path, args: &[&OsStr], config: &JailConfig) -> Result<Jail, JailError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| JailError::Control(e.into()))?;
-        let theirs_raw = theirs.as_raw_fd();
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .env_clear();
-        // SAFETY: the closure runs in the forked child before exec and only calls dup2 and
-        // fcntl, which are async-signal-safe; it touches no memory shared with the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(theirs_raw, HELPER_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // dup2 clears FD_CLOEXEC on the copy; when the numbers were equal it did not.
-                let flags = libc::fcntl(HELPER_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(HELPER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| JailError::Spawn {
+        let args: Vec<OsString> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (helper, cgroup) = start_helper(program, &args, config)?;
+        Ok(Jail {
             program: program.to_owned(),
-            source,
-        })?;
-        drop(theirs);
-
-        let msg = postcard::to_stdvec(config).map_err(|e| JailError::Protocol(e.into()))?;
-        send(&ours, &msg, SendFlags::empty()).map_err(|e| JailError::Control(e.into()))?;
-        let mut buf = vec![0u8; CONTROL_MAX];
-        let n = match recv(&ours, &mut buf, RecvFlags::empty()) {
-            Ok((n, _)) => n,
-            Err(e) => return Err(JailError::Control(e.into())),
-        };
-        if n == 0 {
-            return Err(JailError::HelperFailed(
-                "it exited during start-up (see its stderr)".into(),
-            ));
-        }
-        let reply: HelperReply =
-            postcard::from_bytes(&buf[..n]).map_err(|e| JailError::Protocol(e.into()))?;
-        match reply {
-            HelperReply::Ready { cgroup } => Ok(Jail {
-                control: ours,
-                child: Mutex::new(Some(child)),
-                cgroup,
-                slots: config.slots,
-            }),
-            HelperReply::Failed(why) => Err(JailError::HelperFailed(why)),
-        }
+            args,
+            config: config.clone(),
+            helper: Mutex::new(Some(helper)),
+            cgroup,
+            slots: config.slots,
+        })
     }
 
     /// The cgroup hierarchy the helper uses.
@@ -211,7 +257,7 @@ impl Jail {
     /// The helper's process id (it names the helper's cgroup instance and staging directory),
     /// or `None` once the helper has been waited for.
     pub fn helper_pid(&self) -> Option<u32> {
-        self.child.lock().ok()?.as_ref().map(Child::id)
+        self.helper.lock().ok()?.as_ref().map(|h| h.child.id())
     }
 
     /// Opens a run in worker slot `slot`: returns the caller's end of a new socket whose
@@ -225,46 +271,66 @@ impl Jail {
             None,
         )
         .map_err(|e| JailError::Control(e.into()))?;
-        let fds = [rustix::fd::AsFd::as_fd(&theirs)];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut anc = SendAncillaryBuffer::new(&mut space);
-        if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(JailError::Control(std::io::Error::other(
-                "ancillary buffer too small",
-            )));
+        let mut guard = self
+            .helper
+            .lock()
+            .map_err(|_| JailError::HelperFailed("a thread panicked while restarting it".into()))?;
+        // One retry: a helper that died (killed by an operator, say) is replaced.
+        for attempt in 0..2 {
+            if guard.is_none() {
+                let (helper, _) = start_helper(&self.program, &self.args, &self.config)?;
+                *guard = Some(helper);
+            }
+            let helper = guard.as_ref().expect("set above");
+            match send_fd(&helper.control, slot, &theirs) {
+                Ok(()) => return Ok(UnixStream::from(ours)),
+                Err(e) if attempt == 0 => {
+                    drop(e);
+                    // Reap the dead helper (its Drop waits for it) and start another.
+                    *guard = None;
+                }
+                Err(e) => return Err(JailError::Control(e)),
+            }
         }
-        sendmsg(
-            &self.control,
-            &[IoSlice::new(&slot.to_le_bytes())],
-            &mut anc,
-            SendFlags::NOSIGNAL,
-        )
-        .map_err(|e| JailError::Control(e.into()))?;
-        Ok(UnixStream::from(ours))
+        unreachable!("the loop returns on its second attempt")
     }
 
     /// Runs `spec` and waits for its outcome (blocking).
     pub fn run(&self, spec: &SandboxSpec) -> Result<SandboxOutcome, JailError> {
-        let mut sock = self.connect(spec.slot)?;
-        protocol::write_frame(&mut sock, &Request::Run(Box::new(spec.clone())))?;
-        loop {
-            match protocol::read_frame::<Event>(&mut sock)? {
-                Some(Event::Finished(r)) => return Ok(r?),
-                Some(Event::StageStarted(_)) => {}
-                None => return Err(JailError::NoResult),
+        let request = Request::Run(Box::new(spec.clone()));
+        // A run whose socket closes before any event never reached a supervisor (the helper
+        // died with it queued): it is handed over once more.
+        for attempt in 0..2 {
+            let mut sock = self.connect(spec.slot)?;
+            protocol::write_frame(&mut sock, &request)?;
+            let mut started = false;
+            loop {
+                match protocol::read_frame::<Event>(&mut sock) {
+                    Ok(Some(Event::Finished(r))) => return Ok(r?),
+                    Ok(Some(Event::StageStarted(_))) => started = true,
+                    Ok(None) | Err(FrameError::Io(_)) if !started && attempt == 0 => break,
+                    Ok(None) => return Err(JailError::NoResult),
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
+        Err(JailError::NoResult)
     }
 }
 
-impl Drop for Jail {
-    fn drop(&mut self) {
-        // Closing our end is the helper's signal to finish its runs, clean up and exit.
-        let _ = rustix::net::shutdown(&self.control, rustix::net::Shutdown::Both);
-        if let Ok(mut guard) = self.child.lock()
-            && let Some(mut child) = guard.take()
-        {
-            let _ = child.wait();
-        }
+/// Sends `conn` with `slot` over the helper's control socket.
+fn send_fd(control: &OwnedFd, slot: u32, conn: &OwnedFd) -> std::io::Result<()> {
+    let fds = [rustix::fd::AsFd::as_fd(conn)];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("ancillary buffer too small"));
     }
+    sendmsg(
+        control,
+        &[IoSlice::new(&slot.to_le_bytes())],
+        &mut anc,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
 }
