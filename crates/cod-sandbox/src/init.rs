@@ -5,15 +5,22 @@
 //! so it is async-signal-safe only: raw system calls through rustix and `sys`, no
 //! allocation, no locks, no panics. Failures travel to the supervisor as numbers on a pipe.
 //!
-//! The init builds the root filesystem, then waits for commands: for each stage it forks the
-//! program, waits for it, kills whatever the program left behind (`kill(-1, SIGKILL)` from a
-//! namespace's init reaches every other process in it, however it daemonised) and reaps it
-//! all before reporting. When the init exits, the kernel tears the namespace down.
+//! The init builds the root filesystem, reports ready, and then obeys commands that arrive
+//! on a SEQPACKET socket, into buffers allocated before `clone`: write a file into the work
+//! dir, run a stage, exit. The sandbox can so be prepared before its run is known. For each
+//! stage it forks the program, waits for it, kills whatever the program left behind
+//! (`kill(-1, SIGKILL)` from a namespace's init reaches every other process in it, however it
+//! daemonised) and reaps it all before reporting. When the init exits, the kernel tears the
+//! namespace down.
 
-use std::ffi::{CString, c_char};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ffi::{CStr, c_char};
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
+use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
 use rustix::process::{Resource, Rlimit, Signal, WaitOptions};
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
@@ -25,58 +32,43 @@ use crate::sys;
 /// Report kinds, init to supervisor. Each report is four little-endian 32-bit words.
 pub(crate) const REPORT_READY: u32 = 1;
 pub(crate) const REPORT_SETUP_FAILED: u32 = 2;
+/// `(wait status, exec errno or 0, 0)`.
 pub(crate) const REPORT_STAGE_DONE: u32 = 3;
+/// The stage did not start: `(errno, index of the file that failed or -1, what)` where
+/// `what` is one of the `NOT_STARTED_*` values.
+pub(crate) const REPORT_NOT_STARTED: u32 = 4;
 pub(crate) const REPORT_LEN: usize = 16;
 
-/// Command bytes, supervisor to init.
+/// Why a stage did not start.
+pub(crate) const NOT_STARTED_FILE: i32 = 1;
+pub(crate) const NOT_STARTED_PLAN: i32 = 2;
+pub(crate) const NOT_STARTED_FORK: i32 = 3;
+
+/// Command kinds, supervisor to init (the first byte of each message).
 pub(crate) const CMD_GO: u8 = b'G';
+/// `F`, mode (u32), file name: create a file in the work dir.
+pub(crate) const CMD_FILE: u8 = b'F';
+/// `D`, bytes: append to the file being written.
+pub(crate) const CMD_DATA: u8 = b'D';
+/// `E`: the file is complete.
+pub(crate) const CMD_END: u8 = b'E';
+/// `S`, plan (see [`encode_plan`]), with the stage's stdin, stdout and stderr attached.
 pub(crate) const CMD_STAGE: u8 = b'S';
+
+/// Largest command message (the socket's own limit is about 200 KiB).
+pub(crate) const MAX_MESSAGE: usize = 160 * 1024;
+/// Most arguments and environment entries of a stage.
+pub(crate) const MAX_ARGS: usize = 2048;
+pub(crate) const MAX_ENV: usize = 512;
 
 /// Exit code of a program child whose `execve` failed (the errno goes over a pipe).
 const EXEC_FAILED: i32 = 127;
 
-/// One stage's program, prepared before `clone`.
-pub(crate) struct ExecPlan {
-    pub(crate) path: CString,
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const c_char>,
-    _env: Vec<CString>,
-    env_ptrs: Vec<*const c_char>,
-    rlimits: Vec<(Resource, u64)>,
-    /// Init's ends of the stage's pipes, which become the program's 0, 1 and 2.
-    pub(crate) stdio: [RawFd; 3],
-}
-
-impl ExecPlan {
-    pub(crate) fn new(
-        argv: Vec<CString>,
-        env: Vec<CString>,
-        rlimits: Vec<(Resource, u64)>,
-        stdio: [RawFd; 3],
-    ) -> Option<Self> {
-        let path = argv.first()?.clone();
-        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut env_ptrs: Vec<*const c_char> = env.iter().map(|a| a.as_ptr()).collect();
-        env_ptrs.push(std::ptr::null());
-        Some(ExecPlan {
-            path,
-            _argv: argv,
-            argv_ptrs,
-            _env: env,
-            env_ptrs,
-            rlimits,
-            stdio,
-        })
-    }
-}
-
 /// Everything the init needs, prepared by the supervisor.
 pub(crate) struct InitPlan<'a> {
     pub(crate) mounts: &'a MountPlan,
-    pub(crate) stages: &'a [ExecPlan],
     pub(crate) seccomp: &'a SeccompPolicy,
-    /// Init's end of the command pipe (read).
+    /// Init's end of the command socket.
     pub(crate) cmd: RawFd,
     /// Init's end of the report pipe (write).
     pub(crate) report: RawFd,
@@ -84,9 +76,26 @@ pub(crate) struct InitPlan<'a> {
     pub(crate) close_first: &'a [RawFd],
 }
 
+/// Memory the init uses, allocated before `clone`.
+pub(crate) struct InitBuffers {
+    pub(crate) message: Vec<u8>,
+    pub(crate) argv: Vec<*const c_char>,
+    pub(crate) env: Vec<*const c_char>,
+}
+
+impl InitBuffers {
+    pub(crate) fn new() -> Self {
+        InitBuffers {
+            message: vec![0; MAX_MESSAGE],
+            argv: vec![std::ptr::null(); MAX_ARGS + 1],
+            env: vec![std::ptr::null(); MAX_ENV + 1],
+        }
+    }
+}
+
 fn fd(raw: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: every descriptor passed here was created by the supervisor before `clone`, is
-    // open in this process, and stays open until this process execs or exits.
+    // SAFETY: every descriptor passed here was created by the supervisor before `clone` or
+    // received by this process, is open, and stays open until this process execs or exits.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
@@ -111,32 +120,128 @@ pub(crate) fn parse_report(buf: &[u8; REPORT_LEN]) -> (u32, i32, i32, i32) {
     )
 }
 
-fn read_exact(from: RawFd, buf: &mut [u8]) -> bool {
-    let mut got = 0;
-    while got < buf.len() {
-        match rustix::io::read(fd(from), &mut buf[got..]) {
-            Ok(0) => return false,
-            Ok(n) => got += n,
+/// Serializes a stage's plan for [`CMD_STAGE`]: rlimits, then argv and env as NUL-terminated
+/// strings. Runs in the supervisor.
+pub(crate) fn encode_plan(rlimits: &[(Resource, u64)], argv: &[String], env: &[String]) -> Vec<u8> {
+    let mut out = vec![CMD_STAGE];
+    out.extend_from_slice(&u32::try_from(rlimits.len()).unwrap_or(0).to_le_bytes());
+    for &(res, v) in rlimits {
+        out.extend_from_slice(&(res as u32).to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&u32::try_from(argv.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(env.len()).unwrap_or(0).to_le_bytes());
+    for s in argv.iter().chain(env) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn resource(raw: u32) -> Option<Resource> {
+    use Resource::*;
+    [
+        Cpu, Fsize, Data, Stack, Core, Rss, Nproc, Nofile, Memlock, As, Locks, Sigpending,
+        Msgqueue, Nice, Rtprio, Rttime,
+    ]
+    .into_iter()
+    .find(|r| *r as u32 == raw)
+}
+
+/// A stage's plan, decoded in place: pointers into the message buffer.
+struct Plan<'a> {
+    rlimits: &'a [u8],
+    argv: &'a [*const c_char],
+    env: &'a [*const c_char],
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Decodes a plan without allocating: the strings stay in `msg`, `argv` and `env` receive
+/// pointers to them and a terminating null.
+fn decode_plan<'a>(
+    msg: &'a [u8],
+    argv: &'a mut [*const c_char],
+    env: &'a mut [*const c_char],
+) -> Option<Plan<'a>> {
+    let n_limits = usize::try_from(u32_at(msg, 0)?).ok()?;
+    let limits_end = 4 + n_limits.checked_mul(12)?;
+    let rlimits = msg.get(4..limits_end)?;
+    let argc = usize::try_from(u32_at(msg, limits_end)?).ok()?;
+    let envc = usize::try_from(u32_at(msg, limits_end + 4)?).ok()?;
+    if argc == 0 || argc > argv.len() - 1 || envc > env.len() - 1 {
+        return None;
+    }
+    let mut at = limits_end + 8;
+    for i in 0..argc + envc {
+        let rest = msg.get(at..)?;
+        let len = rest.iter().position(|&b| b == 0)?;
+        let ptr = rest.as_ptr().cast::<c_char>();
+        if i < argc {
+            argv[i] = ptr;
+        } else {
+            env[i - argc] = ptr;
+        }
+        at += len + 1;
+    }
+    argv[argc] = std::ptr::null();
+    env[envc] = std::ptr::null();
+    Some(Plan {
+        rlimits,
+        argv: &argv[..=argc],
+        env: &env[..=envc],
+    })
+}
+
+/// Receives one command: its length, and up to three descriptors attached to it.
+fn receive(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd; 3]) -> Option<(usize, usize)> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    loop {
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        match recvmsg(
+            fd(sock),
+            &mut [IoSliceMut::new(buf)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) if msg.bytes == 0 => return None,
+            Ok(msg) => {
+                let mut n = 0;
+                for m in anc.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = m {
+                        for f in received {
+                            if n < fds.len() {
+                                fds[n] = f.into_raw_fd();
+                                n += 1;
+                            }
+                        }
+                    }
+                }
+                return Some((msg.bytes, n));
+            }
             Err(Errno::INTR) => {}
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
-    true
 }
 
 /// The init's main function; never returns.
-pub(crate) fn init_main(p: &InitPlan<'_>) -> ! {
+pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
     for &f in p.close_first {
         sys::close(f);
     }
     // If the supervisor dies, so does the init, and with it the whole namespace.
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
 
-    let mut go = [0u8; 1];
-    if !read_exact(p.cmd, &mut go) || go[0] != CMD_GO {
-        sys::exit_now(1);
+    let mut fds = [-1; 3];
+    match receive(p.cmd, &mut bufs.message, &mut fds) {
+        Some((1, 0)) if bufs.message[0] == CMD_GO => {}
+        _ => sys::exit_now(1),
     }
-    // The supervisor has moved us into the slot's cgroup; make it our cgroup root.
+    // The init was born in the slot's cgroup; make it its cgroup root.
     // SAFETY: only CLONE_NEWCGROUP is unshared, which does not touch the descriptor table
     // (the hazard `unshare_unsafe` documents is CLONE_FILES), and this process has one thread.
     let unshared =
@@ -161,41 +266,183 @@ pub(crate) fn init_main(p: &InitPlan<'_>) -> ! {
         );
         sys::exit_now(1);
     }
+    let Ok(work) = rustix::fs::open(
+        c"/box",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        report(
+            p.report,
+            REPORT_SETUP_FAILED,
+            Step::WorkDir as i32,
+            6,
+            Errno::NOENT.raw_os_error(),
+        );
+        sys::exit_now(1);
+    };
     report(p.report, REPORT_READY, 0, 0, 0);
 
-    let mut cmd = [0u8; 2];
-    while read_exact(p.cmd, &mut cmd) {
-        let i = usize::from(cmd[1]);
-        if cmd[0] != CMD_STAGE || i >= p.stages.len() {
-            break;
+    // The file being written, and the first error of this stage's files.
+    let mut file: Option<OwnedFd> = None;
+    let mut file_index: i32 = -1;
+    let mut file_error: Option<(i32, Errno)> = None;
+    loop {
+        let mut fds = [-1; 3];
+        let Some((len, nfds)) = receive(p.cmd, &mut bufs.message, &mut fds) else {
+            sys::exit_now(0)
+        };
+        let (kind, body) = (bufs.message[0], &bufs.message[1..len]);
+        match kind {
+            CMD_FILE => {
+                file_index += 1;
+                file = None;
+                if file_error.is_none() {
+                    match create_file(&work, body) {
+                        Ok(f) => file = Some(f),
+                        Err(e) => file_error = Some((file_index, e)),
+                    }
+                }
+            }
+            CMD_DATA => {
+                if let Some(Err(e)) = file.as_ref().map(|f| write_all(f, body)) {
+                    file_error = file_error.or(Some((file_index, e)));
+                    file = None;
+                }
+            }
+            CMD_END => {
+                if let Some(f) = file.take() {
+                    let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
+                    if let Err(e) = rustix::fs::fchown(&f, Some(id.0), Some(id.1)) {
+                        file_error = file_error.or(Some((file_index, e)));
+                    }
+                }
+            }
+            CMD_STAGE if nfds == 3 => {
+                let stdio = fds;
+                if let Some((index, e)) = file_error.take() {
+                    for f in stdio {
+                        sys::close(f);
+                    }
+                    report(
+                        p.report,
+                        REPORT_NOT_STARTED,
+                        e.raw_os_error(),
+                        index,
+                        NOT_STARTED_FILE,
+                    );
+                    continue;
+                }
+                file_index = -1;
+                let InitBuffers { message, argv, env } = &mut *bufs;
+                let Some(plan) = decode_plan(&message[1..len], argv, env) else {
+                    for f in stdio {
+                        sys::close(f);
+                    }
+                    report(
+                        p.report,
+                        REPORT_NOT_STARTED,
+                        Errno::INVAL.raw_os_error(),
+                        -1,
+                        NOT_STARTED_PLAN,
+                    );
+                    continue;
+                };
+                match run_stage(p, &plan, stdio) {
+                    Ok((status, exec_errno)) => {
+                        report(p.report, REPORT_STAGE_DONE, status, exec_errno, 0);
+                    }
+                    Err(e) => {
+                        report(
+                            p.report,
+                            REPORT_NOT_STARTED,
+                            e.raw_os_error(),
+                            -1,
+                            NOT_STARTED_FORK,
+                        );
+                    }
+                }
+            }
+            _ => {
+                for f in fds.iter().take(nfds) {
+                    sys::close(*f);
+                }
+                sys::exit_now(0);
+            }
         }
-        let (status, exec_errno) = run_stage(p, &p.stages[i]);
-        report(p.report, REPORT_STAGE_DONE, status, exec_errno, 0);
     }
-    sys::exit_now(0)
+}
+
+/// Creates `/box/<name>` from a [`CMD_FILE`] body: mode (u32) then the name.
+fn create_file(work: &OwnedFd, body: &[u8]) -> Result<OwnedFd, Errno> {
+    let mode = u32_at(body, 0).ok_or(Errno::INVAL)?;
+    let name = body.get(4..).ok_or(Errno::INVAL)?;
+    // A plain name only (the supervisor checked it too): no slash, no dot names, no NUL.
+    if name.is_empty()
+        || name.len() > 255
+        || name.contains(&b'/')
+        || name.contains(&0)
+        || name[0] == b'.'
+    {
+        return Err(Errno::INVAL);
+    }
+    let mut path = [0u8; 256];
+    path[..name.len()].copy_from_slice(name);
+    let path = CStr::from_bytes_until_nul(&path).map_err(|_| Errno::INVAL)?;
+    let f = rustix::fs::openat(
+        work,
+        path,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(mode & 0o777),
+    )?;
+    // The umask may have masked the mode at creation.
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o777))?;
+    Ok(f)
+}
+
+fn write_all(f: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match rustix::io::write(f, data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Forks the stage's program, waits for it, then kills and reaps everything else.
 /// Returns the program's raw wait status and the errno of a failed `execve` (or 0).
-fn run_stage(p: &InitPlan<'_>, st: &ExecPlan) -> (i32, i32) {
-    let Ok((err_r, err_w)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
-        return (0, Errno::MFILE.raw_os_error());
-    };
+fn run_stage(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3]) -> Result<(i32, i32), Errno> {
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let child = match sys::fork_raw() {
         Ok(0) => {
             drop(err_r);
-            exec_program(p, st, &err_w)
+            exec_program(p, plan, stdio, &err_w)
         }
         Ok(pid) => pid,
-        Err(e) => return (0, e.raw_os_error().unwrap_or(libc::EAGAIN)),
+        Err(e) => {
+            for f in stdio {
+                sys::close(f);
+            }
+            return Err(Errno::from_io_error(&e).unwrap_or(Errno::AGAIN));
+        }
     };
     drop(err_w);
     // The program has its own copies now; ours would keep its pipes from reaching EOF.
-    for &f in &st.stdio {
+    for f in stdio {
         sys::close(f);
     }
     let mut errno_buf = [0u8; 4];
-    let exec_errno = if read_exact(err_r.as_raw_fd(), &mut errno_buf) {
+    let mut got = 0;
+    while got < 4 {
+        match rustix::io::read(&err_r, &mut errno_buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    let exec_errno = if got == 4 {
         i32::from_le_bytes(errno_buf)
     } else {
         0
@@ -216,34 +463,39 @@ fn run_stage(p: &InitPlan<'_>, st: &ExecPlan) -> (i32, i32) {
     // Whatever the program left behind (daemons, double forks) dies now.
     let _ = sys::kill_all_but_self();
     while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
-    (status, exec_errno)
+    Ok((status, exec_errno))
 }
 
 /// The program child: wire up stdio, drop every privilege, install seccomp, exec.
-fn exec_program(p: &InitPlan<'_>, st: &ExecPlan, err_w: &OwnedFd) -> ! {
+fn exec_program(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: &OwnedFd) -> ! {
     // Where the error pipe is: `prepare_exec` moves it to fd 3.
     let mut err_fd = err_w.as_raw_fd();
-    let errno = match prepare_exec(p, st, &mut err_fd) {
-        Ok(()) => sys::execve(&st.path, &st.argv_ptrs, &st.env_ptrs)
-            .raw_os_error()
-            .unwrap_or(libc::ENOEXEC),
+    let errno = match prepare_exec(p, plan, stdio, &mut err_fd) {
+        Ok(()) => {
+            // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
+            // which this process does not touch again before exec.
+            let path = unsafe { CStr::from_ptr(plan.argv[0]) };
+            sys::execve(path, plan.argv, plan.env)
+                .raw_os_error()
+                .unwrap_or(libc::ENOEXEC)
+        }
         Err(e) => e.raw_os_error(),
     };
     let _ = rustix::io::write(fd(err_fd), &errno.to_le_bytes());
     sys::exit_now(EXEC_FAILED)
 }
 
-fn prepare_exec(p: &InitPlan<'_>, st: &ExecPlan, err_fd: &mut RawFd) -> Result<(), Errno> {
+fn prepare_exec(
+    p: &InitPlan<'_>,
+    plan: &Plan<'_>,
+    stdio: [RawFd; 3],
+    err_fd: &mut RawFd,
+) -> Result<(), Errno> {
     sys::reset_signals();
     rustix::process::setsid()?;
     // Move the four descriptors above any number they could collide with, then into place.
     let hi = |raw: RawFd| sys::dup_above(raw, 100);
-    let (i, o, e, w) = (
-        hi(st.stdio[0])?,
-        hi(st.stdio[1])?,
-        hi(st.stdio[2])?,
-        hi(*err_fd)?,
-    );
+    let (i, o, e, w) = (hi(stdio[0])?, hi(stdio[1])?, hi(stdio[2])?, hi(*err_fd)?);
     *err_fd = w;
     sys::dup_onto(i, 0)?;
     sys::dup_onto(o, 1)?;
@@ -253,7 +505,12 @@ fn prepare_exec(p: &InitPlan<'_>, st: &ExecPlan, err_fd: &mut RawFd) -> Result<(
     sys::close_from(4)?;
 
     rustix::process::chdir(WORK_DIR_C)?;
-    for &(res, v) in &st.rlimits {
+    for chunk in plan.rlimits.chunks_exact(12) {
+        let res = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&chunk[4..12]);
+        let v = u64::from_le_bytes(v);
+        let res = resource(res).ok_or(Errno::INVAL)?;
         rustix::process::setrlimit(
             res,
             Rlimit {
@@ -283,4 +540,53 @@ fn prepare_exec(p: &InitPlan<'_>, st: &ExecPlan, err_fd: &mut RawFd) -> Result<(
 
 /// [`WORK_DIR`] as a C string.
 const WORK_DIR_C: &std::ffi::CStr = c"/box";
-const _: () = assert!(WORK_DIR.len() + 1 == WORK_DIR_C.count_bytes() + 1);
+const _: () = assert!(WORK_DIR.len() == WORK_DIR_C.count_bytes());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_decode_in_place() {
+        let argv = vec![
+            "/usr/bin/python3".to_owned(),
+            "main.py".to_owned(),
+            String::new(),
+        ];
+        let env = vec!["HOME=/box".to_owned()];
+        let msg = encode_plan(&[(Resource::Nofile, 256), (Resource::Core, 0)], &argv, &env);
+        assert_eq!(msg[0], CMD_STAGE);
+        let mut a = vec![std::ptr::null(); 8];
+        let mut e = vec![std::ptr::null(); 8];
+        let plan = decode_plan(&msg[1..], &mut a, &mut e).unwrap();
+        assert_eq!(plan.argv.len(), 4);
+        assert!(plan.argv[3].is_null());
+        assert!(plan.env[1].is_null());
+        // SAFETY: the pointers point into `msg`, alive here, at NUL-terminated strings.
+        let s = |p| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned();
+        assert_eq!(s(plan.argv[0]), "/usr/bin/python3");
+        assert_eq!(s(plan.argv[1]), "main.py");
+        assert_eq!(s(plan.argv[2]), "");
+        assert_eq!(s(plan.env[0]), "HOME=/box");
+        assert_eq!(plan.rlimits.len(), 24);
+        assert_eq!(resource(Resource::Nofile as u32), Some(Resource::Nofile));
+    }
+
+    #[test]
+    fn bad_plans_are_refused() {
+        let mut a = vec![std::ptr::null(); 3];
+        let mut e = vec![std::ptr::null(); 3];
+        // no argv
+        let msg = encode_plan(&[], &[], &[]);
+        assert!(decode_plan(&msg[1..], &mut a, &mut e).is_none());
+        // too many arguments for the buffer
+        let many: Vec<String> = (0..5).map(|i| i.to_string()).collect();
+        let msg = encode_plan(&[], &many, &[]);
+        assert!(decode_plan(&msg[1..], &mut a, &mut e).is_none());
+        // truncated strings
+        let msg = encode_plan(&[], &["/bin/true".to_owned()], &[]);
+        assert!(decode_plan(&msg[1..msg.len() - 1], &mut a, &mut e).is_none());
+        // truncated header
+        assert!(decode_plan(&[1, 0], &mut a, &mut e).is_none());
+    }
+}

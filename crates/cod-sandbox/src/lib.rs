@@ -25,10 +25,12 @@ mod init;
 mod keeper;
 pub mod mounts;
 pub mod protocol;
+mod sandbox;
 pub mod seccomp;
 pub mod spec;
 mod supervisor;
 mod sys;
+mod watch;
 
 pub use client::{Jail, JailConfig, JailError};
 pub use helper::helper_main;

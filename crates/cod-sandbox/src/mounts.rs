@@ -28,7 +28,7 @@ use rustix::mount::{
     mount_change, move_mount, open_tree, unmount,
 };
 
-use crate::spec::{SANDBOX_ID, SandboxSpec};
+use crate::spec::{Bind, SANDBOX_ID, Symlink};
 use crate::sys;
 
 /// A step of building the root, named in error reports.
@@ -131,9 +131,6 @@ pub enum PlanError {
     /// more binds than [`MAX_BINDS`]
     #[error("{0} binds (at most {MAX_BINDS})")]
     TooManyBinds(usize),
-    /// a work file name is not a plain name
-    #[error("work file name {0:?} is not a plain file name")]
-    BadFileName(String),
 }
 
 pub(crate) struct BindPlan {
@@ -158,7 +155,6 @@ pub(crate) struct MountPlan {
     pub(crate) binds: Vec<BindPlan>,
     symlinks: Vec<(CString, CString)>,
     etc_files: Vec<(CString, Vec<u8>)>,
-    work_files: Vec<(CString, Vec<u8>, u32)>,
 }
 
 fn cstr(p: impl AsRef<Path>) -> Result<CString, PlanError> {
@@ -204,17 +200,24 @@ const DEV_LINKS: [(&CStr, &CStr); 4] = [
 ];
 
 impl MountPlan {
-    /// Plans the root for `spec` using the staging directories `root` and `scratch`.
-    pub(crate) fn new(spec: &SandboxSpec, root: &Path, scratch: &Path) -> Result<Self, PlanError> {
-        if spec.binds.len() > MAX_BINDS {
-            return Err(PlanError::TooManyBinds(spec.binds.len()));
+    /// Plans a root with `binds`, `symlinks` and a work tmpfs of `disk` bytes, using the
+    /// staging directories `root` and `scratch`.
+    pub(crate) fn new(
+        binds: &[Bind],
+        symlinks: &[Symlink],
+        disk: u64,
+        root: &Path,
+        scratch: &Path,
+    ) -> Result<Self, PlanError> {
+        if binds.len() > MAX_BINDS {
+            return Err(PlanError::TooManyBinds(binds.len()));
         }
         let mut dirs: Vec<PathBuf> = ["etc", "proc", "dev", "box", "tmp"]
             .iter()
             .map(PathBuf::from)
             .collect();
-        let mut binds = Vec::new();
-        for b in &spec.binds {
+        let mut planned_binds = Vec::new();
+        for b in binds {
             let meta = std::fs::metadata(&b.src).map_err(|source| PlanError::MissingSource {
                 path: b.src.clone(),
                 source,
@@ -229,14 +232,14 @@ impl MountPlan {
             if meta.is_dir() {
                 dirs.push(dst.clone());
             }
-            binds.push(BindPlan {
+            planned_binds.push(BindPlan {
                 src: cstr(&b.src)?,
                 dst: cstr(&dst)?,
                 is_dir: meta.is_dir(),
             });
         }
-        let mut symlinks = Vec::new();
-        for l in &spec.symlinks {
+        let mut planned_links = Vec::new();
+        for l in symlinks {
             let path = relative(&l.path)?;
             dirs.extend(
                 path.ancestors()
@@ -244,7 +247,7 @@ impl MountPlan {
                     .filter(|p| !p.as_os_str().is_empty())
                     .map(Path::to_owned),
             );
-            symlinks.push((cstr(&l.target)?, cstr(&path)?));
+            planned_links.push((cstr(&l.target)?, cstr(&path)?));
         }
         // Parents first (fewer components), then by name so that duplicates are neighbours.
         dirs.sort_by(|a, b| {
@@ -255,15 +258,7 @@ impl MountPlan {
         });
         dirs.dedup();
 
-        let mut work_files = Vec::new();
-        for f in &spec.files {
-            if cod_core::run::check_file_name(&f.name).is_err() {
-                return Err(PlanError::BadFileName(f.name.clone()));
-            }
-            let mode = if f.executable { 0o755 } else { 0o644 };
-            work_files.push((cstr(&f.name)?, f.content.clone(), mode));
-        }
-        let disk = spec.disk.max(1 << 20);
+        let disk = disk.max(1 << 20);
         let inodes = (disk / 4096).max(1024);
         Ok(MountPlan {
             staging_root: cstr(root)?,
@@ -274,15 +269,14 @@ impl MountPlan {
             ))
             .expect("no NUL in numbers"),
             dirs: dirs.iter().map(cstr).collect::<Result<_, _>>()?,
-            binds,
-            symlinks,
+            binds: planned_binds,
+            symlinks: planned_links,
             etc_files: vec![
                 (cstr("etc/passwd")?, PASSWD.as_bytes().to_vec()),
                 (cstr("etc/group")?, GROUP.as_bytes().to_vec()),
                 (cstr("etc/hosts")?, HOSTS.as_bytes().to_vec()),
                 (cstr("etc/hostname")?, b"cod\n".to_vec()),
             ],
-            work_files,
         })
     }
 
@@ -387,17 +381,6 @@ impl MountPlan {
             rustix::fs::chmodat(&scratch, d, Mode::from_raw_mode(0o1777), AtFlags::empty())
                 .map_err(e(Step::WorkDir, 3))?;
         }
-        let box_fd = rustix::fs::openat(
-            &scratch,
-            c"box",
-            OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY,
-            Mode::empty(),
-        )
-        .map_err(e(Step::WorkDir, 4))?;
-        for (i, (name, content, mode)) in self.work_files.iter().enumerate() {
-            write_new(&box_fd, name, content, *mode, Some(id)).map_err(e(Step::WorkFile, i))?;
-        }
-        drop(box_fd);
         for (i, (from, to)) in [(c"box", c"box"), (c"tmp", c"tmp")].into_iter().enumerate() {
             let t = open_tree(&scratch, from, clone).map_err(e(Step::WorkDir, 5 + i))?;
             move_mount(&t, c"", CWD, to, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
@@ -474,9 +457,6 @@ impl MountPlan {
             (Step::Symlink, Some(i)) if i < self.symlinks.len() => {
                 format!(" /{}", show(&self.symlinks[i].1))
             }
-            (Step::WorkFile, Some(i)) if i < self.work_files.len() => {
-                format!(" {}", show(&self.work_files[i].0))
-            }
             (Step::Device, Some(i)) if i < DEVICES.len() => format!(" {}", show(DEVICES[i].0)),
             _ => String::new(),
         }
@@ -528,37 +508,40 @@ fn write_new<Fd: AsFd>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Bind, FileEntry, Symlink};
 
-    fn spec() -> SandboxSpec {
-        SandboxSpec {
-            binds: vec![
-                Bind {
-                    src: "/usr".into(),
-                    dst: "/usr".into(),
-                },
-                Bind {
-                    src: "/etc/hostname".into(),
-                    dst: "/etc/hostname.host".into(),
-                },
-            ],
-            symlinks: vec![Symlink {
-                path: "/bin".into(),
-                target: "usr/bin".into(),
-            }],
-            files: vec![FileEntry {
-                name: "main.py".into(),
-                content: b"print(1)".to_vec(),
-                executable: false,
-            }],
-            disk: 64 << 20,
-            ..Default::default()
-        }
+    fn binds() -> Vec<Bind> {
+        vec![
+            Bind {
+                src: "/usr".into(),
+                dst: "/usr".into(),
+            },
+            Bind {
+                src: "/etc/hostname".into(),
+                dst: "/etc/hostname.host".into(),
+            },
+        ]
+    }
+
+    fn links() -> Vec<Symlink> {
+        vec![Symlink {
+            path: "/bin".into(),
+            target: "usr/bin".into(),
+        }]
+    }
+
+    fn plan(binds: &[Bind]) -> Result<MountPlan, PlanError> {
+        MountPlan::new(
+            binds,
+            &links(),
+            64 << 20,
+            Path::new("/s/root"),
+            Path::new("/s/scratch"),
+        )
     }
 
     #[test]
     fn plan_places_everything_under_the_staging_root() {
-        let p = MountPlan::new(&spec(), Path::new("/s/root"), Path::new("/s/scratch")).unwrap();
+        let p = plan(&binds()).unwrap();
         assert_eq!(p.binds[0].dst.to_str().unwrap(), "usr");
         assert!(p.binds[0].is_dir);
         assert!(!p.binds[1].is_dir);
@@ -590,30 +573,17 @@ mod tests {
 
     #[test]
     fn plan_rejects_escapes_and_missing_sources() {
-        let mut s = spec();
-        s.binds[0].dst = "/usr/../../etc".into();
-        assert!(matches!(
-            MountPlan::new(&s, Path::new("/r"), Path::new("/s")),
-            Err(PlanError::BadPath(_))
-        ));
-        let mut s = spec();
-        s.binds[0].dst = "relative".into();
-        assert!(matches!(
-            MountPlan::new(&s, Path::new("/r"), Path::new("/s")),
-            Err(PlanError::BadPath(_))
-        ));
-        let mut s = spec();
-        s.binds[0].src = "/definitely/not/here".into();
-        assert!(matches!(
-            MountPlan::new(&s, Path::new("/r"), Path::new("/s")),
-            Err(PlanError::MissingSource { .. })
-        ));
-        let mut s = spec();
-        s.files[0].name = "../escape".into();
-        assert!(matches!(
-            MountPlan::new(&s, Path::new("/r"), Path::new("/s")),
-            Err(PlanError::BadFileName(_))
-        ));
+        let mut b = binds();
+        b[0].dst = "/usr/../../etc".into();
+        assert!(matches!(plan(&b), Err(PlanError::BadPath(_))));
+        let mut b = binds();
+        b[0].dst = "relative".into();
+        assert!(matches!(plan(&b), Err(PlanError::BadPath(_))));
+        let mut b = binds();
+        b[0].src = "/definitely/not/here".into();
+        assert!(matches!(plan(&b), Err(PlanError::MissingSource { .. })));
+        let many: Vec<Bind> = (0..=MAX_BINDS).map(|_| binds()[0].clone()).collect();
+        assert!(matches!(plan(&many), Err(PlanError::TooManyBinds(_))));
     }
 
     #[test]

@@ -1,0 +1,324 @@
+//! A prepared sandbox: the run's init cloned into fresh namespaces, its uids mapped, its root
+//! built, waiting for files and stages. Preparing needs only the layout (binds, symlinks,
+//! disk size), so a sandbox can be made before its run arrives.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    sendmsg, socketpair,
+};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, pidfd_open, pidfd_send_signal};
+
+use crate::init::{
+    self, CMD_DATA, CMD_END, CMD_FILE, CMD_GO, InitBuffers, InitPlan, MAX_MESSAGE, REPORT_LEN,
+};
+use crate::mounts::{MountPlan, Step};
+use crate::protocol::Failure;
+use crate::spec::{Bind, FileEntry, SANDBOX_ID, SandboxSpec, Symlink};
+use crate::supervisor::{
+    HelperState, SlotContext, errno_failure, error_chain, failure, io_failure, timespec,
+};
+use crate::sys;
+
+/// How long the init may take to build the root before the run is declared failed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of file content per message to the init.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// What a sandbox is prepared with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) binds: Vec<Bind>,
+    pub(crate) symlinks: Vec<Symlink>,
+    pub(crate) disk: u64,
+}
+
+impl Layout {
+    /// The layout a spec asks for.
+    pub(crate) fn of(spec: &SandboxSpec) -> Layout {
+        Layout {
+            binds: spec.binds.clone(),
+            symlinks: spec.symlinks.clone(),
+            disk: spec.disk,
+        }
+    }
+}
+
+/// The run's init: killed and reaped when dropped, so no error path leaks it.
+pub(crate) struct InitProcess {
+    pid: i32,
+    pub(crate) pidfd: OwnedFd,
+    reaped: bool,
+}
+
+impl InitProcess {
+    pub(crate) fn kill(&self) {
+        let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
+    }
+
+    /// Kills the init (the kernel then kills every process of its PID namespace) and waits
+    /// until the namespace is empty: the init's exit is reported only after its last
+    /// process is gone.
+    pub(crate) fn kill_and_reap(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.kill();
+        if let Some(pid) = Pid::from_raw(self.pid) {
+            let wait = || rustix::process::waitpid(Some(pid), WaitOptions::empty());
+            while let Err(Errno::INTR) = wait() {}
+        }
+        self.reaped = true;
+    }
+}
+
+impl Drop for InitProcess {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
+/// A sandbox whose root is built and whose init waits for commands.
+pub(crate) struct Sandbox {
+    pub(crate) init: InitProcess,
+    cmd: OwnedFd,
+    pub(crate) report: OwnedFd,
+}
+
+impl Sandbox {
+    /// Clones the init into new user, PID, mount, IPC and UTS namespaces (the network
+    /// namespace and cgroup are the slot's, inherited), maps its uids, and waits until it
+    /// has built the root. `close` lists descriptors of this process the init must not keep.
+    pub(crate) fn prepare(
+        st: &HelperState,
+        slot: &SlotContext<'_>,
+        layout: Layout,
+        close: &[RawFd],
+    ) -> Result<Sandbox, Failure> {
+        let plan = MountPlan::new(
+            &layout.binds,
+            &layout.symlinks,
+            layout.disk,
+            &st.staging_root,
+            &st.staging_scratch,
+        )
+        .map_err(|e| failure("planning the root filesystem", None, error_chain(&e)))?;
+        let (cmd_sup, cmd_init) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(errno_failure("creating the init's command socket"))?;
+        let (rep_r, rep_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(errno_failure("creating the init's report pipe"))?;
+        let mut close_in_init: Vec<RawFd> = close.to_vec();
+        close_in_init.extend([cmd_sup.as_raw_fd(), rep_r.as_raw_fd()]);
+        let init_plan = InitPlan {
+            mounts: &plan,
+            seccomp: &st.seccomp,
+            cmd: cmd_init.as_raw_fd(),
+            report: rep_w.as_raw_fd(),
+            close_first: &close_in_init,
+        };
+        let mut buffers = InitBuffers::new();
+
+        // No CLONE_NEWNET: the slot's keeper made a network namespace (loopback down, nothing
+        // else) that its runs share one after another; creating one per run costs half a
+        // millisecond, and no state survives a run in it (see docs/sandbox.md).
+        let flags = (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::SIGCHLD) as u64;
+        let pid = sys::clone_raw(flags).map_err(io_failure("creating the namespaces (clone)"))?;
+        if pid == 0 {
+            init::init_main(&init_plan, &mut buffers);
+        }
+        drop(buffers);
+        let pidfd = match Pid::from_raw(pid).map(|p| pidfd_open(p, PidfdFlags::empty())) {
+            Some(Ok(fd)) => fd,
+            other => {
+                // Without a pidfd the init cannot be watched: end it now.
+                if let Some(p) = Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, Signal::KILL);
+                    let _ = rustix::process::waitpid(Some(p), WaitOptions::empty());
+                }
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => Errno::SRCH,
+                };
+                return Err(errno_failure("opening a pidfd for the init")(e));
+            }
+        };
+        let init = InitProcess {
+            pid,
+            pidfd,
+            reaped: false,
+        };
+        drop((cmd_init, rep_w));
+
+        // Map the program's uid (1000 inside) to the slot's unprivileged host uid, and the
+        // namespace's root (which the init becomes to build the root) to a second one. The
+        // host's root stays unmapped.
+        let (program_id, init_id) = st.config.host_ids(slot.slot);
+        let map = format!("0 {init_id} 1\n{SANDBOX_ID} {program_id} 1\n");
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{file}"), &map)
+                .map_err(io_failure(format!("writing {file}")))?;
+        }
+        // The init was born in the slot's cgroup (the keeper lives there; migrating a task per
+        // run costs an RCU grace period on cgroup v1, up to tens of milliseconds). The keeper
+        // and the supervisor share it, so the run's processes are the OOM killer's first pick.
+        std::fs::write(format!("/proc/{pid}/oom_score_adj"), "1000")
+            .map_err(io_failure("setting the init's oom_score_adj"))?;
+        let sandbox = Sandbox {
+            init,
+            cmd: cmd_sup,
+            report: rep_r,
+        };
+        sandbox
+            .send(&[CMD_GO], &[])
+            .map_err(io_failure("starting the init"))?;
+        sandbox.wait_ready(&plan)?;
+        Ok(sandbox)
+    }
+
+    /// Sends one command, with descriptors attached.
+    fn send(&self, msg: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("too many descriptors"));
+        }
+        loop {
+            match sendmsg(
+                &self.cmd,
+                &[IoSlice::new(msg)],
+                &mut anc,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Writes `files` into the work dir (through the init, which owns it).
+    pub(crate) fn put_files(&self, files: &[FileEntry]) -> Result<(), Failure> {
+        let step = "sending the work files to the init";
+        for f in files {
+            if cod_core::run::check_file_name(&f.name).is_err() {
+                return Err(failure(
+                    "validating the spec",
+                    Some(libc::EINVAL),
+                    format!("work file name {:?} is not a plain file name", f.name),
+                ));
+            }
+            let mode: u32 = if f.executable { 0o755 } else { 0o644 };
+            let mut begin = vec![CMD_FILE];
+            begin.extend_from_slice(&mode.to_le_bytes());
+            begin.extend_from_slice(f.name.as_bytes());
+            self.send(&begin, &[]).map_err(io_failure(step))?;
+            for chunk in f.content.chunks(FILE_CHUNK) {
+                let mut msg = Vec::with_capacity(chunk.len() + 1);
+                msg.push(CMD_DATA);
+                msg.extend_from_slice(chunk);
+                self.send(&msg, &[]).map_err(io_failure(step))?;
+            }
+            self.send(&[CMD_END], &[]).map_err(io_failure(step))?;
+        }
+        Ok(())
+    }
+
+    /// Tells the init to run a stage: `plan` from [`init::encode_plan`], the program's
+    /// stdin, stdout and stderr attached.
+    pub(crate) fn start_stage(
+        &self,
+        plan: &[u8],
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<(), Failure> {
+        if plan.len() > MAX_MESSAGE {
+            return Err(failure(
+                "starting a stage",
+                Some(libc::E2BIG),
+                format!(
+                    "arguments and environment take {} bytes, more than {MAX_MESSAGE}",
+                    plan.len()
+                ),
+            ));
+        }
+        self.send(plan, &stdio)
+            .map_err(io_failure("starting a stage"))
+    }
+
+    fn wait_ready(&self, plan: &MountPlan) -> Result<(), Failure> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failure(
+                    "building the root filesystem",
+                    Some(libc::ETIMEDOUT),
+                    "timed out",
+                ));
+            }
+            let mut fds = [PollFd::new(&self.report, PollFlags::IN)];
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(errno_failure("waiting for the init")(e)),
+            }
+            return match read_report(&self.report)
+                .map_err(io_failure("reading the init's report"))?
+            {
+                Some((init::REPORT_READY, ..)) => Ok(()),
+                Some((init::REPORT_SETUP_FAILED, step, index, errno)) => {
+                    let step = Step::from_u32(step.cast_unsigned());
+                    let what = step.map_or("setting up", Step::describe);
+                    let item = step
+                        .map(|s| plan.describe_item(s, index))
+                        .unwrap_or_default();
+                    Err(failure(
+                        format!("{what}{item}"),
+                        Some(errno),
+                        io::Error::from_raw_os_error(errno),
+                    ))
+                }
+                Some(other) => Err(failure(
+                    "waiting for the init",
+                    None,
+                    format!("unexpected report {other:?}"),
+                )),
+                None => Err(failure(
+                    "building the root filesystem",
+                    None,
+                    "the init died",
+                )),
+            };
+        }
+    }
+}
+
+/// Reads one report from the init; `None` when it closed the pipe (it died).
+pub(crate) fn read_report(fd: &OwnedFd) -> io::Result<Option<(u32, i32, i32, i32)>> {
+    let mut buf = [0u8; REPORT_LEN];
+    let mut got = 0;
+    while got < REPORT_LEN {
+        match rustix::io::read(fd, &mut buf[got..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(init::parse_report(&buf)))
+}
