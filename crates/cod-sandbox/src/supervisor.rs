@@ -220,8 +220,8 @@ fn run_stage(
     let cg = slot.cgroup;
     let limits = CgroupLimits {
         memory: stage.limits.memory.get(),
-        // The keeper, this supervisor and the init are tasks of the slot too.
-        pids: stage.limits.processes + 3,
+        // On top of the tasks already in the slot (keeper, this supervisor, the init).
+        pids: stage.limits.processes,
     };
     let base = cg
         .prepare(limits)

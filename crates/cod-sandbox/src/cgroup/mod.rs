@@ -80,7 +80,8 @@ pub enum CgroupError {
 pub struct CgroupLimits {
     /// Memory, swap included, bytes.
     pub memory: u64,
-    /// Processes and threads (the sandbox's init included).
+    /// Processes and threads the run may add to those already in the slot (its keeper,
+    /// supervisor and init, and whatever else cod keeps there).
     pub pids: u64,
 }
 

@@ -130,7 +130,13 @@ impl Slot {
             write(&m.join("memory.limit_in_bytes"), &limit)?;
         }
         write(&m.join("memory.max_usage_in_bytes"), "0")?;
-        write(&self.pids.join("pids.max"), &limits.pids.to_string())?;
+        // The tasks already there (cod's own, or one still exiting) do not eat into the
+        // run's allowance.
+        let current = read_u64(&self.pids.join("pids.current"))?;
+        write(
+            &self.pids.join("pids.max"),
+            &current.saturating_add(limits.pids).to_string(),
+        )?;
         Ok(Baseline {
             cpu: self.cpu_total()?,
             memory: read_u64(&m.join("memory.usage_in_bytes"))?,
@@ -202,7 +208,7 @@ mod tests {
                     "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n",
                 ),
             ],
-            "pids" => &[("pids.max", "max\n")],
+            "pids" => &[("pids.max", "max\n"), ("pids.current", "2\n")],
             "cpuacct" => &[("cpuacct.usage", "5000000\n")],
             _ => &[],
         };
@@ -243,7 +249,7 @@ mod tests {
         );
         assert_eq!(
             fs::read_to_string(root.path().join("pids/cod/4242/slot-3/pids.max")).unwrap(),
-            "65"
+            "67"
         );
         let cpu = root.path().join("cpu/cod/4242/slot-3");
         assert_eq!(

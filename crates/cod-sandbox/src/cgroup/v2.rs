@@ -113,7 +113,13 @@ impl Slot {
         let d = &self.dir;
         write(&d.join("memory.max"), &limits.memory.to_string())?;
         write(&d.join("memory.swap.max"), "0")?;
-        write(&d.join("pids.max"), &limits.pids.to_string())?;
+        // The tasks already there (cod's own, or one still exiting) do not eat into the
+        // run's allowance.
+        let current = read_u64(&d.join("pids.current"))?;
+        write(
+            &d.join("pids.max"),
+            &current.saturating_add(limits.pids).to_string(),
+        )?;
         // Writing to memory.peak resets the peak seen through this open file (Linux 6.12+).
         let peak_path = d.join("memory.peak");
         let mut peak_fd = OpenOptions::new()
@@ -216,6 +222,7 @@ mod tests {
             ),
             ("cgroup.procs", ""),
             ("cgroup.kill", ""),
+            ("pids.current", "3\n"),
         ] {
             fs::write(slot.join(f), v).unwrap();
         }
@@ -275,7 +282,7 @@ mod tests {
             fs::read_to_string(dir.join("memory.swap.max")).unwrap(),
             "0"
         );
-        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "17");
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "20");
         assert_eq!(
             fs::read_to_string(dir.join("memory.peak")).unwrap(),
             "reset\n"

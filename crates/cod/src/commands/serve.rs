@@ -55,12 +55,15 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        // Listen for SIGTERM and SIGINT before announcing the address: a signal that arrives
+        // in between must stop the server cleanly, not kill it.
+        let shutdown = shutdown_signal().context("listening for SIGTERM and SIGINT")?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("listening on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         info!(%addr, workers, queue = config.server.queue, cgroup = ?jail.cgroup_mode(), "cod is serving on http://{addr}/");
-        cod_server::serve(listener, cod_server::app(state), shutdown_signal(), SHUTDOWN_GRACE)
+        cod_server::serve(listener, cod_server::app(state), shutdown, SHUTDOWN_GRACE)
             .await
             .context("serving HTTP")?;
         info!("stopped");
@@ -69,22 +72,16 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Registers for SIGINT and SIGTERM now; the returned future completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
-    info!("shutting down: finishing running requests");
+        info!("shutting down: finishing running requests");
+    })
 }
