@@ -108,11 +108,12 @@ async fn attempt(jail: &Jail, slot: u32, frame: &[u8]) -> Attempt {
 impl Executor {
     /// An executor using `jail` for the languages of `registry` under `policy`.
     pub fn new(jail: Arc<Jail>, registry: Arc<Registry>, policy: LimitsPolicy) -> Executor {
+        let host = HostLayout::detect().with_languages(&registry);
         Executor {
             jail,
             registry,
             policy,
-            host: HostLayout::detect(),
+            host,
         }
     }
 
@@ -129,6 +130,11 @@ impl Executor {
     /// The sandbox helper.
     pub fn jail(&self) -> &Arc<Jail> {
         &self.jail
+    }
+
+    /// What every run binds from the host (all languages' binds included).
+    pub fn host(&self) -> &HostLayout {
+        &self.host
     }
 
     /// Checks a request; errors name the offending field.

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cod_core::limits::{LimitsPolicy, LimitsSpec};
 use cod_core::run::{RequestError, RunRequest};
-use cod_sandbox::{Bind, FileEntry, SandboxSpec, StageSpec, Symlink};
+use cod_sandbox::{Bind, FileEntry, Layout, SandboxSpec, StageSpec, Symlink};
 
 use crate::language::{Language, Registry};
 use crate::template::{Context, expand};
@@ -82,6 +82,29 @@ impl HostLayout {
             }
         }
         HostLayout { binds, symlinks }
+    }
+
+    /// This layout plus every available language's binds: one layout fits every run, so a
+    /// sandbox can be prepared before its run's language is known. (Binding another
+    /// language's toolchain read-only gives a program nothing it could not run anyway.)
+    pub fn with_languages(mut self, registry: &Registry) -> HostLayout {
+        for lang in registry.all().iter().filter(|l| l.available()) {
+            for b in &lang.binds {
+                if !self.binds.contains(b) {
+                    self.binds.push(b.clone());
+                }
+            }
+        }
+        self
+    }
+
+    /// The sandbox layout of this host with a work dir of `disk` bytes.
+    pub fn layout(&self, disk: u64) -> Layout {
+        Layout {
+            binds: self.binds.clone(),
+            symlinks: self.symlinks.clone(),
+            disk,
+        }
     }
 
     /// Read-only binds every run gets.
@@ -288,7 +311,11 @@ impl Job {
             stdin: self.stdin.clone(),
         });
         let mut binds = host.binds.clone();
-        binds.extend(lang.binds.iter().cloned());
+        for b in &lang.binds {
+            if !binds.contains(b) {
+                binds.push(b.clone());
+            }
+        }
         SandboxSpec {
             slot,
             binds,

@@ -25,7 +25,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{self, Event, Failure, FrameError, Request};
-use crate::spec::{SandboxOutcome, SandboxSpec};
+use crate::spec::{Layout, SandboxOutcome, SandboxSpec};
 
 /// The descriptor number on which the helper finds its control socket.
 pub const HELPER_FD: i32 = 3;
@@ -54,6 +54,9 @@ pub struct JailConfig {
     pub open_files: u64,
     /// Where the helper creates its private staging directories.
     pub state_dir: PathBuf,
+    /// The layout each slot keeps one sandbox prepared with, ahead of its next run: a run
+    /// whose spec has this layout skips building its sandbox. `None` prepares nothing ahead.
+    pub prepared: Option<Layout>,
 }
 
 impl JailConfig {
@@ -77,6 +80,7 @@ impl Default for JailConfig {
             stack: cod_core::config::DEFAULT_STACK.get(),
             open_files: cod_core::config::DEFAULT_OPEN_FILES,
             state_dir: std::env::temp_dir(),
+            prepared: None,
         }
     }
 }
@@ -302,7 +306,11 @@ impl Jail {
         // died with it queued): it is handed over once more.
         for attempt in 0..2 {
             let mut sock = self.connect(spec.slot)?;
-            protocol::write_frame(&mut sock, &request)?;
+            match protocol::write_frame(&mut sock, &request) {
+                Ok(()) => {}
+                Err(FrameError::Io(_)) if attempt == 0 => continue,
+                Err(e) => return Err(e.into()),
+            }
             let mut started = false;
             loop {
                 match protocol::read_frame::<Event>(&mut sock) {

@@ -43,6 +43,7 @@ pub(crate) const REPORT_LEN: usize = 16;
 pub(crate) const NOT_STARTED_FILE: i32 = 1;
 pub(crate) const NOT_STARTED_PLAN: i32 = 2;
 pub(crate) const NOT_STARTED_FORK: i32 = 3;
+pub(crate) const NOT_STARTED_DISK: i32 = 4;
 
 /// Command kinds, supervisor to init (the first byte of each message).
 pub(crate) const CMD_GO: u8 = b'G';
@@ -52,6 +53,8 @@ pub(crate) const CMD_FILE: u8 = b'F';
 pub(crate) const CMD_DATA: u8 = b'D';
 /// `E`: the file is complete.
 pub(crate) const CMD_END: u8 = b'E';
+/// `Z`, size (u64): resize the work tmpfs (it is empty: sent before any file).
+pub(crate) const CMD_DISK: u8 = b'Z';
 /// `S`, plan (see [`encode_plan`]), with the stage's stdin, stdout and stderr attached.
 pub(crate) const CMD_STAGE: u8 = b'S';
 
@@ -266,6 +269,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
         );
         sys::exit_now(1);
     }
+    // Building the root changed this process's uids, which clears the parent-death signal
+    // (prctl(2), PR_SET_PDEATHSIG): set it again, or a prepared sandbox whose supervisor
+    // exits would outlive it.
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
     let Ok(work) = rustix::fs::open(
         c"/box",
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -282,10 +289,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
     };
     report(p.report, REPORT_READY, 0, 0, 0);
 
-    // The file being written, and the first error of this stage's files.
+    // The file being written, and the first error before the next stage: (what, index, errno).
     let mut file: Option<OwnedFd> = None;
     let mut file_index: i32 = -1;
-    let mut file_error: Option<(i32, Errno)> = None;
+    let mut pending: Option<(i32, i32, Errno)> = None;
     loop {
         let mut fds = [-1; 3];
         let Some((len, nfds)) = receive(p.cmd, &mut bufs.message, &mut fds) else {
@@ -293,19 +300,24 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
         };
         let (kind, body) = (bufs.message[0], &bufs.message[1..len]);
         match kind {
+            CMD_DISK => {
+                if let Err(e) = resize_work(body) {
+                    pending = pending.or(Some((NOT_STARTED_DISK, -1, e)));
+                }
+            }
             CMD_FILE => {
                 file_index += 1;
                 file = None;
-                if file_error.is_none() {
+                if pending.is_none() {
                     match create_file(&work, body) {
                         Ok(f) => file = Some(f),
-                        Err(e) => file_error = Some((file_index, e)),
+                        Err(e) => pending = Some((NOT_STARTED_FILE, file_index, e)),
                     }
                 }
             }
             CMD_DATA => {
                 if let Some(Err(e)) = file.as_ref().map(|f| write_all(f, body)) {
-                    file_error = file_error.or(Some((file_index, e)));
+                    pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
                     file = None;
                 }
             }
@@ -313,23 +325,17 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                 if let Some(f) = file.take() {
                     let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
                     if let Err(e) = rustix::fs::fchown(&f, Some(id.0), Some(id.1)) {
-                        file_error = file_error.or(Some((file_index, e)));
+                        pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
                     }
                 }
             }
             CMD_STAGE if nfds == 3 => {
                 let stdio = fds;
-                if let Some((index, e)) = file_error.take() {
+                if let Some((what, index, e)) = pending.take() {
                     for f in stdio {
                         sys::close(f);
                     }
-                    report(
-                        p.report,
-                        REPORT_NOT_STARTED,
-                        e.raw_os_error(),
-                        index,
-                        NOT_STARTED_FILE,
-                    );
+                    report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
                     continue;
                 }
                 file_index = -1;
@@ -370,6 +376,35 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
             }
         }
     }
+}
+
+/// Sets the size of the work tmpfs (`/box`, `/tmp` and `/dev/shm` share it) from a
+/// [`CMD_DISK`] body: the size in bytes (u64).
+fn resize_work(body: &[u8]) -> Result<(), Errno> {
+    let bytes: [u8; 8] = body
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Errno::INVAL)?;
+    let mut size = u64::from_le_bytes(bytes).max(1 << 20);
+    // The decimal digits, written without allocating.
+    let mut digits = [0u8; 24];
+    let mut at = digits.len() - 1; // the last byte stays NUL
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(size % 10).unwrap_or(0);
+        size /= 10;
+        if size == 0 {
+            break;
+        }
+    }
+    let value = CStr::from_bytes_until_nul(&digits[at..]).map_err(|_| Errno::INVAL)?;
+    let fs = rustix::mount::fspick(
+        rustix::fs::CWD,
+        c"/box",
+        rustix::mount::FsPickFlags::FSPICK_CLOEXEC,
+    )?;
+    rustix::mount::fsconfig_set_string(&fs, c"size", value)?;
+    rustix::mount::fsconfig_reconfigure(&fs)
 }
 
 /// Creates `/box/<name>` from a [`CMD_FILE`] body: mode (u32) then the name.

@@ -258,8 +258,10 @@ impl MountPlan {
         });
         dirs.dedup();
 
+        // The size can change before each run (see init.rs, CMD_DISK); the inode count is
+        // fixed, generous (inodes are charged to the memory cgroup anyway).
         let disk = disk.max(1 << 20);
-        let inodes = (disk / 4096).max(1024);
+        let inodes = 65536;
         Ok(MountPlan {
             staging_root: cstr(root)?,
             staging_scratch: cstr(scratch)?,

@@ -16,11 +16,12 @@ use rustix::net::{
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, pidfd_open, pidfd_send_signal};
 
 use crate::init::{
-    self, CMD_DATA, CMD_END, CMD_FILE, CMD_GO, InitBuffers, InitPlan, MAX_MESSAGE, REPORT_LEN,
+    self, CMD_DATA, CMD_DISK, CMD_END, CMD_FILE, CMD_GO, InitBuffers, InitPlan, MAX_MESSAGE,
+    REPORT_LEN,
 };
 use crate::mounts::{MountPlan, Step};
 use crate::protocol::Failure;
-use crate::spec::{Bind, FileEntry, SANDBOX_ID, SandboxSpec, Symlink};
+use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec};
 use crate::supervisor::{
     HelperState, SlotContext, errno_failure, error_chain, failure, io_failure, timespec,
 };
@@ -30,25 +31,6 @@ use crate::sys;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of file content per message to the init.
 const FILE_CHUNK: usize = 64 * 1024;
-
-/// What a sandbox is prepared with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Layout {
-    pub(crate) binds: Vec<Bind>,
-    pub(crate) symlinks: Vec<Symlink>,
-    pub(crate) disk: u64,
-}
-
-impl Layout {
-    /// The layout a spec asks for.
-    pub(crate) fn of(spec: &SandboxSpec) -> Layout {
-        Layout {
-            binds: spec.binds.clone(),
-            symlinks: spec.symlinks.clone(),
-            disk: spec.disk,
-        }
-    }
-}
 
 /// The run's init: killed and reaped when dropped, so no error path leaks it.
 pub(crate) struct InitProcess {
@@ -89,6 +71,7 @@ pub(crate) struct Sandbox {
     pub(crate) init: InitProcess,
     cmd: OwnedFd,
     pub(crate) report: OwnedFd,
+    layout: Layout,
 }
 
 impl Sandbox {
@@ -183,12 +166,31 @@ impl Sandbox {
             init,
             cmd: cmd_sup,
             report: rep_r,
+            layout,
         };
         sandbox
             .send(&[CMD_GO], &[])
             .map_err(io_failure("starting the init"))?;
         sandbox.wait_ready(&plan)?;
         Ok(sandbox)
+    }
+
+    /// Whether `spec` can run in this sandbox: the same binds and links (the disk size is
+    /// set per run, see [`Sandbox::set_disk`]).
+    pub(crate) fn fits(&self, spec: &SandboxSpec) -> bool {
+        self.layout.binds == spec.binds && self.layout.symlinks == spec.symlinks
+    }
+
+    /// Sets the work tmpfs to `disk` bytes (before any file is written).
+    pub(crate) fn set_disk(&mut self, disk: u64) -> Result<(), Failure> {
+        if disk != self.layout.disk {
+            let mut msg = vec![CMD_DISK];
+            msg.extend_from_slice(&disk.to_le_bytes());
+            self.send(&msg, &[])
+                .map_err(io_failure("resizing the work dir"))?;
+            self.layout.disk = disk;
+        }
+        Ok(())
     }
 
     /// Sends one command, with descriptors attached.

@@ -33,6 +33,29 @@ pub struct SandboxSpec {
     pub disk: u64,
 }
 
+/// What a sandbox is built with before its run is known: its read-only binds, symlinks and
+/// the size of its work tmpfs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Host paths bound read-only.
+    pub binds: Vec<Bind>,
+    /// Symbolic links in the root.
+    pub symlinks: Vec<Symlink>,
+    /// Size of the work tmpfs, bytes.
+    pub disk: u64,
+}
+
+impl Layout {
+    /// The layout a spec asks for.
+    pub fn of(spec: &SandboxSpec) -> Layout {
+        Layout {
+            binds: spec.binds.clone(),
+            symlinks: spec.symlinks.clone(),
+            disk: spec.disk,
+        }
+    }
+}
+
 /// A read-only bind mount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {

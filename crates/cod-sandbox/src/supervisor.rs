@@ -21,9 +21,9 @@ use crate::cgroup::{CgroupLimits, CgroupTree, SlotCgroup};
 use crate::client::JailConfig;
 use crate::init;
 use crate::protocol::{self, Event, Failure, Request};
-use crate::sandbox::{Layout, Sandbox};
+use crate::sandbox::Sandbox;
 use crate::seccomp::SeccompPolicy;
-use crate::spec::{MAX_STAGES, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
+use crate::spec::{Layout, MAX_STAGES, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
 use crate::sys;
 use crate::watch::{Watch, own_cpu};
 
@@ -86,11 +86,13 @@ pub(crate) fn timespec(d: Duration) -> rustix::event::Timespec {
     }
 }
 
-/// The supervisor's main function; never returns.
+/// The supervisor's main function; never returns. `prepared` is a sandbox made ahead of the
+/// run, used when the spec's layout matches it.
 pub(crate) fn supervise(
     conn: std::os::fd::OwnedFd,
     state: &HelperState,
     slot: &SlotContext<'_>,
+    prepared: Option<Sandbox>,
 ) -> ! {
     let mut sock = UnixStream::from(conn);
     let spec = match read_spec(&mut sock) {
@@ -101,7 +103,7 @@ pub(crate) fn supervise(
             sys::exit_now(0)
         }
     };
-    let result = run(&spec, state, slot, &mut sock);
+    let result = run(&spec, state, slot, &mut sock, prepared);
     let _ = protocol::write_frame(&mut sock, &Event::Finished(result));
     sys::exit_now(0)
 }
@@ -184,9 +186,15 @@ fn run(
     st: &HelperState,
     slot: &SlotContext<'_>,
     sock: &mut UnixStream,
+    prepared: Option<Sandbox>,
 ) -> Result<SandboxOutcome, Failure> {
     validate(spec, slot.slot)?;
-    let mut sandbox = Sandbox::prepare(st, slot, Layout::of(spec), &[sock.as_raw_fd()])?;
+    let mut sandbox = match prepared.filter(|p| p.fits(spec)) {
+        Some(p) => p,
+        // (A prepared sandbox that does not fit is dropped here, killing its init.)
+        None => Sandbox::prepare(st, slot, Layout::of(spec), &[sock.as_raw_fd()])?,
+    };
+    sandbox.set_disk(spec.disk)?;
     sandbox.put_files(&spec.files)?;
     let mut outcome = SandboxOutcome::default();
     for (i, stage) in spec.stages.iter().enumerate() {

@@ -42,6 +42,7 @@ fn not_started(errno: i32, index: i32, what: i32, files: &[FileEntry]) -> Failur
             )
         }
         init::NOT_STARTED_PLAN => failure("decoding the stage's plan", Some(errno), cause),
+        init::NOT_STARTED_DISK => failure("resizing the work dir", Some(errno), cause),
         _ => failure("forking the program", Some(errno), cause),
     }
 }

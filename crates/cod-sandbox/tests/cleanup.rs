@@ -84,8 +84,17 @@ fn thousand_runs_leave_nothing_behind() {
         }
     });
 
-    // No process of any slot is left on the host.
-    assert_eq!(host_processes_with_uid(common::host_uids(UID_BASE)), vec![]);
+    // No program of any slot is left on the host. What remains under the slots' init uids
+    // are the sandboxes prepared for the next runs: one idle init per slot used.
+    assert_eq!(
+        host_processes_with_uid(UID_BASE..UID_BASE + common::SLOTS),
+        vec![]
+    );
+    let prepared = host_processes_with_uid(UID_BASE + common::SLOTS..UID_BASE + 2 * common::SLOTS);
+    assert!(
+        prepared.len() <= THREADS as usize && prepared.iter().all(|(_, name)| name == "cod-jail"),
+        "only the slots' prepared inits may remain: {prepared:?}"
+    );
     // Every mount was made in a run's own mount namespace.
     assert_eq!(
         mountinfo_lines(),
@@ -106,31 +115,43 @@ fn thousand_runs_leave_nothing_behind() {
         );
         assert_eq!(children, slots, "{c}");
         for slot in &slots {
-            // The last run's supervisor sends its result just before it exits; give it a
-            // (bounded) moment to be gone.
+            // The slot's keeper remains, with the sandbox it prepared for the next run (a
+            // supervisor, child of the keeper, and its init); the last run's supervisor sends
+            // its result just before it exits, so give it a (bounded) moment to be gone.
             let procs_file = dir.join(slot).join("cgroup.procs");
+            let read_pids = || -> Vec<u32> {
+                std::fs::read_to_string(&procs_file)
+                    .expect("reading cgroup.procs")
+                    .split_whitespace()
+                    .map(|p| p.parse().unwrap())
+                    .collect()
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
-            let mut procs = std::fs::read_to_string(&procs_file).expect("reading cgroup.procs");
-            while procs.lines().count() > 1 && Instant::now() < deadline {
+            let mut pids = read_pids();
+            while pids.len() > 3 && Instant::now() < deadline {
                 std::thread::yield_now();
-                procs = std::fs::read_to_string(&procs_file).expect("reading cgroup.procs");
+                pids = read_pids();
             }
-            // Only the slot's keeper (a child of the helper, idle between runs) remains.
-            let pids: Vec<u32> = procs
-                .split_whitespace()
-                .map(|p| p.parse().unwrap())
+            let keepers: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|&p| parent_of(p) == helper)
                 .collect();
-            assert_eq!(
-                pids.len(),
-                1,
-                "{c}/{slot} holds more than its keeper: {procs:?}"
-            );
-            assert_eq!(
-                parent_of(pids[0]),
-                helper,
-                "{c}/{slot}: {} is not the keeper",
-                pids[0]
-            );
+            assert_eq!(keepers.len(), 1, "{c}/{slot}: one keeper among {pids:?}");
+            let keeper = keepers[0];
+            let standby: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|&p| parent_of(p) == keeper)
+                .collect();
+            assert!(standby.len() <= 1, "{c}/{slot}: {pids:?}");
+            for p in &pids {
+                let parent = parent_of(*p);
+                assert!(
+                    *p == keeper || parent == keeper || standby.contains(&parent),
+                    "{c}/{slot}: {p} is neither the keeper nor its prepared sandbox ({pids:?})"
+                );
+            }
         }
     }
     // The staging directories only ever held mounts of the runs' namespaces.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use cod_core::{Bytes, Limits};
 use cod_sandbox::{
-    Bind, FileEntry, Jail, JailConfig, SandboxSpec, StageOutcome, StageSpec, Symlink,
+    Bind, FileEntry, Jail, JailConfig, Layout, SandboxSpec, StageOutcome, StageSpec, Symlink,
 };
 
 /// Slots of every jail the tests start.
@@ -37,11 +37,24 @@ pub fn helper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cod-jail"))
 }
 
+/// The layout of [`Run::cmd`]'s sandboxes: `/usr` and the merged-/usr symlinks.
+pub fn layout() -> Layout {
+    Layout::of(&Run::cmd(0, &["/bin/true"]).spec)
+}
+
 /// Starts a jail with [`SLOTS`] slots whose slot `n` runs programs as host uid `uid_base + n`.
+/// Like `cod serve`, each slot keeps a sandbox prepared (with [`layout`]) between runs.
 pub fn spawn_jail(uid_base: u32) -> Jail {
+    spawn_jail_with(uid_base, Some(layout()))
+}
+
+/// Starts a jail that prepares sandboxes with `prepared` between runs (none: every run
+/// builds its sandbox when it arrives).
+pub fn spawn_jail_with(uid_base: u32, prepared: Option<Layout>) -> Jail {
     let config = JailConfig {
         slots: SLOTS,
         uid_base,
+        prepared,
         ..Default::default()
     };
     match Jail::spawn(helper(), &[], &config) {

@@ -292,10 +292,10 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
         bail!("--runs must be at least 1");
     }
     let registry = super::load_registry(config)?;
-    let jail = super::start_jail(config, 1)?;
+    let jail = super::start_jail(config, 1, Some(&registry))?;
     let cgroup = format!("{:?}", jail.cgroup_mode());
     let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits));
-    let host = HostLayout::detect();
+    let host = executor.host().clone();
     let scenarios = scenarios(&executor, &host, &args.languages)?;
     let use_bwrap = !args.no_bwrap
         && Command::new("bwrap")

@@ -54,8 +54,13 @@ pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Starts the sandbox helper (this binary, re-executed) with `slots` worker slots.
-pub(crate) fn start_jail(config: &Config, slots: usize) -> anyhow::Result<Arc<Jail>> {
+/// Starts the sandbox helper (this binary, re-executed) with `slots` worker slots; with a
+/// registry, each slot keeps a sandbox prepared for its languages between runs.
+pub(crate) fn start_jail(
+    config: &Config,
+    slots: usize,
+    prepare_for: Option<&Registry>,
+) -> anyhow::Result<Arc<Jail>> {
     let exe = std::env::current_exe().context("finding this program's path")?;
     let s = &config.sandbox;
     let jail_config = JailConfig {
@@ -68,6 +73,11 @@ pub(crate) fn start_jail(config: &Config, slots: usize) -> anyhow::Result<Arc<Ja
         stack: s.stack.get(),
         open_files: s.open_files,
         state_dir: s.state_dir.clone().unwrap_or_else(std::env::temp_dir),
+        prepared: prepare_for.map(|registry| {
+            cod_runtime::HostLayout::detect()
+                .with_languages(registry)
+                .layout(config.limits.default.to_limits().disk.get())
+        }),
     };
     let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
         "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",

@@ -76,7 +76,8 @@ pub(crate) fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             disk_mb: l.disk_mb,
         }),
     };
-    let jail = super::start_jail(config, 1)?;
+    // One run: nothing to gain from preparing a sandbox ahead of it.
+    let jail = super::start_jail(config, 1, None)?;
     let executor = Executor::new(jail, registry, config.limits);
     let job = match executor.prepare(&req) {
         Ok(j) => j,

@@ -36,8 +36,8 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
     };
     // The helper is started before the async runtime: it is a separate process either way,
     // but spawning it first keeps start-up errors simple.
-    let jail = super::start_jail(&config, workers)?;
     let registry = super::load_registry(&config)?;
+    let jail = super::start_jail(&config, workers, Some(&registry))?;
     for l in registry.all() {
         match &l.unavailable {
             None => info!(language = %l.name, version = %l.version, "language available"),

@@ -35,9 +35,14 @@ pub fn jail(slots: u32) -> Arc<Jail> {
 /// Like [`jail`], with programs running as host uids from `uid_base` (tests that look for
 /// leftover processes use a range of their own, since other tests run in parallel).
 pub fn jail_with(slots: u32, uid_base: u32) -> Arc<Jail> {
+    // As `cod serve` does: each slot keeps a sandbox prepared for every language.
+    let prepared = cod_runtime::HostLayout::detect()
+        .with_languages(&registry())
+        .layout(cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get());
     let config = JailConfig {
         slots,
         uid_base,
+        prepared: Some(prepared),
         ..Default::default()
     };
     Arc::new(

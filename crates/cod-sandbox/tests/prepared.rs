@@ -1,0 +1,101 @@
+//! Sandboxes prepared ahead of their runs: each is used by one run only, so consecutive runs
+//! in a slot share nothing; the work dir's size follows each run; a run whose layout differs
+//! gets a sandbox built for it; and the path without preparation works alike.
+
+mod common;
+
+use cod_core::{Bytes, Status};
+use common::{Run, describe, host_processes_with_uid, spawn_jail, spawn_jail_with};
+
+/// Host uids of this binary's runs start here (see `common`).
+const UID_BASE: u32 = 62_000;
+
+fn python(slot: u32, src: &str) -> Run {
+    Run::python(slot, src, &[])
+}
+
+#[test]
+fn consecutive_runs_on_prepared_sandboxes_share_nothing() {
+    let jail = spawn_jail(UID_BASE);
+    let first = python(
+        0,
+        "import os, sys\n\
+         for d in ('/box', '/tmp', '/dev/shm'):\n    open(d + '/left', 'w').write('x')\n\
+         os.environ['LEAK'] = '1'\n\
+         if os.fork() == 0:\n    os.setsid()\n    import time\n    time.sleep(1000)\n\
+         print('pid', os.getpid())",
+    )
+    .run_on(&jail);
+    assert_eq!(first.status(), Status::Ok, "{}", describe(&first));
+    for _ in 0..3 {
+        let next = python(
+            0,
+            "import os\n\
+             print('files', [p for p in ('/box/left', '/tmp/left', '/dev/shm/left') if os.path.exists(p)])\n\
+             print('env', 'LEAK' in os.environ)\n\
+             print('procs', sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
+        )
+        .run_on(&jail);
+        assert_eq!(next.status(), Status::Ok, "{}", describe(&next));
+        let out = String::from_utf8_lossy(&next.stdout);
+        assert!(out.contains("files []\n"), "{out}");
+        assert!(out.contains("env False\n"), "{out}");
+        assert!(
+            out.contains("procs [2]\n"),
+            "only the program itself: {out}"
+        );
+    }
+    // The daemon of the first run is gone from the host too (uid_base + slot is the
+    // program's host uid; the slot's prepared init runs as another).
+    assert!(host_processes_with_uid(UID_BASE..UID_BASE + 1).is_empty());
+}
+
+#[test]
+fn the_work_dir_size_follows_each_run() {
+    let jail = spawn_jail(UID_BASE + 10);
+    let fill = "n = 0\ntry:\n    with open('/box/f', 'wb') as f:\n        while True:\n            f.write(b'x' * (1 << 20)); f.flush(); n += 1\nexcept OSError as e:\n    print(n, e.errno)";
+    for (disk_mb, most) in [(8u64, 8u64), (32, 32), (8, 8)] {
+        let o = python(1, fill)
+            .limits(|l| {
+                l.disk = Bytes::mib(disk_mb);
+                l.memory = Bytes::mib(256);
+            })
+            .run_on(&jail);
+        assert_eq!(o.status(), Status::Ok, "{}", describe(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let mut it = out.split_whitespace();
+        let written: u64 = it.next().unwrap().parse().unwrap();
+        // ENOSPC from the tmpfs, or EFBIG from RLIMIT_FSIZE (set to the same size).
+        assert!(matches!(it.next(), Some("28" | "27")), "{out}");
+        assert!(
+            written <= most && written + 2 >= most,
+            "{disk_mb} MiB disk, {written} MiB written"
+        );
+    }
+}
+
+#[test]
+fn a_run_with_another_layout_gets_its_own_sandbox() {
+    let jail = spawn_jail(UID_BASE + 20);
+    let mut run = python(2, "import os\nprint(os.path.exists('/etc/hostname.host'))");
+    run.spec.binds.push(cod_sandbox::Bind {
+        src: "/etc/hostname".into(),
+        dst: "/etc/hostname.host".into(),
+    });
+    let o = run.run_on(&jail);
+    assert_eq!(o.status(), Status::Ok, "{}", describe(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "True\n");
+    // And the slot's next ordinary run is fine.
+    let o = python(2, "print('plain')").run_on(&jail);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "plain\n");
+}
+
+#[test]
+fn the_path_without_preparation_works_alike() {
+    let jail = spawn_jail_with(UID_BASE + 30, None);
+    let o = python(3, "import os\nprint(os.getuid(), os.getcwd())").run_on(&jail);
+    assert_eq!(o.status(), Status::Ok, "{}", describe(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1000 /box\n");
+    let o = Run::cmd(3, &["/bin/sh", "-c", "exit 7"]).run_on(&jail);
+    assert_eq!(o.exit, cod_sandbox::Exit::Code(7));
+}
