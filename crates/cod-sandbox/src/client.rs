@@ -281,6 +281,13 @@ impl Jail {
             .map_err(|_| JailError::HelperFailed("a thread panicked while restarting it".into()))?;
         // One retry: a helper that died (killed by an operator, say) is replaced.
         for attempt in 0..2 {
+            // A helper that has exited is replaced before it is handed anything.
+            if guard
+                .as_mut()
+                .is_some_and(|h| !matches!(h.child.try_wait(), Ok(None)))
+            {
+                *guard = None;
+            }
             if guard.is_none() {
                 let (helper, _) = start_helper(&self.program, &self.args, &self.config)?;
                 *guard = Some(helper);

@@ -216,6 +216,13 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
                 continue;
             }
         };
+        // Runs of a slot never overlap, their supervisors included: a supervisor that sent
+        // its result may still be exiting, and its CPU time must not land on the next run.
+        for c in active.drain(..) {
+            if let Some(pid) = rustix::process::Pid::from_raw(c.pid) {
+                let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+            }
+        }
         for conn in conns {
             let cg = match &cg {
                 Ok(cg) => cg,
