@@ -40,6 +40,9 @@ pub struct Config {
     /// Which languages are offered.
     #[serde(default)]
     pub languages: LanguagesConfig,
+    /// The compile cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// `[server]`
@@ -166,6 +169,49 @@ pub struct LanguagesConfig {
     /// Offer only these languages (by name); empty offers all that are available.
     #[serde(default)]
     pub enabled: Vec<String>,
+}
+
+/// Default bytes of compiled programs kept in memory.
+pub const DEFAULT_CACHE_MEMORY: Bytes = Bytes::mib(256);
+/// Default bytes of compiled programs kept on disk.
+pub const DEFAULT_CACHE_DISK: Bytes = Bytes(2 * Bytes::GIB);
+/// Default directory of the on-disk compile cache.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/cod";
+
+/// `[cache]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Directory of the on-disk level (created if missing); `""` keeps compiled programs in
+    /// memory only.
+    #[serde(default = "default_cache_dir")]
+    pub dir: PathBuf,
+    /// Bytes of compiled programs kept in memory.
+    #[serde(default = "default_cache_memory")]
+    pub memory: Bytes,
+    /// Bytes of compiled programs kept on disk.
+    #[serde(default = "default_cache_disk")]
+    pub disk: Bytes,
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_CACHE_DIR)
+}
+fn default_cache_memory() -> Bytes {
+    DEFAULT_CACHE_MEMORY
+}
+fn default_cache_disk() -> Bytes {
+    DEFAULT_CACHE_DISK
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: default_cache_dir(),
+            memory: DEFAULT_CACHE_MEMORY,
+            disk: DEFAULT_CACHE_DISK,
+        }
+    }
 }
 
 /// A configuration that cannot be used.

@@ -10,6 +10,7 @@ use cod_core::limits::{LimitsPolicy, LimitsSpec};
 use cod_core::run::{RequestError, RunRequest};
 use cod_sandbox::{Bind, FileEntry, Layout, SandboxSpec, StageSpec, Symlink};
 
+use crate::cache::{Artifact, ArtifactKey, KeyBuilder};
 use crate::language::{Language, Registry};
 use crate::template::{Context, expand};
 
@@ -252,86 +253,164 @@ impl Job {
         )
     }
 
-    /// The sandbox spec of this job in worker slot `slot`.
-    pub fn sandbox_spec(&self, slot: u32, host: &HostLayout) -> SandboxSpec {
-        let compile_limits = &self.compile_limits;
-        let lang = &self.language;
-        let source = self.files[0].0.clone();
-        let sources: Vec<String> = self
-            .files
+    /// Names of the source files (the main one first, then extra files with one of the
+    /// language's extensions): what `{sources}` expands to.
+    fn sources(&self) -> Vec<String> {
+        self.files
             .iter()
             .enumerate()
-            .filter(|(i, (name, _))| *i == 0 || lang.is_source(name))
+            .filter(|(i, (name, _))| *i == 0 || self.language.is_source(name))
             .map(|(_, (name, _))| name.clone())
+            .collect()
+    }
+
+    /// The environment of a stage: the base, the language's, the stage's.
+    fn env(&self, extra: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+        let mut vars: Vec<(String, String)> = BASE_ENV
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let mut disk_mb = self.limits.disk_mb;
-        let mut stages = Vec::new();
-        let env = |extra: &std::collections::BTreeMap<String, String>| -> Vec<String> {
-            let mut vars: Vec<(String, String)> = BASE_ENV
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-            for (k, v) in lang.env.iter().map(|(k, v)| (k, v)).chain(extra.iter()) {
-                match vars.iter_mut().find(|(key, _)| key == k) {
-                    Some(slot) => slot.1 = v.clone(),
-                    None => vars.push((k.clone(), v.clone())),
-                }
+        let language = self.language.env.iter().map(|(k, v)| (k, v));
+        for (k, v) in language.chain(extra.iter()) {
+            match vars.iter_mut().find(|(key, _)| key == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => vars.push((k.clone(), v.clone())),
             }
-            vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
-        };
-        if let Some(compile) = &lang.compile {
-            disk_mb = disk_mb.max(compile_limits.disk_mb);
-            let limits = compile_limits.to_limits();
-            let ctx = Context {
-                source: &source,
-                sources: &sources,
-                args: &[],
-                main: &self.main,
-                memory_bytes: limits.memory.get(),
-            };
-            stages.push(StageSpec {
-                argv: expand(&compile.command, &ctx),
-                env: env(&compile.env),
-                limits,
-                stdin: Vec::new(),
-            });
         }
-        let limits = self.limits.to_limits();
+        vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    fn compile_stage(&self) -> Option<StageSpec> {
+        let compile = self.language.compile.as_ref()?;
+        let limits = self.compile_limits.to_limits();
+        let sources = self.sources();
         let ctx = Context {
-            source: &source,
+            source: &self.files[0].0,
+            sources: &sources,
+            args: &[],
+            main: &self.main,
+            memory_bytes: limits.memory.get(),
+        };
+        Some(StageSpec {
+            argv: expand(&compile.command, &ctx),
+            env: self.env(&compile.env),
+            limits,
+            stdin: Vec::new(),
+            collect: compile.artifacts.clone(),
+        })
+    }
+
+    fn run_stage(&self) -> StageSpec {
+        let lang = &self.language;
+        let limits = self.limits.to_limits();
+        let sources = self.sources();
+        let ctx = Context {
+            source: &self.files[0].0,
             sources: &sources,
             args: &self.args,
             main: &self.main,
             memory_bytes: limits.memory.get(),
         };
-        stages.push(StageSpec {
+        StageSpec {
             argv: expand(&lang.run.command, &ctx),
-            env: env(&lang.run.env),
+            env: self.env(&lang.run.env),
             limits,
             stdin: self.stdin.clone(),
-        });
+            collect: Vec::new(),
+        }
+    }
+
+    fn spec(
+        &self,
+        slot: u32,
+        host: &HostLayout,
+        stages: Vec<StageSpec>,
+        extra: &[FileEntry],
+        disk_mb: u64,
+    ) -> SandboxSpec {
         let mut binds = host.binds.clone();
-        for b in &lang.binds {
+        for b in &self.language.binds {
             if !binds.contains(b) {
                 binds.push(b.clone());
             }
         }
+        let mut files: Vec<FileEntry> = self
+            .files
+            .iter()
+            .map(|(name, content)| FileEntry {
+                name: name.clone(),
+                content: content.clone(),
+                executable: false,
+            })
+            .collect();
+        files.extend(
+            extra
+                .iter()
+                .filter(|a| !self.files.iter().any(|(n, _)| *n == a.name))
+                .cloned(),
+        );
         SandboxSpec {
             slot,
             binds,
             symlinks: host.symlinks.clone(),
-            files: self
-                .files
-                .iter()
-                .map(|(name, content)| FileEntry {
-                    name: name.clone(),
-                    content: content.clone(),
-                    executable: false,
-                })
-                .collect(),
+            files,
             stages,
             disk: disk_mb.saturating_mul(1 << 20),
         }
+    }
+
+    /// The sandbox spec of this job in worker slot `slot`: compile (for compiled languages,
+    /// collecting the artifacts) and run.
+    pub fn sandbox_spec(&self, slot: u32, host: &HostLayout) -> SandboxSpec {
+        let mut disk_mb = self.limits.disk_mb;
+        let mut stages = Vec::new();
+        if let Some(c) = self.compile_stage() {
+            // The compiler's files and the program's share the work dir.
+            disk_mb = disk_mb.max(self.compile_limits.disk_mb);
+            stages.push(c);
+        }
+        stages.push(self.run_stage());
+        self.spec(slot, host, stages, &[], disk_mb)
+    }
+
+    /// The spec that runs this job with an already compiled `artifact`: the run stage only,
+    /// the artifact's files beside the sources.
+    pub fn cached_spec(&self, slot: u32, host: &HostLayout, artifact: &Artifact) -> SandboxSpec {
+        self.spec(
+            slot,
+            host,
+            vec![self.run_stage()],
+            &artifact.files,
+            self.limits.disk_mb,
+        )
+    }
+
+    /// The compile cache key: the language, its compiler's version, the compile command
+    /// and environment (flags included), the main name, and every file. `None` for
+    /// languages that do not compile or whose artifacts are not declared.
+    pub fn cache_key(&self) -> Option<ArtifactKey> {
+        let compile = self.language.compile.as_ref()?;
+        if compile.artifacts.is_empty() {
+            return None;
+        }
+        let mut k = KeyBuilder::default();
+        k.field(b"cod-compile-1")
+            .field(self.language.name.as_bytes())
+            .field(self.language.version.as_bytes());
+        for a in &compile.command {
+            k.field(a.as_bytes());
+        }
+        for e in self.env(&compile.env) {
+            k.field(e.as_bytes());
+        }
+        for a in &compile.artifacts {
+            k.field(a.as_bytes());
+        }
+        k.field(self.main.as_bytes());
+        for (name, content) in &self.files {
+            k.field(name.as_bytes()).field(content);
+        }
+        Some(k.finish())
     }
 }
 
@@ -435,6 +514,56 @@ mod tests {
         };
         let err = Job::from_request(&req, &registry(), &LimitsPolicy::default()).unwrap_err();
         assert!(err.to_string().starts_with("files[0].name:"), "{err}");
+    }
+
+    #[test]
+    fn cache_keys_follow_sources_flags_and_compiler_version() {
+        let reg = registry();
+        let req = |src: &str| RunRequest {
+            language: "c".into(),
+            source: Some(src.into()),
+            stdin: Some("not part of the key".into()),
+            ..Default::default()
+        };
+        let job = Job::from_request(&req("int main(){}"), &reg, &LimitsPolicy::default()).unwrap();
+        let key = job.cache_key().unwrap();
+        // Same program, other stdin and id: same key.
+        let mut again =
+            Job::from_request(&req("int main(){}"), &reg, &LimitsPolicy::default()).unwrap();
+        again.stdin = b"x".to_vec();
+        assert_eq!(again.cache_key(), Some(key));
+        // Another source.
+        let other = Job::from_request(
+            &req("int main(){return 1;}"),
+            &reg,
+            &LimitsPolicy::default(),
+        )
+        .unwrap();
+        assert_ne!(other.cache_key(), Some(key));
+        // Another compiler version.
+        let mut lang = (*job.language).clone();
+        lang.version = "99.0.0".into();
+        let newer = Job {
+            language: Arc::new(lang.clone()),
+            ..job.clone()
+        };
+        assert_ne!(newer.cache_key(), Some(key));
+        // Other flags.
+        lang.version = job.language.version.clone();
+        lang.compile.as_mut().unwrap().command.push("-O3".into());
+        let flagged = Job {
+            language: Arc::new(lang),
+            ..job.clone()
+        };
+        assert_ne!(flagged.cache_key(), Some(key));
+        // Interpreted languages have none.
+        let py = RunRequest {
+            language: "python".into(),
+            source: Some("print(1)".into()),
+            ..Default::default()
+        };
+        let py = Job::from_request(&py, &reg, &LimitsPolicy::default()).unwrap();
+        assert_eq!(py.cache_key(), None);
     }
 
     #[test]

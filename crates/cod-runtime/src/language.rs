@@ -114,6 +114,10 @@ pub struct StageFile {
     /// Extra environment for this stage.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Compile only: the work-dir files the compiler produces that the run needs (names,
+    /// `*` as a wildcard). Without it, compiled programs are not cached.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
 }
 
 /// A language ready to use (or known to be unavailable).

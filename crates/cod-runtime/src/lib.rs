@@ -4,12 +4,14 @@
 //! This crate knows nothing of HTTP; the server and the CLI both use it.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod executor;
 pub mod job;
 pub mod language;
 pub mod report;
 mod template;
 
-pub use executor::{Executor, run_in_jail};
+pub use cache::{Artifact, ArtifactKey, CompileCache};
+pub use executor::{Executor, run_in_jail, run_in_jail_with};
 pub use job::{HostLayout, Job, JobFile, find_language, new_run_id};
 pub use language::{Language, Registry, RegistryError};

@@ -112,8 +112,14 @@ fn internal(message: String) -> StageReport {
     }
 }
 
-/// The run result of `job` from the sandbox's outcome (or its failure).
-pub fn run_result(job: &Job, outcome: Result<SandboxOutcome, Failure>) -> RunResult {
+/// The run result of `job` from the sandbox's outcome (or its failure). With
+/// `cached_compile`, the compile came from the cache: the outcome holds only the run stage
+/// (none after a cached compile error).
+pub fn run_result(
+    job: &Job,
+    outcome: Result<SandboxOutcome, Failure>,
+    cached_compile: Option<&StageReport>,
+) -> RunResult {
     let mut result = RunResult {
         id: job.id.clone(),
         language: job.language.name.clone(),
@@ -129,16 +135,31 @@ pub fn run_result(job: &Job, outcome: Result<SandboxOutcome, Failure>) -> RunRes
     };
     let mut stages = outcome.stages.iter();
     if job.language.compiled() {
-        let Some(c) = stages.next() else {
-            result.run = internal("the sandbox ended before compiling".into());
-            return result;
+        let compile = match cached_compile {
+            // This run spent nothing on it: the times are zero, the compiler's output kept.
+            Some(c) => CompileReport {
+                stage: StageReport {
+                    cpu_ms: 0,
+                    wall_ms: 0,
+                    memory_kb: 0,
+                    message: Some("compiled earlier: taken from the compile cache".into()),
+                    ..c.clone()
+                },
+                cached: true,
+            },
+            None => {
+                let Some(c) = stages.next() else {
+                    result.run = internal("the sandbox ended before compiling".into());
+                    return result;
+                };
+                CompileReport {
+                    stage: stage_report(c, &job.compile_limits, "the compiler"),
+                    cached: false,
+                }
+            }
         };
-        let report = stage_report(c, &job.compile_limits, "the compiler");
-        let compile_status = report.status;
-        result.compile = Some(CompileReport {
-            stage: report,
-            cached: false,
-        });
+        let compile_status = compile.stage.status;
+        result.compile = Some(compile);
         match compile_status {
             Status::Ok => {}
             Status::InternalError => {

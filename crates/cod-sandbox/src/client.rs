@@ -322,7 +322,9 @@ impl Jail {
             loop {
                 match protocol::read_frame::<Event>(&mut sock) {
                     Ok(Some(Event::Finished(r))) => return Ok(r?),
-                    Ok(Some(Event::StageStarted(_))) => started = true,
+                    Ok(Some(Event::StageStarted(_) | Event::StageFinished { .. })) => {
+                        started = true;
+                    }
                     Ok(None) | Err(FrameError::Io(_)) if !started && attempt == 0 => break,
                     Ok(None) => return Err(JailError::NoResult),
                     Err(e) => return Err(e.into()),

@@ -18,6 +18,7 @@
 //! `execve` (in `init.rs`) is async-signal-safe only.
 #![allow(unsafe_code)]
 
+pub mod artifacts;
 pub mod cgroup;
 pub mod client;
 pub mod helper;

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{SandboxOutcome, SandboxSpec};
+use crate::spec::{FileEntry, SandboxOutcome, SandboxSpec, StageOutcome};
 
 /// Largest frame either side accepts (a spec carries sources, an outcome carries output).
 pub const MAX_FRAME: usize = 256 << 20;
@@ -28,6 +28,15 @@ pub enum Request {
 pub enum Event {
     /// Stage `n` started.
     StageStarted(u32),
+    /// A stage that asked to collect files ended; sent before the next stage starts.
+    StageFinished {
+        /// The stage.
+        stage: u32,
+        /// What it did.
+        outcome: Box<StageOutcome>,
+        /// The files collected from the work dir (none unless it ended `ok`).
+        artifacts: Vec<FileEntry>,
+    },
     /// The sandbox ended, normally or not.
     Finished(Result<SandboxOutcome, Failure>),
 }
@@ -110,7 +119,6 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{FileEntry, StageOutcome};
 
     #[test]
     fn frames_round_trip() {

@@ -40,6 +40,10 @@ pub(crate) struct InitProcess {
 }
 
 impl InitProcess {
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub(crate) fn kill(&self) {
         let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
     }

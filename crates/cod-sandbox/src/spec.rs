@@ -96,6 +96,11 @@ pub struct StageSpec {
     pub limits: Limits,
     /// Bytes fed to standard input, after which it is closed.
     pub stdin: Vec<u8>,
+    /// Work-dir files to hand back after the stage (names, `*` as a wildcard), in an
+    /// [`Event::StageFinished`](crate::protocol::Event::StageFinished) sent before the next
+    /// stage starts: how a compile stage's output reaches a cache.
+    #[serde(default)]
+    pub collect: Vec<String>,
 }
 
 /// How a stage's program ended.

@@ -267,5 +267,23 @@ fn run_stage(
         sock,
         files: &spec.files,
     };
-    watch.run(in_w, &stage.stdin, out_r, err_r)
+    let (outcome, alive) = watch.run(in_w, &stage.stdin, out_r, err_r)?;
+    if !stage.collect.is_empty() {
+        // Artifacts of a successful stage only; a failed collection (too large, say) hands
+        // back none, and the caller then has nothing to cache.
+        let artifacts = if outcome.status() == cod_core::Status::Ok {
+            crate::artifacts::collect(sandbox.init.pid(), &stage.collect).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let _ = protocol::write_frame(
+            sock,
+            &Event::StageFinished {
+                stage: stage_no,
+                outcome: Box::new(outcome.clone()),
+                artifacts,
+            },
+        );
+    }
+    Ok((outcome, alive))
 }

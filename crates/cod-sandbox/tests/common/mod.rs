@@ -176,6 +176,7 @@ impl Run {
                     env: ENV.iter().map(|s| (*s).to_owned()).collect(),
                     limits,
                     stdin: Vec::new(),
+                    collect: Vec::new(),
                 }],
                 disk: limits.disk.get(),
             },

@@ -244,6 +244,7 @@ fn scenarios(
                     env: vec!["PATH=/usr/bin:/bin".into()],
                     limits,
                     stdin: vec![],
+                    collect: Vec::new(),
                 }],
                 disk: limits.disk.get(),
             },

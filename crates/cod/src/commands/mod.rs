@@ -101,6 +101,7 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
             env: vec![],
             limits,
             stdin: vec![],
+            collect: Vec::new(),
         }],
         disk: limits.disk.get(),
     };
@@ -113,6 +114,14 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
         Some(cod_core::Status::Ok) => Ok(()),
         other => anyhow::bail!("a trial run of /usr/bin/true ended {other:?}: {outcome:?}"),
     }
+}
+
+/// The compile cache the configuration describes.
+pub(crate) fn compile_cache(config: &Config) -> anyhow::Result<Arc<cod_runtime::CompileCache>> {
+    let c = &config.cache;
+    let disk = (!c.dir.as_os_str().is_empty()).then(|| (c.dir.clone(), c.disk.get()));
+    cod_runtime::CompileCache::new(c.memory.get(), disk)
+        .with_context(|| format!("opening the compile cache in {}", c.dir.display()))
 }
 
 /// Loads and probes the languages.

@@ -44,7 +44,8 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             Some(why) => tracing::warn!(language = %l.name, reason = %why, "language unavailable"),
         }
     }
-    let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits));
+    let cache = super::compile_cache(&config)?;
+    let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits).with_cache(cache));
     let state = AppState {
         executor,
         admission: Admission::new(workers, config.server.queue),
