@@ -15,14 +15,15 @@ use cod_core::limits::LimitsPolicy;
 use cod_core::run::{RequestError, RunRequest};
 use cod_core::{RunResult, Status};
 use cod_sandbox::protocol::{self, Event, Failure, Request};
-use cod_sandbox::{FileEntry, Jail, SandboxOutcome, SandboxSpec, StageOutcome};
+use cod_sandbox::{FileEntry, Jail, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, error, info, info_span};
 
 use crate::cache::{Artifact, ArtifactKey, CompileCache, Lookup};
-use crate::job::{HostLayout, Job};
-use crate::language::Registry;
+use crate::job::{HostLayout, Job, stage_env};
+use crate::language::{Language, Registry};
 use crate::report::{run_result, stage_report};
+use crate::template::{Context, expand};
 
 /// Bytes of compiled programs kept in memory when no cache is configured.
 const DEFAULT_CACHE_MEMORY: u64 = 64 << 20;
@@ -287,6 +288,89 @@ impl Executor {
         // Compile without the cache rather than wait any longer.
         let spec = job.sandbox_spec(slot, &self.host);
         run_result(job, self.sandbox(spec).await, None)
+    }
+
+    /// Builds `lang`'s prebuild (a precompiled header, a class-data archive) in slot `slot`
+    /// unless it exists; returns whether it built it. The build runs in the sandbox with
+    /// the compile limits, and its files are installed by rename, so compiles see all of
+    /// them or none.
+    pub async fn prebuild(&self, lang: &Language, slot: u32) -> Result<bool, String> {
+        let Some((p, dir)) = lang.prebuild() else {
+            return Ok(false);
+        };
+        if lang.prebuilt_ready() {
+            return Ok(false);
+        }
+        let limits = self.policy.compile.to_limits();
+        let ctx = Context {
+            source: "",
+            sources: &[],
+            args: &[],
+            main: "",
+            memory_bytes: limits.memory.get(),
+        };
+        let compile_env = lang
+            .compile
+            .as_ref()
+            .map(|c| c.env.clone())
+            .unwrap_or_default();
+        let spec = SandboxSpec {
+            slot,
+            binds: self.host.binds().to_vec(),
+            symlinks: self.host.symlinks().to_vec(),
+            files: p
+                .sources
+                .iter()
+                .map(|(name, text)| FileEntry {
+                    name: name.clone(),
+                    content: text.clone().into_bytes(),
+                    executable: false,
+                })
+                .collect(),
+            stages: vec![StageSpec {
+                argv: expand(&p.command, &ctx),
+                env: stage_env(lang, &compile_env),
+                limits,
+                stdin: Vec::new(),
+                collect: p.artifacts.clone(),
+            }],
+            disk: limits.disk.get(),
+        };
+        let mut collected = None;
+        let outcome = run_in_jail_with(&self.jail, spec, |_, outcome, artifacts| {
+            collected = Some((outcome.status(), outcome.stderr.clone(), artifacts));
+        })
+        .await
+        .map_err(|f| f.to_string())?;
+        let Some((Status::Ok, _, artifacts)) = collected else {
+            let why = outcome
+                .stages
+                .first()
+                .map(|s| format!("{:?}: {}", s.status(), String::from_utf8_lossy(&s.stderr)))
+                .unwrap_or_default();
+            return Err(format!("the build failed: {why}"));
+        };
+        if artifacts.len() != p.artifacts.len() {
+            return Err(format!(
+                "the build left {} of its {} files",
+                artifacts.len(),
+                p.artifacts.len()
+            ));
+        }
+        let base = p
+            .into
+            .as_ref()
+            .map_or(dir.host.clone(), |i| dir.host.join(i));
+        for a in artifacts {
+            let mut tmp = tempfile::NamedTempFile::new_in(&base).map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut tmp, &a.content).map_err(|e| e.to_string())?;
+            // Readable by the sandboxed compiler (temporary files start as 0600).
+            tmp.as_file()
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .map_err(|e| e.to_string())?;
+            tmp.persist(base.join(&a.name)).map_err(|e| e.to_string())?;
+        }
+        Ok(true)
     }
 
     /// Runs `job` with a cached compile.

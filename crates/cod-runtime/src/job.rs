@@ -26,6 +26,25 @@ pub const BASE_ENV: &[(&str, &str)] = &[
     ("TERM", "dumb"),
 ];
 
+/// The environment of a stage of `lang`: [`BASE_ENV`], the language's, then `extra`.
+pub fn stage_env(
+    lang: &Language,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let language = lang.env.iter().map(|(k, v)| (k, v));
+    for (k, v) in language.chain(extra.iter()) {
+        match vars.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => vars.push((k.clone(), v.clone())),
+        }
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 /// A unique id for a run: time-ordered, readable in logs.
 pub fn new_run_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -266,18 +285,7 @@ impl Job {
 
     /// The environment of a stage: the base, the language's, the stage's.
     fn env(&self, extra: &std::collections::BTreeMap<String, String>) -> Vec<String> {
-        let mut vars: Vec<(String, String)> = BASE_ENV
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let language = self.language.env.iter().map(|(k, v)| (k, v));
-        for (k, v) in language.chain(extra.iter()) {
-            match vars.iter_mut().find(|(key, _)| key == k) {
-                Some(slot) => slot.1 = v.clone(),
-                None => vars.push((k.clone(), v.clone())),
-            }
-        }
-        vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+        stage_env(&self.language, extra)
     }
 
     fn compile_stage(&self) -> Option<StageSpec> {
@@ -291,13 +299,30 @@ impl Job {
             main: &self.main,
             memory_bytes: limits.memory.get(),
         };
+        let mut argv = expand(&compile.command, &ctx);
+        argv.extend(self.prebuilt_args());
         Some(StageSpec {
-            argv: expand(&compile.command, &ctx),
+            argv,
             env: self.env(&compile.env),
             limits,
             stdin: Vec::new(),
             collect: compile.artifacts.clone(),
         })
+    }
+
+    /// The arguments that make the compiler use the language's prebuilt files, once they
+    /// exist.
+    fn prebuilt_args(&self) -> Vec<String> {
+        match self.language.prebuild() {
+            Some((p, dir)) if self.language.prebuilt_ready() => {
+                let inside = dir.inside.to_string_lossy();
+                p.use_args
+                    .iter()
+                    .map(|a| a.replace("{prebuilt}", &inside))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn run_stage(&self) -> StageSpec {
@@ -397,7 +422,7 @@ impl Job {
         k.field(b"cod-compile-1")
             .field(self.language.name.as_bytes())
             .field(self.language.version.as_bytes());
-        for a in &compile.command {
+        for a in compile.command.iter().chain(&self.prebuilt_args()) {
             k.field(a.as_bytes());
         }
         for e in self.env(&compile.env) {

@@ -60,8 +60,43 @@ pub struct LanguageFile {
     /// How to compile, for compiled languages.
     #[serde(default)]
     pub compile: Option<StageFile>,
+    /// Something built once per compiler version that makes compiles faster (a
+    /// precompiled header, a class-data archive).
+    #[serde(default)]
+    pub prebuild: Option<PrebuildFile>,
     /// How to run.
     pub run: StageFile,
+}
+
+/// `[prebuild]`: built once per compiler version, in the sandbox, off the request path;
+/// until it is ready, compiles run without it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrebuildFile {
+    /// Files written into the work dir for the build.
+    #[serde(default)]
+    pub sources: BTreeMap<String, String>,
+    /// The build command (placeholders as in `[compile]`).
+    pub command: Vec<String>,
+    /// The files it produces (names in the work dir).
+    pub artifacts: Vec<String>,
+    /// Subdirectory of `{prebuilt}` the artifacts go into (GCC finds `bits/stdc++.h.gch`
+    /// only under `bits/`).
+    #[serde(default)]
+    pub into: Option<String>,
+    /// Arguments appended to the compile command once the artifacts exist; `{prebuilt}` is
+    /// the read-only directory holding them.
+    #[serde(rename = "use")]
+    pub use_args: Vec<String>,
+}
+
+/// Where a language's prebuilt files live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prebuilt {
+    /// On the host (written by cod).
+    pub host: PathBuf,
+    /// Inside the sandbox (bound read-only).
+    pub inside: PathBuf,
 }
 
 /// `main = { patterns = [...], default = "Main" }`
@@ -144,10 +179,29 @@ pub struct Language {
     pub(crate) binds: Vec<Bind>,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) compile: Option<StageFile>,
+    pub(crate) prebuild: Option<PrebuildFile>,
+    pub(crate) prebuilt: Option<Prebuilt>,
     pub(crate) run: StageFile,
 }
 
 impl Language {
+    /// The language's prebuild, if it has one and a place for it was set
+    /// ([`Registry::with_prebuilt`]).
+    pub fn prebuild(&self) -> Option<(&PrebuildFile, &Prebuilt)> {
+        Some((self.prebuild.as_ref()?, self.prebuilt.as_ref()?))
+    }
+
+    /// Whether the prebuilt files exist (then compiles use them).
+    pub fn prebuilt_ready(&self) -> bool {
+        self.prebuild().is_some_and(|(p, dir)| {
+            let base = p
+                .into
+                .as_ref()
+                .map_or(dir.host.clone(), |i| dir.host.join(i));
+            p.artifacts.iter().all(|a| base.join(a).is_file())
+        })
+    }
+
     /// Whether the language has a compile stage.
     pub fn compiled(&self) -> bool {
         self.compile.is_some()
@@ -328,6 +382,41 @@ impl Registry {
         Ok(reg)
     }
 
+    /// Gives every available language with a `[prebuild]` a directory under `root` (named
+    /// after its compiler version and build, so an upgrade starts afresh), bound read-only
+    /// into sandboxes at `/opt/cod/prebuilt/<language>`.
+    pub fn with_prebuilt(mut self, root: &Path) -> std::io::Result<Registry> {
+        for lang in &mut self.languages {
+            let Some(p) = (lang.available().then_some(lang.prebuild.as_ref())).flatten() else {
+                continue;
+            };
+            let mut h = blake3::Hasher::new();
+            h.update(lang.version.as_bytes());
+            for a in &p.command {
+                h.update(a.as_bytes());
+                h.update(b"\0");
+            }
+            for (name, text) in &p.sources {
+                h.update(name.as_bytes());
+                h.update(text.as_bytes());
+            }
+            let tag = h.finalize().to_hex();
+            let host = root.join(format!("{}-{}", lang.name, &tag[..16]));
+            std::fs::create_dir_all(&host)?;
+            if let Some(into) = &p.into {
+                std::fs::create_dir_all(host.join(into))?;
+            }
+            let inside = PathBuf::from("/opt/cod/prebuilt").join(&lang.name);
+            let lang = Arc::make_mut(lang);
+            lang.binds.push(Bind {
+                src: host.clone(),
+                dst: inside.clone(),
+            });
+            lang.prebuilt = Some(Prebuilt { host, inside });
+        }
+        Ok(self)
+    }
+
     /// The language called `name` (or with that alias), case-insensitive.
     pub fn get(&self, name: &str) -> Option<&Arc<Language>> {
         self.by_name
@@ -440,6 +529,8 @@ fn resolve(lf: &LanguageFile) -> Result<Language, RegistryError> {
         binds: Vec::new(),
         env: lf.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         compile: lf.compile.clone(),
+        prebuild: lf.prebuild.clone(),
+        prebuilt: None,
         run: lf.run.clone(),
     };
     if let Err(why) = probe_host(lf, &mut lang, &version_re) {
@@ -500,6 +591,11 @@ fn probe_host(lf: &LanguageFile, lang: &mut Language, version_re: &Regex) -> Res
     for (k, v) in &mut lang.env {
         *v = sub(v);
         let _ = k;
+    }
+    if let Some(p) = &mut lang.prebuild {
+        for a in p.command.iter_mut().chain(p.use_args.iter_mut()) {
+            *a = sub(a);
+        }
     }
     let stages = [lang.compile.as_mut(), Some(&mut lang.run)];
     for stage in stages.into_iter().flatten() {
@@ -618,6 +714,8 @@ mod tests {
             binds: vec![],
             env: vec![],
             compile: lf.compile.clone(),
+            prebuild: None,
+            prebuilt: None,
             run: lf.run.clone(),
         }
     }

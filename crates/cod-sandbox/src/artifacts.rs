@@ -17,7 +17,7 @@ use rustix::fs::{Dir, FileType, Mode, OFlags, ResolveFlags, openat2};
 use crate::spec::FileEntry;
 
 /// Most bytes of artifacts one stage may leave.
-pub const MAX_ARTIFACTS: u64 = 128 << 20;
+pub const MAX_ARTIFACTS: u64 = 256 << 20;
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters.
 pub(crate) fn matches(pattern: &str, name: &str) -> bool {

@@ -80,6 +80,7 @@ pub struct FileEntry {
     /// Plain file name (no directories).
     pub name: String,
     /// Contents.
+    #[serde(with = "serde_bytes")]
     pub content: Vec<u8>,
     /// Whether to mark it executable.
     pub executable: bool,
@@ -95,6 +96,7 @@ pub struct StageSpec {
     /// Limits of this stage. `disk` is taken from the sandbox.
     pub limits: Limits,
     /// Bytes fed to standard input, after which it is closed.
+    #[serde(with = "serde_bytes")]
     pub stdin: Vec<u8>,
     /// Work-dir files to hand back after the stage (names, `*` as a wildcard), in an
     /// [`Event::StageFinished`](crate::protocol::Event::StageFinished) sent before the next
@@ -127,8 +129,10 @@ pub struct StageOutcome {
     /// `execve` failed with this errno (the program does not exist or is not executable).
     pub exec_errno: Option<i32>,
     /// Captured standard output, at most the output limit.
+    #[serde(with = "serde_bytes")]
     pub stdout: Vec<u8>,
     /// Captured standard error, at most the output limit.
+    #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
     /// Whether stdout went over the limit.
     pub stdout_truncated: bool,

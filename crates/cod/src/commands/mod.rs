@@ -124,11 +124,26 @@ pub(crate) fn compile_cache(config: &Config) -> anyhow::Result<Arc<cod_runtime::
         .with_context(|| format!("opening the compile cache in {}", c.dir.display()))
 }
 
-/// Loads and probes the languages.
+/// Loads and probes the languages; with `prebuilt`, gives the languages that build
+/// something once (a precompiled header, a class-data archive) their directory.
 pub(crate) fn load_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
     let reg = Registry::load(config.languages.dir.as_deref(), &config.languages.enabled)
         .context("loading the language files")?;
+    let root = prebuilt_root(config);
+    let reg = reg
+        .with_prebuilt(&root)
+        .with_context(|| format!("creating {}", root.display()))?;
     Ok(Arc::new(reg))
+}
+
+/// Where prebuilt files live: beside the compile cache, or in the temp dir without one.
+fn prebuilt_root(config: &Config) -> std::path::PathBuf {
+    let dir = &config.cache.dir;
+    if dir.as_os_str().is_empty() {
+        std::env::temp_dir().join("cod-prebuilt")
+    } else {
+        dir.join("prebuilt")
+    }
 }
 
 fn runtimes(config: &Config) -> anyhow::Result<ExitCode> {

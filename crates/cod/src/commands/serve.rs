@@ -64,13 +64,39 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .with_context(|| format!("listening on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         info!(%addr, workers, queue = config.server.queue, cgroup = ?jail.cgroup_mode(), "cod is serving on http://{addr}/");
+        // Build what makes compiles faster in the background, one worker slot at a time,
+        // like any run; compiles use it once it is there.
+        let prebuilds = tokio::spawn(prebuild_all(state.clone()));
         cod_server::serve(listener, cod_server::app(state), shutdown, SHUTDOWN_GRACE)
             .await
             .context("serving HTTP")?;
+        prebuilds.abort();
         info!("stopped");
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds every language's prebuild that is missing, each holding a worker slot.
+async fn prebuild_all(state: AppState) {
+    for lang in state.executor.registry().all() {
+        if lang.prebuild().is_none() || lang.prebuilt_ready() {
+            continue;
+        }
+        let Ok(permit) = state.admission.acquire().await else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        match state.executor.prebuild(lang, permit.slot()).await {
+            Ok(true) => {
+                info!(language = %lang.name, took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "prebuild ready")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(language = %lang.name, error = %e, "prebuild failed; compiles run without it")
+            }
+        }
+    }
 }
 
 /// Registers for SIGINT and SIGTERM now; the returned future completes on either.
