@@ -63,6 +63,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v2/piston/runtimes", get(piston::runtimes))
         .route("/api/v2/piston/execute", post(piston::execute))
         .route("/", get(web::index))
+        .merge(
+            Router::new()
+                .route("/app.js", get(web::app_js))
+                .route("/app.css", get(web::app_css))
+                .layer(tower_http::compression::CompressionLayer::new()),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             (

@@ -1,0 +1,195 @@
+// The program buffer on the server, kept in step with the editor over the WebSocket at
+// /api/v1/ws (protocol: docs/api.md, "WebSocket").
+//
+// Versions: `version` is the version the next edit applies to. Every local change is sent at
+// once as {"type":"edit","version":N,...} and `version` becomes N+1 without waiting for the ack
+// (edits are pipelined; the socket keeps them in order). `acked` is the last version the server
+// confirmed. Nothing is sent before the server's "opened"; the text typed meanwhile is
+// reconciled when it arrives.
+
+import { ChangeSet } from "@codemirror/state";
+
+const MIN_BACKOFF_MS = 250;
+const MAX_BACKOFF_MS = 10000;
+
+/**
+ * One change that turns `from` into `to` (common prefix and suffix kept), never splitting a
+ * UTF-16 surrogate pair, as ChangeSet JSON against a document of `from.length`.
+ */
+export function diffChanges(from, to) {
+  const max = Math.min(from.length, to.length);
+  let start = 0;
+  while (start < max && from.charCodeAt(start) === to.charCodeAt(start)) start++;
+  if (start > 0 && isHighSurrogate(from.charCodeAt(start - 1))) start--;
+  let end = 0;
+  while (end < max - start && from.charCodeAt(from.length - 1 - end) === to.charCodeAt(to.length - 1 - end)) end++;
+  if (end > 0 && isLowSurrogate(from.charCodeAt(from.length - end))) end--;
+  const change = { from: start, to: from.length - end, insert: to.slice(start, to.length - end) };
+  return ChangeSet.of(change, from.length).toJSON();
+}
+
+function isHighSurrogate(c) { return c >= 0xd800 && c < 0xdc00; }
+function isLowSurrogate(c) { return c >= 0xdc00 && c < 0xe000; }
+
+export class Session {
+  /**
+   * hooks:
+   *  - text(): the editor's current text
+   *  - language(): the picker's current language
+   *  - setServerText(text): replace the editor's text without sending it back
+   *  - opened({session, language, resumed}): a session is established on this socket
+   *  - connection(state, detail): "connecting" | "open" | "closed" (detail: retry delay in ms)
+   *  - message(msg): every other server message (stage, out, exit, error, ...)
+   */
+  constructor(url, sessionId, hooks) {
+    this.url = url;
+    this.id = sessionId || null;
+    this.hooks = hooks;
+    this.ws = null;
+    this.opened = false; // this socket has received "opened"
+    this.established = false; // a session was opened at least once on this page
+    this.version = 0;
+    this.acked = 0;
+    this.languageDirty = false; // the language changed while no session was open
+    this.attempts = 0;
+    this.retryTimer = null;
+    this.pendingOpenWithSession = false;
+    window.addEventListener("online", () => { if (!this.ws) this.connectNow(); });
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.hooks.connection("connecting");
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (e) {
+      this.scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => this.sendOpen();
+    ws.onmessage = (ev) => {
+      if (ws !== this.ws) return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (e) { return; }
+      if (msg && typeof msg === "object") this.receive(msg);
+    };
+    ws.onclose = () => {
+      if (ws !== this.ws) return;
+      this.ws = null;
+      this.opened = false;
+      this.scheduleReconnect();
+    };
+  }
+
+  connectNow() {
+    this.attempts = 0;
+    this.connect();
+  }
+
+  scheduleReconnect() {
+    const base = Math.min(MAX_BACKOFF_MS, MIN_BACKOFF_MS * 2 ** this.attempts);
+    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    this.attempts++;
+    this.hooks.connection("closed", delay);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  sendOpen() {
+    const msg = { type: "open", language: this.hooks.language(), text: this.hooks.text() };
+    if (this.id) msg.session = this.id;
+    this.pendingOpenWithSession = !!this.id;
+    this.sendRaw(msg);
+  }
+
+  sendRaw(msg) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /** Sends a message that needs an established session; false when there is none. */
+  send(msg) {
+    return this.opened && this.sendRaw(msg);
+  }
+
+  /** The editor changed the text (called once per transaction, in order). */
+  localChange(changes) {
+    if (!this.opened) return; // reconciled on the next "opened"
+    if (this.sendRaw({ type: "edit", version: this.version, changes: changes.toJSON() })) this.version++;
+  }
+
+  setLanguage(language) {
+    if (!this.send({ type: "language", language })) this.languageDirty = true;
+  }
+
+  receive(msg) {
+    switch (msg.type) {
+      case "opened": return this.onOpened(msg);
+      case "ack":
+        if (typeof msg.version === "number") this.acked = msg.version;
+        return;
+      case "resync":
+        if (typeof msg.text === "string" && typeof msg.version === "number") {
+          this.hooks.setServerText(msg.text);
+          this.version = this.acked = msg.version;
+        }
+        return;
+      case "error":
+        if (!this.opened && this.pendingOpenWithSession) {
+          // The session could not be resumed (unknown or expired id): start a new one.
+          this.id = null;
+          this.hooks.message(msg);
+          this.sendOpen();
+          return;
+        }
+        return this.hooks.message(msg);
+      default:
+        return this.hooks.message(msg);
+    }
+  }
+
+  onOpened(msg) {
+    const serverText = typeof msg.text === "string" ? msg.text : "";
+    const serverVersion = typeof msg.version === "number" ? msg.version : 0;
+    const resumedSame = !!this.id && msg.session === this.id;
+    const local = this.hooks.text();
+
+    // Whose text wins:
+    // - a new session (the server made it from our "open"): ours, if typed since the open;
+    // - a reconnect of this page where the server holds no edit we did not make (its version
+    //   lies between our last ack and our last sent edit): ours, sent as one edit, so what was
+    //   typed while the socket was down is kept;
+    // - otherwise (a reload resuming a session, or a session edited elsewhere): the server's.
+    let keepLocal;
+    if (!resumedSame) keepLocal = true;
+    else if (this.established) keepLocal = serverVersion >= this.acked && serverVersion <= this.version;
+    else keepLocal = false;
+
+    this.id = msg.session;
+    this.version = this.acked = serverVersion;
+    this.opened = true;
+    this.attempts = 0;
+    if (keepLocal) {
+      if (local !== serverText) {
+        this.sendRaw({ type: "edit", version: this.version, changes: diffChanges(serverText, local) });
+        this.version++;
+      }
+    } else {
+      this.hooks.setServerText(serverText);
+    }
+    // A language picked while no session was open wins over the one the server remembers.
+    let language = msg.language;
+    if (this.languageDirty) {
+      this.languageDirty = false;
+      language = undefined;
+      this.sendRaw({ type: "language", language: this.hooks.language() });
+    }
+    this.established = true;
+    this.hooks.connection("open");
+    this.hooks.opened({ session: this.id, language, resumed: resumedSame && !keepLocal });
+  }
+}
