@@ -333,6 +333,7 @@ impl Executor {
                 limits,
                 stdin: Vec::new(),
                 collect: p.artifacts.clone(),
+                warm: None,
             }],
             disk: limits.disk.get(),
         };

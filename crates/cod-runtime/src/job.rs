@@ -307,6 +307,7 @@ impl Job {
             limits,
             stdin: Vec::new(),
             collect: compile.artifacts.clone(),
+            warm: None,
         })
     }
 
@@ -342,6 +343,7 @@ impl Job {
             limits,
             stdin: self.stdin.clone(),
             collect: Vec::new(),
+            warm: None,
         }
     }
 

@@ -25,7 +25,7 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{self, Event, Failure, FrameError, Request};
-use crate::spec::{Layout, SandboxOutcome, SandboxSpec};
+use crate::spec::{Layout, SandboxOutcome, SandboxSpec, WarmRuntime};
 
 /// The descriptor number on which the helper finds its control socket.
 pub const HELPER_FD: i32 = 3;
@@ -57,7 +57,14 @@ pub struct JailConfig {
     /// The layout each slot keeps one sandbox prepared with, ahead of its next run: a run
     /// whose spec has this layout skips building its sandbox. `None` prepares nothing ahead.
     pub prepared: Option<Layout>,
+    /// Runtimes a slot can keep warm in a zygote (at most [`MAX_WARM`]); which ones each
+    /// slot holds is set with [`Jail::set_warm`].
+    #[serde(default)]
+    pub warm: Vec<WarmRuntime>,
 }
+
+/// Most warm runtimes a jail knows.
+pub const MAX_WARM: usize = 8;
 
 impl JailConfig {
     /// Host uids (also used as gids) of slot `slot`: (the program's, the init's). The program
@@ -81,6 +88,7 @@ impl Default for JailConfig {
             open_files: cod_core::config::DEFAULT_OPEN_FILES,
             state_dir: std::env::temp_dir(),
             prepared: None,
+            warm: Vec::new(),
         }
     }
 }
@@ -146,6 +154,7 @@ pub struct Jail {
     helper: Mutex<Option<Helper>>,
     cgroup: CgroupMode,
     slots: u32,
+    warm_masks: Mutex<Vec<u32>>,
 }
 
 /// Starts `program args...` as the helper, configures it, and waits for its answer.
@@ -245,6 +254,7 @@ impl Jail {
             helper: Mutex::new(Some(helper)),
             cgroup,
             slots: config.slots,
+            warm_masks: Mutex::new(vec![0; config.slots as usize]),
         })
     }
 
@@ -289,8 +299,7 @@ impl Jail {
                 *guard = None;
             }
             if guard.is_none() {
-                let (helper, _) = start_helper(&self.program, &self.args, &self.config)?;
-                *guard = Some(helper);
+                self.start(&mut guard)?;
             }
             let helper = guard.as_ref().expect("set above");
             match send_fd(&helper.control, slot, &theirs) {
@@ -304,6 +313,61 @@ impl Jail {
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+
+    /// Sets which of [`JailConfig::warm`] slot `slot` keeps started: bit `i` of `mask` for
+    /// runtime `i`. The slot's keeper starts the missing ones while the slot is idle (off
+    /// any run's path) and ends the others. The jail remembers the masks and gives them to
+    /// a helper that replaces a dead one.
+    pub fn set_warm(&self, slot: u32, mask: u32) -> Result<(), JailError> {
+        if slot >= self.slots {
+            return Err(JailError::Control(std::io::Error::other(format!(
+                "slot {slot} is not below {}",
+                self.slots
+            ))));
+        }
+        let mut guard = self
+            .helper
+            .lock()
+            .map_err(|_| JailError::HelperFailed("a thread panicked while restarting it".into()))?;
+        if let Some(m) = self
+            .warm_masks
+            .lock()
+            .ok()
+            .as_mut()
+            .and_then(|m| m.get_mut(slot as usize))
+        {
+            *m = mask;
+        }
+        if let Some(h) = guard.as_mut()
+            && matches!(h.child.try_wait(), Ok(None))
+            && send_warm(&h.control, slot, mask).is_ok()
+        {
+            return Ok(());
+        }
+        // No live helper: the next one gets every mask at its start.
+        *guard = None;
+        self.start(&mut guard)
+    }
+
+    /// The masks set with [`Jail::set_warm`], one per slot.
+    pub fn warm_masks(&self) -> Vec<u32> {
+        self.warm_masks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Starts a helper into `guard` and gives it the warm masks.
+    fn start(&self, guard: &mut Option<Helper>) -> Result<(), JailError> {
+        let (helper, _) = start_helper(&self.program, &self.args, &self.config)?;
+        for (slot, mask) in (0..).zip(self.warm_masks()) {
+            if mask != 0 {
+                send_warm(&helper.control, slot, mask).map_err(JailError::Control)?;
+            }
+        }
+        *guard = Some(helper);
+        Ok(())
     }
 
     /// Runs `spec` and waits for its outcome (blocking).
@@ -335,6 +399,29 @@ impl Jail {
     }
 }
 
+/// Control message kinds (the first word of each message to the helper).
+pub(crate) const CONTROL_RUN: u32 = 1;
+pub(crate) const CONTROL_WARM: u32 = 2;
+
+/// A control message: kind, slot, argument.
+fn control_words(kind: u32, slot: u32, arg: u32) -> [u8; 12] {
+    let mut msg = [0u8; 12];
+    msg[..4].copy_from_slice(&kind.to_le_bytes());
+    msg[4..8].copy_from_slice(&slot.to_le_bytes());
+    msg[8..].copy_from_slice(&arg.to_le_bytes());
+    msg
+}
+
+/// Tells the helper the warm mask of `slot`.
+fn send_warm(control: &OwnedFd, slot: u32, mask: u32) -> std::io::Result<()> {
+    send(
+        control,
+        &control_words(CONTROL_WARM, slot, mask),
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
 /// Sends `conn` with `slot` over the helper's control socket.
 fn send_fd(control: &OwnedFd, slot: u32, conn: &OwnedFd) -> std::io::Result<()> {
     let fds = [rustix::fd::AsFd::as_fd(conn)];
@@ -345,7 +432,7 @@ fn send_fd(control: &OwnedFd, slot: u32, conn: &OwnedFd) -> std::io::Result<()> 
     }
     sendmsg(
         control,
-        &[IoSlice::new(&slot.to_le_bytes())],
+        &[IoSlice::new(&control_words(CONTROL_RUN, slot, 0))],
         &mut anc,
         SendFlags::NOSIGNAL,
     )?;

@@ -20,7 +20,7 @@ use rustix::net::{
 use rustix::process::WaitOptions;
 
 use crate::cgroup::CgroupTree;
-use crate::client::{CONTROL_MAX, HELPER_FD, HelperReply, JailConfig};
+use crate::client::{CONTROL_MAX, CONTROL_WARM, HELPER_FD, HelperReply, JailConfig, MAX_WARM};
 use crate::keeper;
 use crate::protocol::Failure;
 use crate::seccomp::SeccompPolicy;
@@ -85,6 +85,12 @@ fn reply_and_exit(control: &OwnedFd, why: String) -> ! {
 }
 
 fn start(config: JailConfig) -> Result<HelperState, String> {
+    if config.warm.len() > MAX_WARM {
+        return Err(format!(
+            "{} warm runtimes configured, at most {MAX_WARM}",
+            config.warm.len()
+        ));
+    }
     let seccomp = SeccompPolicy::compile().map_err(|e| format!("seccomp: {e}"))?;
     let me = std::process::id();
     let cgroups = CgroupTree::create(
@@ -249,18 +255,54 @@ fn hand_over(keepers: &mut [Option<Keeper>], slot: u32, conn: OwnedFd, state: &H
     );
 }
 
-/// Receives run sockets until the caller closes the control socket. Each message carries
-/// the run's slot (4 bytes, little-endian) and its socket.
+/// Gives the keeper of `slot` its warm mask, starting the keeper if needed (so that its
+/// runtimes warm up before its first run).
+fn set_warm(keepers: &mut [Option<Keeper>], slot: u32, mask: u32, state: &HelperState) {
+    let others: Vec<RawFd> = keepers
+        .iter()
+        .flatten()
+        .map(|k| k.sock.as_raw_fd())
+        .collect();
+    let Some(entry) = usize::try_from(slot).ok().and_then(|i| keepers.get_mut(i)) else {
+        return;
+    };
+    let mut msg = [0u8; 5];
+    msg[0] = b'w';
+    msg[1..].copy_from_slice(&mask.to_le_bytes());
+    for _ in 0..2 {
+        if entry.is_none() {
+            match spawn_keeper(slot, state, &others) {
+                Ok(k) => *entry = Some(k),
+                Err(_) => return,
+            }
+        }
+        let k = entry.as_ref().expect("set above");
+        if send(&k.sock, &msg, SendFlags::NOSIGNAL).is_ok() {
+            return;
+        }
+        if let Some(pid) = entry
+            .take()
+            .and_then(|k| rustix::process::Pid::from_raw(k.pid))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        }
+    }
+}
+
+/// Receives control messages until the caller closes the control socket. Each message is
+/// three little-endian words, kind, slot and argument: a run (its socket attached) or a
+/// slot's warm mask.
 fn serve(control: &OwnedFd, state: &HelperState) {
     let slots = usize::try_from(state.config.slots).unwrap_or(0);
     let mut keepers: Vec<Option<Keeper>> = (0..slots).map(|_| None).collect();
     loop {
-        let mut slot_buf = [0u8; 4];
+        let mut words = [0u8; 12];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut anc = RecvAncillaryBuffer::new(&mut space);
         let msg = match recvmsg(
             control,
-            &mut [IoSliceMut::new(&mut slot_buf)],
+            &mut [IoSliceMut::new(&mut words)],
             &mut anc,
             RecvFlags::CMSG_CLOEXEC,
         ) {
@@ -277,9 +319,15 @@ fn serve(control: &OwnedFd, state: &HelperState) {
         if msg.bytes == 0 && conns.is_empty() {
             break;
         }
-        let slot = u32::from_le_bytes(slot_buf);
-        for conn in conns {
-            hand_over(&mut keepers, slot, conn, state);
+        let word =
+            |i: usize| u32::from_le_bytes([words[i], words[i + 1], words[i + 2], words[i + 3]]);
+        let (kind, slot, arg) = (word(0), word(4), word(8));
+        if kind == CONTROL_WARM && conns.is_empty() {
+            set_warm(&mut keepers, slot, arg, state);
+        } else {
+            for conn in conns {
+                hand_over(&mut keepers, slot, conn, state);
+            }
         }
         // Reap keepers that died; they are restarted on their slot's next run.
         while let Ok(Some((pid, _))) = rustix::process::wait(WaitOptions::NOHANG) {

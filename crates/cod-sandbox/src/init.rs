@@ -26,7 +26,7 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use crate::mounts::{MountPlan, Step};
 use crate::seccomp::SeccompPolicy;
-use crate::spec::{SANDBOX_ID, WORK_DIR};
+use crate::spec::{SANDBOX_ID, WORK_DIR, WarmRuntime};
 use crate::sys;
 
 /// Report kinds, init to supervisor. Each report is four little-endian 32-bit words.
@@ -37,6 +37,11 @@ pub(crate) const REPORT_STAGE_DONE: u32 = 3;
 /// The stage did not start: `(errno, index of the file that failed or -1, what)` where
 /// `what` is one of the `NOT_STARTED_*` values.
 pub(crate) const REPORT_NOT_STARTED: u32 = 4;
+/// The zygote's interpreter is ready: `(0, 0, 0)`.
+pub(crate) const REPORT_WARM_READY: u32 = 5;
+/// The zygote's interpreter did not start: `(what, errno, 0)`, `what` one of
+/// `zygote::WARM_*`.
+pub(crate) const REPORT_WARM_FAILED: u32 = 6;
 pub(crate) const REPORT_LEN: usize = 16;
 
 /// Why a stage did not start.
@@ -57,6 +62,9 @@ pub(crate) const CMD_END: u8 = b'E';
 pub(crate) const CMD_DISK: u8 = b'Z';
 /// `S`, plan (see [`encode_plan`]), with the stage's stdin, stdout and stderr attached.
 pub(crate) const CMD_STAGE: u8 = b'S';
+/// `W`, a postcard-encoded [`WarmRuntime`]: become a zygote holding that runtime (see
+/// `zygote.rs`). Sent once, right after the root is built.
+pub(crate) const CMD_WARM: u8 = b'W';
 
 /// Largest command message (the socket's own limit is about 200 KiB).
 pub(crate) const MAX_MESSAGE: usize = 160 * 1024;
@@ -96,13 +104,13 @@ impl InitBuffers {
     }
 }
 
-fn fd(raw: RawFd) -> BorrowedFd<'static> {
+pub(crate) fn fd(raw: RawFd) -> BorrowedFd<'static> {
     // SAFETY: every descriptor passed here was created by the supervisor before `clone` or
     // received by this process, is open, and stays open until this process execs or exits.
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
-fn report(to: RawFd, kind: u32, a: i32, b: i32, c: i32) {
+pub(crate) fn report(to: RawFd, kind: u32, a: i32, b: i32, c: i32) {
     let mut buf = [0u8; REPORT_LEN];
     buf[0..4].copy_from_slice(&kind.to_le_bytes());
     buf[4..8].copy_from_slice(&a.to_le_bytes());
@@ -152,10 +160,10 @@ fn resource(raw: u32) -> Option<Resource> {
 }
 
 /// A stage's plan, decoded in place: pointers into the message buffer.
-struct Plan<'a> {
-    rlimits: &'a [u8],
-    argv: &'a [*const c_char],
-    env: &'a [*const c_char],
+pub(crate) struct Plan<'a> {
+    pub(crate) rlimits: &'a [u8],
+    pub(crate) argv: &'a [*const c_char],
+    pub(crate) env: &'a [*const c_char],
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -165,7 +173,7 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 /// Decodes a plan without allocating: the strings stay in `msg`, `argv` and `env` receive
 /// pointers to them and a terminating null.
-fn decode_plan<'a>(
+pub(crate) fn decode_plan<'a>(
     msg: &'a [u8],
     argv: &'a mut [*const c_char],
     env: &'a mut [*const c_char],
@@ -200,7 +208,7 @@ fn decode_plan<'a>(
 }
 
 /// Receives one command: its length, and up to three descriptors attached to it.
-fn receive(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd; 3]) -> Option<(usize, usize)> {
+pub(crate) fn receive(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd; 3]) -> Option<(usize, usize)> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
     loop {
         let mut anc = RecvAncillaryBuffer::new(&mut space);
@@ -368,6 +376,25 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     }
                 }
             }
+            CMD_WARM if file_index == -1 && pending.is_none() => {
+                drop(work);
+                match postcard::from_bytes::<WarmRuntime>(body) {
+                    // The zygote allocates (the interpreter does): this process is a copy
+                    // of a single-threaded keeper, so no lock is held by a thread that is
+                    // not here.
+                    Ok(warm) => crate::zygote::zygote_main(p, bufs, warm),
+                    Err(_) => {
+                        report(
+                            p.report,
+                            REPORT_WARM_FAILED,
+                            crate::zygote::WARM_SETUP,
+                            libc::EINVAL,
+                            0,
+                        );
+                        sys::exit_now(1);
+                    }
+                }
+            }
             _ => {
                 for f in fds.iter().take(nfds) {
                     sys::close(*f);
@@ -408,7 +435,7 @@ fn resize_work(body: &[u8]) -> Result<(), Errno> {
 }
 
 /// Creates `/box/<name>` from a [`CMD_FILE`] body: mode (u32) then the name.
-fn create_file(work: &OwnedFd, body: &[u8]) -> Result<OwnedFd, Errno> {
+pub(crate) fn create_file(work: &OwnedFd, body: &[u8]) -> Result<OwnedFd, Errno> {
     let mode = u32_at(body, 0).ok_or(Errno::INVAL)?;
     let name = body.get(4..).ok_or(Errno::INVAL)?;
     // A plain name only (the supervisor checked it too): no slash, no dot names, no NUL.
@@ -434,7 +461,7 @@ fn create_file(work: &OwnedFd, body: &[u8]) -> Result<OwnedFd, Errno> {
     Ok(f)
 }
 
-fn write_all(f: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
+pub(crate) fn write_all(f: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
     while !data.is_empty() {
         match rustix::io::write(f, data) {
             Ok(n) => data = &data[n..],
@@ -505,7 +532,7 @@ fn run_stage(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3]) -> Result<(i3
 fn exec_program(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: &OwnedFd) -> ! {
     // Where the error pipe is: `prepare_exec` moves it to fd 3.
     let mut err_fd = err_w.as_raw_fd();
-    let errno = match prepare_exec(p, plan, stdio, &mut err_fd) {
+    let errno = match prepare_exec(p, plan, stdio, &mut err_fd, true) {
         Ok(()) => {
             // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
             // which this process does not touch again before exec.
@@ -520,13 +547,23 @@ fn exec_program(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: &Ow
     sys::exit_now(EXEC_FAILED)
 }
 
-fn prepare_exec(
+/// Makes this process the stage's program in all but its image: a session of its own,
+/// stdio on 0 to 2 and the error pipe on 3 (nothing else open), the work dir as cwd, the
+/// stage's rlimits, no capabilities, the program's uid, and the seccomp policy. With
+/// `reset_signals`, every signal disposition is reset too (an `execve` keeps ignored
+/// ones); a zygote's run keeps the interpreter's.
+pub(crate) fn prepare_exec(
     p: &InitPlan<'_>,
     plan: &Plan<'_>,
     stdio: [RawFd; 3],
     err_fd: &mut RawFd,
+    reset_signals: bool,
 ) -> Result<(), Errno> {
-    sys::reset_signals();
+    if reset_signals {
+        sys::reset_signals();
+    } else {
+        sys::unblock_signals();
+    }
     rustix::process::setsid()?;
     // Move the four descriptors above any number they could collide with, then into place.
     let hi = |raw: RawFd| sys::dup_above(raw, 100);

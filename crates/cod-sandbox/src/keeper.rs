@@ -12,6 +12,12 @@
 //! The run's init (and so every process of the run) gets `oom_score_adj` +1000, so that the
 //! OOM killer of the slot's memory cgroup picks the run's own processes, never the keeper or
 //! a supervisor (which also try -1000 for themselves).
+//!
+//! A keeper also keeps the slot's warm runtimes (see `zygote.rs`): the caller sets which
+//! ones with a mask, and the keeper starts the missing ones while the slot is idle, replaces
+//! one that dies, and ends one that a run left in doubt. Each run's supervisor gets the
+//! ready zygotes' channels and uses one if the run's single stage asks for its runtime; its
+//! exit code tells the keeper which one it used and how that went.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -26,11 +32,14 @@ use rustix::net::{
 use rustix::process::WaitOptions;
 
 use crate::cgroup::SlotCgroup;
+use crate::client::MAX_WARM;
+use crate::init;
 use crate::protocol::{self, Event, Failure};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, ZygoteHandle, read_report};
 use crate::spec::Layout;
 use crate::supervisor::{self, HelperState, SlotContext};
 use crate::sys;
+use crate::zygote;
 
 /// Why a keeper cannot run its slot.
 fn setup(slot: u32, state: &HelperState) -> Result<SlotCgroup, Failure> {
@@ -62,6 +71,11 @@ fn setup(slot: u32, state: &HelperState) -> Result<SlotCgroup, Failure> {
     Ok(cg)
 }
 
+/// Supervisor exit codes: a run that used warm runtime `i` ends with `EXIT_WARM + i`, or
+/// with `EXIT_WARM_DOUBT + i` if the zygote misbehaved (its keeper then replaces it).
+pub(crate) const EXIT_WARM: i32 = 10;
+pub(crate) const EXIT_WARM_DOUBT: i32 = 40;
+
 /// A child of the keeper: a supervisor running a run, or one waiting with a prepared
 /// sandbox.
 struct Child {
@@ -69,11 +83,59 @@ struct Child {
     pidfd: OwnedFd,
 }
 
+impl Child {
+    /// Waits for the child; returns its exit code (`None` if a signal ended it).
+    fn reap(self) -> Option<i32> {
+        let pid = rustix::process::Pid::from_raw(self.pid)?;
+        loop {
+            match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+                Ok(Some((_, st))) => return st.exit_status(),
+                Err(Errno::INTR) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
 /// A supervisor that has prepared (or is preparing) a sandbox and waits on `sock` for the
 /// slot's next run.
 struct Standby {
     child: Child,
     sock: OwnedFd,
+}
+
+/// A warm runtime of the slot.
+struct Zygote {
+    sandbox: Sandbox,
+    ready: bool,
+    /// Private resident bytes once ready.
+    idle_memory: u64,
+}
+
+impl Zygote {
+    /// A handle for a run's supervisor, with descriptors of its own.
+    fn handle(&self, index: usize) -> Option<ZygoteHandle> {
+        Some(ZygoteHandle {
+            index: u32::try_from(index).ok()?,
+            pid: self.sandbox.init.pid(),
+            cmd: self.sandbox.cmd.try_clone().ok()?,
+            report: self.sandbox.report.try_clone().ok()?,
+            pidfd: self.sandbox.init.pidfd.try_clone().ok()?,
+            idle_memory: self.idle_memory,
+        })
+    }
+}
+
+/// Private resident memory of process `pid` (what it costs to keep it), bytes.
+fn private_memory(pid: i32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
 }
 
 fn fork_failure(e: &std::io::Error) -> Failure {
@@ -99,15 +161,21 @@ fn fork_child(f: impl FnOnce()) -> std::io::Result<Child> {
     }
 }
 
-/// Receives run sockets from `sock`; `Ok(None)` when it closed.
-fn receive_conns(sock: &OwnedFd) -> Result<Option<Vec<OwnedFd>>, Errno> {
-    let mut byte = [0u8; 4];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
+/// A message from the helper (or the keeper, to a standby): its bytes and descriptors.
+struct Message {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// Receives one message from `sock`; `Ok(None)` when it closed.
+fn receive(sock: &OwnedFd) -> Result<Option<Message>, Errno> {
+    let mut buf = [0u8; 512];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1 + 3 * MAX_WARM))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
         match recvmsg(
             sock,
-            &mut [IoSliceMut::new(&mut byte)],
+            &mut [IoSliceMut::new(&mut buf)],
             &mut anc,
             RecvFlags::CMSG_CLOEXEC,
         ) {
@@ -116,7 +184,7 @@ fn receive_conns(sock: &OwnedFd) -> Result<Option<Vec<OwnedFd>>, Errno> {
             Err(e) => return Err(e),
         }
     };
-    let conns: Vec<OwnedFd> = anc
+    let fds: Vec<OwnedFd> = anc
         .drain()
         .filter_map(|m| match m {
             RecvAncillaryMessage::ScmRights(fds) => Some(fds.collect::<Vec<_>>()),
@@ -124,23 +192,97 @@ fn receive_conns(sock: &OwnedFd) -> Result<Option<Vec<OwnedFd>>, Errno> {
         })
         .flatten()
         .collect();
-    if msg.bytes == 0 && conns.is_empty() {
+    if msg.bytes == 0 && fds.is_empty() {
         Ok(None)
     } else {
-        Ok(Some(conns))
+        Ok(Some(Message {
+            bytes: buf[..msg.bytes].to_vec(),
+            fds,
+        }))
     }
 }
 
-/// A standby supervisor's main function: prepares a sandbox with `layout`, waits for the
-/// slot's next run, and supervises it.
-fn standby_main(sock: OwnedFd, state: &HelperState, ctx: &SlotContext<'_>, layout: Layout) -> ! {
-    let prepared = Sandbox::prepare(state, ctx, layout, &[sock.as_raw_fd()]).ok();
-    match receive_conns(&sock) {
-        Ok(Some(mut conns)) if !conns.is_empty() => {
+/// Sends a run to a standby: `r`, the number of zygote pids (u32) and the pids (i32), then
+/// per ready zygote its index (u32), pid (i32) and idle memory (u64); the run's socket then
+/// each ready zygote's cmd, report and pidfd attached.
+fn send_run(
+    sock: &OwnedFd,
+    conn: &OwnedFd,
+    zygotes: &[ZygoteHandle],
+    pids: &[i32],
+) -> Result<(), Errno> {
+    let mut bytes = vec![b'r'];
+    bytes.extend_from_slice(&u32::try_from(pids.len()).unwrap_or(0).to_le_bytes());
+    for p in pids {
+        bytes.extend_from_slice(&p.to_le_bytes());
+    }
+    let mut fds = vec![conn.as_fd()];
+    for z in zygotes {
+        bytes.extend_from_slice(&z.index.to_le_bytes());
+        bytes.extend_from_slice(&z.pid.to_le_bytes());
+        bytes.extend_from_slice(&z.idle_memory.to_le_bytes());
+        fds.extend([z.cmd.as_fd(), z.report.as_fd(), z.pidfd.as_fd()]);
+    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1 + 3 * MAX_WARM))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !anc.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    sendmsg(sock, &[IoSlice::new(&bytes)], &mut anc, SendFlags::NOSIGNAL)?;
+    Ok(())
+}
+
+/// Decodes a run sent by [`send_run`]: the run's socket, the ready zygotes and the pids of
+/// all zygotes.
+fn decode_run(msg: Message) -> Option<(OwnedFd, Vec<ZygoteHandle>, Vec<i32>)> {
+    let (&kind, mut rest) = msg.bytes.split_first()?;
+    if kind != b'r' {
+        return None;
+    }
+    let word = |b: &[u8]| <[u8; 4]>::try_from(b.get(..4)?).ok();
+    let n = usize::try_from(u32::from_le_bytes(word(rest)?)).ok()?;
+    rest = &rest[4..];
+    let mut pids = Vec::with_capacity(n.min(MAX_WARM));
+    for _ in 0..n {
+        pids.push(i32::from_le_bytes(word(rest)?));
+        rest = &rest[4..];
+    }
+    let mut fds = msg.fds.into_iter();
+    let conn = fds.next()?;
+    let mut zygotes = Vec::new();
+    while rest.len() >= 16 {
+        let w = |i: usize| [rest[i], rest[i + 1], rest[i + 2], rest[i + 3]];
+        let index = u32::from_le_bytes(w(0));
+        let pid = i32::from_le_bytes(w(4));
+        let mut m = [0u8; 8];
+        m.copy_from_slice(&rest[8..16]);
+        rest = &rest[16..];
+        let (cmd, report, pidfd) = (fds.next()?, fds.next()?, fds.next()?);
+        zygotes.push(ZygoteHandle {
+            index,
+            pid,
+            cmd,
+            report,
+            pidfd,
+            idle_memory: u64::from_le_bytes(m),
+        });
+    }
+    Some((conn, zygotes, pids))
+}
+
+/// A standby supervisor's main function: prepares a sandbox with `layout` (if any), waits
+/// for the slot's next run, and supervises it.
+fn standby_main(
+    sock: OwnedFd,
+    state: &HelperState,
+    ctx: &SlotContext<'_>,
+    layout: Option<Layout>,
+) -> ! {
+    let prepared = layout.and_then(|l| Sandbox::prepare(state, ctx, l, &[sock.as_raw_fd()]).ok());
+    match receive(&sock).map(|m| m.and_then(decode_run)) {
+        Ok(Some((conn, zygotes, pids))) => {
             drop(sock);
-            let conn = conns.swap_remove(0);
-            drop(conns);
-            supervisor::supervise(conn, state, ctx, prepared)
+            supervisor::supervise(conn, state, ctx, prepared, zygotes, &pids)
         }
         // The keeper is closing, or sent nothing usable: end the prepared sandbox.
         _ => {
@@ -150,167 +292,390 @@ fn standby_main(sock: OwnedFd, state: &HelperState, ctx: &SlotContext<'_>, layou
     }
 }
 
-/// The keeper's main function: serves run sockets arriving on `sock` until it closes.
-///
-/// Between runs it keeps one supervisor waiting with a sandbox prepared with the configured
-/// layout; it is prepared only while the slot is idle, so that building it never counts
-/// against a run.
-pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
-    let cg = setup(slot, state);
-    let keeper = i32::try_from(std::process::id()).unwrap_or(0);
-    let mut active: Vec<Child> = Vec::new();
-    let mut standby: Option<Standby> = None;
-    let mut closing = false;
-    loop {
-        if let (Ok(cg), true, None, Some(layout)) = (
-            &cg,
-            active.is_empty() && !closing,
-            &standby,
-            &state.config.prepared,
-        ) {
-            standby = spawn_standby(&sock, state, slot, cg, keeper, layout.clone());
+/// The keeper's state.
+struct Keeper<'a> {
+    slot: u32,
+    state: &'a HelperState,
+    cg: Result<SlotCgroup, Failure>,
+    pid: i32,
+    sock: OwnedFd,
+    active: Vec<Child>,
+    standby: Option<Standby>,
+    closing: bool,
+    /// Which warm runtimes the caller wants here.
+    mask: u32,
+    zygotes: Vec<Option<Zygote>>,
+    /// Runtimes that failed to start or kept dying: not started again until the caller
+    /// sets their bit anew.
+    failed: Vec<bool>,
+    /// Deaths of each runtime since its last good run.
+    deaths: Vec<u32>,
+    /// The last eight runs, newest in bit 0: 1 for those that used a zygote.
+    recent_warm: u8,
+}
+
+/// A runtime that died this many times in a row is given up.
+const MAX_DEATHS: u32 = 3;
+
+impl Keeper<'_> {
+    fn ctx(&self) -> Option<SlotContext<'_>> {
+        self.cg.as_ref().ok().map(|cg| SlotContext {
+            slot: self.slot,
+            cgroup: cg,
+            keeper: self.pid,
+        })
+    }
+
+    /// Every zygote's pid, ready or starting: processes of the slot's cgroup that a run's
+    /// clean-up must spare.
+    fn zygote_pids(&self) -> Vec<i32> {
+        self.zygotes
+            .iter()
+            .flatten()
+            .map(|z| z.sandbox.init.pid())
+            .collect()
+    }
+
+    fn handles(&self) -> Vec<ZygoteHandle> {
+        self.zygotes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, z)| z.as_ref().filter(|z| z.ready).and_then(|z| z.handle(i)))
+            .collect()
+    }
+
+    /// Starts the wanted runtimes that are missing, then a standby supervisor. Only while
+    /// the slot is idle: building either never counts against a run.
+    fn refill(&mut self) {
+        if !self.active.is_empty() || self.closing || self.cg.is_err() {
+            return;
         }
-        if closing && active.is_empty() {
-            break;
-        }
-        // Wait for a run, or for a running supervisor to finish.
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(active.len() + 1);
-        if !closing {
-            fds.push(PollFd::new(&sock, PollFlags::IN));
-        }
-        for c in &active {
-            fds.push(PollFd::new(&c.pidfd, PollFlags::IN));
-        }
-        match poll(&mut fds, None) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(_) => break,
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
-        drop(fds);
-        let (sock_ready, done) = if closing {
-            (false, &ready[..])
-        } else {
-            (ready[0], &ready[1..])
-        };
-        // Reap finished supervisors.
-        let mut i = 0;
-        for &finished in done {
-            if finished {
-                let c = active.remove(i);
-                if let Some(pid) = rustix::process::Pid::from_raw(c.pid) {
-                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-                }
-            } else {
-                i += 1;
-            }
-        }
-        if !sock_ready {
-            continue;
-        }
-        let conns = match receive_conns(&sock) {
-            Ok(Some(c)) => c,
-            Ok(None) | Err(_) => {
-                // The helper is closing: let the runs in flight finish, drop the standby.
-                closing = true;
-                standby = None;
-                continue;
-            }
-        };
-        // Runs of a slot never overlap, their supervisors included: a supervisor that sent
-        // its result may still be exiting, and its CPU time must not land on the next run.
-        for c in active.drain(..) {
-            if let Some(pid) = rustix::process::Pid::from_raw(c.pid) {
-                let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-            }
-        }
-        for conn in conns {
-            let cg = match &cg {
-                Ok(cg) => cg,
-                Err(f) => {
-                    refuse(conn, f.clone());
-                    continue;
-                }
-            };
-            // The prepared supervisor takes the run; if it is gone, a fresh one does.
-            if let Some(sb) = standby.take() {
-                let fds = [conn.as_fd()];
-                let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-                let mut anc = SendAncillaryBuffer::new(&mut space);
-                anc.push(SendAncillaryMessage::ScmRights(&fds));
-                if sendmsg(
-                    &sb.sock,
-                    &[IoSlice::new(b"r")],
-                    &mut anc,
-                    SendFlags::NOSIGNAL,
-                )
-                .is_ok()
-                {
-                    active.push(sb.child);
-                    continue;
-                }
-                let _ = rustix::process::pidfd_send_signal(
-                    &sb.child.pidfd,
-                    rustix::process::Signal::KILL,
-                );
-                if let Some(pid) = rustix::process::Pid::from_raw(sb.child.pid) {
-                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        for i in 0..self.zygotes.len() {
+            if self.mask & (1 << i) != 0 && self.zygotes[i].is_none() && !self.failed[i] {
+                self.zygotes[i] = self.start_zygote(i);
+                if self.zygotes[i].is_none() {
+                    self.gave_up(i, "its sandbox could not be prepared");
                 }
             }
+        }
+        if self.standby.is_none() {
+            // When most runs go to a zygote, a prepared sandbox would mostly be thrown away.
+            let warm_runs = self.recent_warm.count_ones();
+            let layout = self.state.config.prepared.clone().filter(|_| warm_runs < 6);
+            if layout.is_some() || self.zygotes.iter().any(Option::is_some) {
+                self.standby = self.spawn_standby(layout);
+            }
+        }
+    }
+
+    fn start_zygote(&self, i: usize) -> Option<Zygote> {
+        let ctx = self.ctx()?;
+        let warm = &self.state.config.warm[i];
+        let mut sandbox = Sandbox::prepare(
+            self.state,
+            &ctx,
+            warm.layout.clone(),
+            &[self.sock.as_raw_fd()],
+        )
+        .ok()?;
+        sandbox.warm(warm).ok()?;
+        Some(Zygote {
+            sandbox,
+            ready: false,
+            idle_memory: 0,
+        })
+    }
+
+    fn gave_up(&mut self, i: usize, why: &str) {
+        self.failed[i] = true;
+        self.zygotes[i] = None;
+        eprintln!(
+            "cod sandbox: slot {}: warm runtime {:?} is not used: {why}",
+            self.slot, self.state.config.warm[i].name
+        );
+    }
+
+    /// Forks a standby supervisor.
+    fn spawn_standby(&self, layout: Option<Layout>) -> Option<Standby> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .ok()?;
+        let cg = self.cg.as_ref().ok()?;
+        let keeper_raw = self.sock.as_raw_fd();
+        let ours_raw = ours.as_raw_fd();
+        let (slot, state, keeper) = (self.slot, self.state, self.pid);
+        let child = fork_child(|| {
+            sys::close(keeper_raw);
+            sys::close(ours_raw);
             let ctx = SlotContext {
                 slot,
                 cgroup: cg,
                 keeper,
             };
-            let keeper_sock = sock.as_raw_fd();
-            match fork_child(|| {
-                sys::close(keeper_sock);
-                supervisor::supervise(conn.try_clone().expect("a descriptor"), state, &ctx, None)
-            }) {
-                Ok(c) => active.push(c),
-                Err(e) => refuse(conn, fork_failure(&e)),
+            standby_main(
+                theirs.try_clone().expect("a descriptor"),
+                state,
+                &ctx,
+                layout.clone(),
+            )
+        })
+        .ok()?;
+        Some(Standby { child, sock: ours })
+    }
+
+    /// Takes note of how a finished supervisor ended.
+    fn finished(&mut self, code: Option<i32>) {
+        let n = self.zygotes.len();
+        let warm_index = |base: i32| {
+            code.and_then(|c| usize::try_from(c - base).ok())
+                .filter(|&i| i < n)
+        };
+        self.recent_warm <<= 1;
+        if let Some(i) = warm_index(EXIT_WARM) {
+            self.recent_warm |= 1;
+            self.deaths[i] = 0;
+        } else if let Some(i) = warm_index(EXIT_WARM_DOUBT) {
+            self.recent_warm |= 1;
+            self.zygotes[i] = None;
+        } else if code.is_none() {
+            // The supervisor was killed: whatever zygote it used is in doubt.
+            for z in &mut self.zygotes {
+                *z = None;
             }
         }
     }
-    drop(standby);
-    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
-    sys::exit_now(0)
+
+    /// Handles an event of zygote `i`: its start-up report, or its death.
+    fn zygote_event(&mut self, i: usize) {
+        let Some(z) = &mut self.zygotes[i] else {
+            return;
+        };
+        if z.ready {
+            // Its pidfd: it died.
+            self.zygotes[i] = None;
+            self.deaths[i] += 1;
+            if self.deaths[i] >= MAX_DEATHS {
+                self.gave_up(i, "it keeps dying");
+            }
+            return;
+        }
+        match read_report(&z.sandbox.report) {
+            Ok(Some((init::REPORT_WARM_READY, ..))) => {
+                z.ready = true;
+                z.idle_memory = private_memory(z.sandbox.init.pid());
+            }
+            Ok(Some((init::REPORT_WARM_FAILED, what, errno, _))) => {
+                let mut text = [0u8; 4097];
+                let why = match rustix::net::recv(&z.sandbox.cmd, &mut text, RecvFlags::DONTWAIT) {
+                    Ok((n, _)) if n > 1 && text[0] == zygote::MSG_TEXT => {
+                        String::from_utf8_lossy(&text[1..n]).into_owned()
+                    }
+                    _ => format!("step {what}: {}", std::io::Error::from_raw_os_error(errno)),
+                };
+                self.gave_up(i, &why);
+            }
+            _ => self.gave_up(i, "it died while starting"),
+        }
+    }
+
+    /// Handles a message from the helper.
+    fn message(&mut self, msg: Message) {
+        match msg.bytes.first() {
+            Some(b'w') if msg.bytes.len() == 5 => {
+                let mask =
+                    u32::from_le_bytes([msg.bytes[1], msg.bytes[2], msg.bytes[3], msg.bytes[4]]);
+                for i in 0..self.zygotes.len() {
+                    let bit = 1 << i;
+                    if mask & bit == 0 {
+                        self.zygotes[i] = None;
+                    } else if self.mask & bit == 0 {
+                        self.failed[i] = false;
+                        self.deaths[i] = 0;
+                    }
+                }
+                self.mask = mask;
+                // A standby holds descriptors of ended zygotes; a fresh one will not.
+                self.drop_standby();
+            }
+            Some(b'r') => {
+                for conn in msg.fds {
+                    self.dispatch(conn);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the standby: closing its socket tells it to end its prepared sandbox (killing
+    /// and reaping the sandbox's init) and exit, which this waits for.
+    fn drop_standby(&mut self) {
+        if let Some(sb) = self.standby.take() {
+            drop(sb.sock);
+            sb.child.reap();
+        }
+    }
+
+    /// Hands a run to the standby, or to a freshly forked supervisor.
+    fn dispatch(&mut self, conn: OwnedFd) {
+        // Runs of a slot never overlap, their supervisors included: a supervisor that sent
+        // its result may still be exiting, and its CPU time must not land on the next run.
+        for c in std::mem::take(&mut self.active) {
+            let code = c.reap();
+            self.finished(code);
+        }
+        if let Err(f) = &self.cg {
+            refuse(conn, f.clone());
+            return;
+        }
+        let zygotes = self.handles();
+        let pids = self.zygote_pids();
+        if let Some(sb) = self.standby.take() {
+            if send_run(&sb.sock, &conn, &zygotes, &pids).is_ok() {
+                self.active.push(sb.child);
+                return;
+            }
+            let _ =
+                rustix::process::pidfd_send_signal(&sb.child.pidfd, rustix::process::Signal::KILL);
+            sb.child.reap();
+        }
+        let Some(ctx) = self.ctx() else { return };
+        let keeper_sock = self.sock.as_raw_fd();
+        match fork_child(|| {
+            sys::close(keeper_sock);
+            let mine = zygotes
+                .iter()
+                .filter_map(|z| {
+                    Some(ZygoteHandle {
+                        index: z.index,
+                        pid: z.pid,
+                        cmd: z.cmd.try_clone().ok()?,
+                        report: z.report.try_clone().ok()?,
+                        pidfd: z.pidfd.try_clone().ok()?,
+                        idle_memory: z.idle_memory,
+                    })
+                })
+                .collect();
+            supervisor::supervise(
+                conn.try_clone().expect("a descriptor"),
+                self.state,
+                &ctx,
+                None,
+                mine,
+                &pids,
+            )
+        }) {
+            Ok(c) => self.active.push(c),
+            Err(e) => refuse(conn, fork_failure(&e)),
+        }
+    }
 }
 
-/// Forks a standby supervisor for the slot.
-fn spawn_standby(
-    keeper_sock: &OwnedFd,
-    state: &HelperState,
-    slot: u32,
-    cg: &SlotCgroup,
-    keeper: i32,
-    layout: Layout,
-) -> Option<Standby> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .ok()?;
-    let keeper_raw = keeper_sock.as_raw_fd();
-    let ours_raw = ours.as_raw_fd();
-    let child = fork_child(|| {
-        sys::close(keeper_raw);
-        sys::close(ours_raw);
-        let ctx = SlotContext {
-            slot,
-            cgroup: cg,
-            keeper,
-        };
-        standby_main(
-            theirs.try_clone().expect("a descriptor"),
-            state,
-            &ctx,
-            layout.clone(),
-        )
-    })
-    .ok()?;
-    Some(Standby { child, sock: ours })
+/// The keeper's main function: serves messages arriving on `sock` until it closes.
+pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
+    let cg = setup(slot, state);
+    let n = state.config.warm.len();
+    let mut k = Keeper {
+        slot,
+        state,
+        cg,
+        pid: i32::try_from(std::process::id()).unwrap_or(0),
+        sock,
+        active: Vec::new(),
+        standby: None,
+        closing: false,
+        mask: 0,
+        zygotes: (0..n).map(|_| None).collect(),
+        failed: vec![false; n],
+        deaths: vec![0; n],
+        recent_warm: 0,
+    };
+    loop {
+        k.refill();
+        if k.closing && k.active.is_empty() {
+            break;
+        }
+        // Wait for a message, a running supervisor's end, or a zygote's report or death.
+        #[derive(Clone, Copy)]
+        enum Src {
+            Sock,
+            Active(usize),
+            Zygote(usize),
+        }
+        let mut fds: Vec<PollFd<'_>> = Vec::new();
+        let mut srcs: Vec<Src> = Vec::new();
+        if !k.closing {
+            fds.push(PollFd::new(&k.sock, PollFlags::IN));
+            srcs.push(Src::Sock);
+        }
+        for (i, c) in k.active.iter().enumerate() {
+            fds.push(PollFd::new(&c.pidfd, PollFlags::IN));
+            srcs.push(Src::Active(i));
+        }
+        for (i, z) in k.zygotes.iter().enumerate() {
+            if let Some(z) = z {
+                let fd = if z.ready {
+                    &z.sandbox.init.pidfd
+                } else {
+                    &z.sandbox.report
+                };
+                fds.push(PollFd::new(fd, PollFlags::IN));
+                srcs.push(Src::Zygote(i));
+            }
+        }
+        match poll(&mut fds, None) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+        let ready: Vec<Src> = fds
+            .iter()
+            .zip(&srcs)
+            .filter(|(f, _)| !f.revents().is_empty())
+            .map(|(_, s)| *s)
+            .collect();
+        drop(fds);
+        // Supervisors first (indices shift as they go), then zygotes, then messages.
+        let mut done: Vec<usize> = ready
+            .iter()
+            .filter_map(|s| match s {
+                Src::Active(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        done.sort_unstable_by(|a, b| b.cmp(a));
+        for i in done {
+            let c = k.active.remove(i);
+            let code = c.reap();
+            k.finished(code);
+        }
+        for s in &ready {
+            if let Src::Zygote(i) = s {
+                k.zygote_event(*i);
+            }
+        }
+        if ready.iter().any(|s| matches!(s, Src::Sock)) {
+            match receive(&k.sock) {
+                Ok(Some(msg)) => k.message(msg),
+                Ok(None) | Err(_) => {
+                    // The helper is closing: let the runs in flight finish, end the rest.
+                    k.closing = true;
+                    k.drop_standby();
+                    for z in &mut k.zygotes {
+                        *z = None;
+                    }
+                }
+            }
+        }
+    }
+    k.drop_standby();
+    for z in &mut k.zygotes {
+        *z = None;
+    }
+    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
+    sys::exit_now(0)
 }
 
 /// Answers a run that cannot be started with its reason.

@@ -26,17 +26,19 @@ mod init;
 mod keeper;
 pub mod mounts;
 pub mod protocol;
+mod python;
 mod sandbox;
 pub mod seccomp;
 pub mod spec;
 mod supervisor;
 mod sys;
 mod watch;
+mod zygote;
 
 pub use client::{Jail, JailConfig, JailError};
 pub use helper::helper_main;
 pub use protocol::{Event, Failure, Request};
 pub use spec::{
     Bind, Exit, FileEntry, Layout, SANDBOX_ID, SandboxOutcome, SandboxSpec, StageOutcome,
-    StageSpec, Symlink, WORK_DIR,
+    StageSpec, Symlink, WORK_DIR, WarmKind, WarmRuntime, WarmUse,
 };

@@ -148,6 +148,10 @@ mod tests {
                 stdout: vec![0xff, 0, 1],
                 ..Default::default()
             }],
+            warm: Some(crate::spec::WarmUse {
+                runtime: "python".into(),
+                idle_memory: 12 << 20,
+            }),
         }));
         let bytes = encode(&out).unwrap();
         assert_eq!(decode::<Event>(&bytes[4..]).unwrap(), out);

@@ -2,7 +2,7 @@
 //! built, waiting for files and stages. Preparing needs only the layout (binds, symlinks,
 //! disk size), so a sandbox can be made before its run arrives.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
-    sendmsg, socketpair,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
 };
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, pidfd_open, pidfd_send_signal};
 
@@ -21,22 +21,25 @@ use crate::init::{
 };
 use crate::mounts::{MountPlan, Step};
 use crate::protocol::Failure;
-use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec};
+use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec, WarmRuntime};
 use crate::supervisor::{
     HelperState, SlotContext, errno_failure, error_chain, failure, io_failure, timespec,
 };
 use crate::sys;
+use crate::zygote;
 
 /// How long the init may take to build the root before the run is declared failed.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of file content per message to the init.
 const FILE_CHUNK: usize = 64 * 1024;
 
-/// The run's init: killed and reaped when dropped, so no error path leaks it.
+/// The run's init: killed and reaped when dropped, so no error path leaks it; unless it is
+/// a zygote borrowed from the slot's keeper, which outlives the run.
 pub(crate) struct InitProcess {
     pid: i32,
     pub(crate) pidfd: OwnedFd,
     reaped: bool,
+    owned: bool,
 }
 
 impl InitProcess {
@@ -52,7 +55,7 @@ impl InitProcess {
     /// until the namespace is empty: the init's exit is reported only after its last
     /// process is gone.
     pub(crate) fn kill_and_reap(&mut self) {
-        if self.reaped {
+        if self.reaped || !self.owned {
             return;
         }
         self.kill();
@@ -73,9 +76,27 @@ impl Drop for InitProcess {
 /// A sandbox whose root is built and whose init waits for commands.
 pub(crate) struct Sandbox {
     pub(crate) init: InitProcess,
-    cmd: OwnedFd,
+    pub(crate) cmd: OwnedFd,
     pub(crate) report: OwnedFd,
     layout: Layout,
+    /// The init is a zygote (see `zygote.rs`): each stage runs in fresh namespaces of its
+    /// own, and the init survives the run.
+    zygote: bool,
+    /// A borrowed zygote's idle memory, as its keeper measured it.
+    pub(crate) zygote_idle_memory: u64,
+}
+
+/// A slot's zygote as its keeper hands it to a run's supervisor: the zygote's channels,
+/// shared by the runs of the slot one after another.
+pub(crate) struct ZygoteHandle {
+    /// Index of its runtime in [`JailConfig::warm`](crate::JailConfig::warm).
+    pub(crate) index: u32,
+    pub(crate) pid: i32,
+    pub(crate) cmd: OwnedFd,
+    pub(crate) report: OwnedFd,
+    pub(crate) pidfd: OwnedFd,
+    /// Memory the zygote holds while idle (private resident bytes).
+    pub(crate) idle_memory: u64,
 }
 
 impl Sandbox {
@@ -149,6 +170,7 @@ impl Sandbox {
             pid,
             pidfd,
             reaped: false,
+            owned: true,
         };
         drop((cmd_init, rep_w));
 
@@ -171,12 +193,134 @@ impl Sandbox {
             cmd: cmd_sup,
             report: rep_r,
             layout,
+            zygote: false,
+            zygote_idle_memory: 0,
         };
         sandbox
             .send(&[CMD_GO], &[])
             .map_err(io_failure("starting the init"))?;
         sandbox.wait_ready(&plan)?;
         Ok(sandbox)
+    }
+
+    /// A zygote's sandbox, borrowed for one run: dropping it leaves the zygote alone.
+    pub(crate) fn borrow_zygote(z: ZygoteHandle, layout: Layout) -> Sandbox {
+        Sandbox {
+            init: InitProcess {
+                pid: z.pid,
+                pidfd: z.pidfd,
+                reaped: false,
+                owned: false,
+            },
+            cmd: z.cmd,
+            report: z.report,
+            layout,
+            zygote: true,
+            zygote_idle_memory: z.idle_memory,
+        }
+    }
+
+    /// Whether the init is a zygote.
+    pub(crate) fn is_zygote(&self) -> bool {
+        self.zygote
+    }
+
+    /// Turns the init into a zygote holding `warm` (it reports `REPORT_WARM_READY` or
+    /// `REPORT_WARM_FAILED` on the report pipe when done; see `zygote.rs`).
+    pub(crate) fn warm(&mut self, warm: &WarmRuntime) -> Result<(), Failure> {
+        let mut msg = vec![init::CMD_WARM];
+        msg.extend(
+            postcard::to_stdvec(warm).map_err(|e| failure("encoding the warm runtime", None, e))?,
+        );
+        if msg.len() > MAX_MESSAGE {
+            return Err(failure(
+                "starting the warm runtime",
+                Some(libc::E2BIG),
+                "its description is too large",
+            ));
+        }
+        self.send(&msg, &[])
+            .map_err(io_failure("starting the warm runtime"))?;
+        self.zygote = true;
+        Ok(())
+    }
+
+    /// After a stage was sent to a zygote: waits for its answer, the pidfd of the run's
+    /// namespace init (`None` if the stage did not start; its report says why).
+    pub(crate) fn stage_started(&self) -> Result<Option<OwnedFd>, Failure> {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failure(
+                    "starting the run in the zygote",
+                    Some(libc::ETIMEDOUT),
+                    "timed out",
+                ));
+            }
+            let mut fds = [PollFd::new(&self.cmd, PollFlags::IN)];
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(errno_failure("waiting for the zygote")(e)),
+            }
+            let mut byte = [0u8; 1];
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut anc = RecvAncillaryBuffer::new(&mut space);
+            let msg = match recvmsg(
+                &self.cmd,
+                &mut [IoSliceMut::new(&mut byte)],
+                &mut anc,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(errno_failure("reading the zygote's answer")(e)),
+            };
+            let mut pidfd = None;
+            for m in anc.drain() {
+                if let RecvAncillaryMessage::ScmRights(fds) = m {
+                    for f in fds {
+                        pidfd.get_or_insert(f);
+                    }
+                }
+            }
+            return match (msg.bytes, byte[0], pidfd) {
+                (1, zygote::MSG_STARTED, Some(fd)) => Ok(Some(fd)),
+                (1, zygote::MSG_NOT_STARTED, _) => Ok(None),
+                (0, ..) => Err(failure(
+                    "starting the run in the zygote",
+                    None,
+                    "the zygote died",
+                )),
+                other => Err(failure(
+                    "starting the run in the zygote",
+                    None,
+                    format!("unexpected answer {:?}", (other.0, other.1)),
+                )),
+            };
+        }
+    }
+
+    /// Discards whatever a zygote's channels hold from before this run (nothing, unless a
+    /// previous supervisor died mid-run; the keeper then replaces the zygote, so this is a
+    /// second line).
+    pub(crate) fn drain_stale(&self) {
+        let mut buf = [0u8; 64];
+        while let Ok((n, _)) = rustix::net::recv(&self.cmd, &mut buf, RecvFlags::DONTWAIT) {
+            if n == 0 {
+                break;
+            }
+        }
+        let mut fds = [PollFd::new(&self.report, PollFlags::IN)];
+        while matches!(poll(&mut fds, Some(&timespec(Duration::ZERO))), Ok(1))
+            && fds[0].revents().contains(PollFlags::IN)
+        {
+            match rustix::io::read(&self.report, &mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
     }
 
     /// Whether `spec` can run in this sandbox: the same binds and links (the disk size is
@@ -187,7 +331,8 @@ impl Sandbox {
 
     /// Sets the work tmpfs to `disk` bytes (before any file is written).
     pub(crate) fn set_disk(&mut self, disk: u64) -> Result<(), Failure> {
-        if disk != self.layout.disk {
+        // A zygote makes each run's tmpfs afresh and is told the size every time.
+        if disk != self.layout.disk || self.zygote {
             let mut msg = vec![CMD_DISK];
             msg.extend_from_slice(&disk.to_le_bytes());
             self.send(&msg, &[])

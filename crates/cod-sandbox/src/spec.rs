@@ -103,6 +103,51 @@ pub struct StageSpec {
     /// stage starts: how a compile stage's output reaches a cache.
     #[serde(default)]
     pub collect: Vec<String>,
+    /// The warm runtime (a [`WarmRuntime::name`]) that may run this stage instead of a
+    /// fresh `execve` of `argv`, when the slot holds one ready and the stage is the
+    /// sandbox's only one. The program sees the same thing either way.
+    #[serde(default)]
+    pub warm: Option<String>,
+}
+
+/// A language runtime that a slot keeps started ahead of its runs, in a zygote: a
+/// sandbox whose init has the interpreter initialised and forks a fresh, isolated process
+/// for each run (new PID, mount and IPC namespaces, a new work tmpfs, privileges dropped,
+/// seccomp installed) that skips both `execve` and the interpreter's start-up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmRuntime {
+    /// Name that [`StageSpec::warm`] refers to.
+    pub name: String,
+    /// The sandbox's binds and links; a run must ask for the same ones to use the zygote.
+    pub layout: Layout,
+    /// Environment the interpreter starts with (a run with another one gets its own).
+    pub env: Vec<String>,
+    /// Which interpreter.
+    pub kind: WarmKind,
+}
+
+/// The interpreters a zygote can hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WarmKind {
+    /// CPython, embedded from its shared library. A stage `[program, script, args...]`
+    /// runs `script` as `program script args...` would.
+    Python {
+        /// Path of `libpython3.X.so.1.0` inside the sandbox.
+        library: PathBuf,
+        /// The interpreter the stage names as `argv[0]` (e.g. `/usr/bin/python3`).
+        program: String,
+        /// Modules imported ahead (standard ones a program often needs).
+        preload: Vec<String>,
+    },
+}
+
+impl WarmRuntime {
+    /// The program whose stages this runtime can take.
+    pub fn program(&self) -> &str {
+        match &self.kind {
+            WarmKind::Python { program, .. } => program,
+        }
+    }
 }
 
 /// How a stage's program ended.
@@ -151,6 +196,18 @@ pub struct StageOutcome {
 pub struct SandboxOutcome {
     /// Stages in order; stops at the first that did not end `ok`.
     pub stages: Vec<StageOutcome>,
+    /// The warm runtime that ran the stage, if one did.
+    #[serde(default)]
+    pub warm: Option<WarmUse>,
+}
+
+/// A run served by a warm runtime.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmUse {
+    /// Its name.
+    pub runtime: String,
+    /// Memory its zygote holds while idle (private resident bytes).
+    pub idle_memory: u64,
 }
 
 impl StageOutcome {

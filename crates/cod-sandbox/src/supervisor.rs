@@ -20,8 +20,9 @@ use rustix::process::Resource;
 use crate::cgroup::{CgroupLimits, CgroupTree, SlotCgroup};
 use crate::client::JailConfig;
 use crate::init;
+use crate::keeper::{EXIT_WARM, EXIT_WARM_DOUBT};
 use crate::protocol::{self, Event, Failure, Request};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, ZygoteHandle};
 use crate::seccomp::SeccompPolicy;
 use crate::spec::{Layout, MAX_STAGES, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
 use crate::sys;
@@ -88,11 +89,16 @@ pub(crate) fn timespec(d: Duration) -> rustix::event::Timespec {
 
 /// The supervisor's main function; never returns. `prepared` is a sandbox made ahead of the
 /// run, used when the spec's layout matches it.
+///
+/// `zygotes` are the slot's ready warm runtimes; the exit code tells the keeper whether one
+/// was used and how it went (see `keeper::EXIT_WARM`).
 pub(crate) fn supervise(
     conn: std::os::fd::OwnedFd,
     state: &HelperState,
     slot: &SlotContext<'_>,
     prepared: Option<Sandbox>,
+    zygotes: Vec<ZygoteHandle>,
+    zygote_pids: &[i32],
 ) -> ! {
     let mut sock = UnixStream::from(conn);
     let spec = match read_spec(&mut sock) {
@@ -103,9 +109,90 @@ pub(crate) fn supervise(
             sys::exit_now(0)
         }
     };
-    let result = run(&spec, state, slot, &mut sock, prepared);
+    // The sandbox outlives the answer: tearing its namespaces down takes a while and the
+    // caller need not wait for it. The slot's keeper hands out its next run only once this
+    // process has exited, so that run still starts on a clean slot.
+    let mut used = None;
+    let (result, code) = match pick_zygote(&spec, state, zygotes) {
+        Some(z) => {
+            drop(prepared);
+            let index = i32::try_from(z.index).unwrap_or(0);
+            let result = run_warm(&spec, state, slot, &mut sock, z);
+            let code = if result.is_ok() {
+                EXIT_WARM + index
+            } else {
+                EXIT_WARM_DOUBT + index
+            };
+            (result, code)
+        }
+        None => (run(&spec, state, slot, &mut sock, prepared, &mut used), 0),
+    };
     let _ = protocol::write_frame(&mut sock, &Event::Finished(result));
-    sys::exit_now(0)
+    drop(sock);
+    if let Some(mut sandbox) = used {
+        sandbox.init.kill_and_reap();
+    }
+    kill_leftovers(slot, zygote_pids);
+    sys::exit_now(code)
+}
+
+/// The zygote that can take `spec`, if any.
+fn pick_zygote(
+    spec: &SandboxSpec,
+    st: &HelperState,
+    zygotes: Vec<ZygoteHandle>,
+) -> Option<ZygoteHandle> {
+    let [stage] = spec.stages.as_slice() else {
+        return None;
+    };
+    let name = stage.warm.as_deref()?;
+    let index = st.config.warm.iter().position(|w| {
+        w.name == name
+            && w.layout.binds == spec.binds
+            && w.layout.symlinks == spec.symlinks
+            && stage.argv.first().map(String::as_str) == Some(w.program())
+    })?;
+    zygotes
+        .into_iter()
+        .find(|z| usize::try_from(z.index).ok() == Some(index))
+}
+
+/// Kills what is left in the slot's cgroup after a run: anything but cod's own processes
+/// (this supervisor, the keeper, the slot's zygotes). The run's PID namespace is gone by
+/// then, so this finds nothing unless something escaped it: check rather than trust.
+fn kill_leftovers(slot: &SlotContext<'_>, zygote_pids: &[i32]) {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    if let Ok(procs) = slot.cgroup.procs() {
+        crate::cgroup::kill_and_wait(
+            procs
+                .into_iter()
+                .filter(|p| *p != me && *p != slot.keeper && !zygote_pids.contains(p)),
+        );
+    }
+}
+
+/// Runs a single-stage spec in a zygote (see `zygote.rs`).
+fn run_warm(
+    spec: &SandboxSpec,
+    st: &HelperState,
+    slot: &SlotContext<'_>,
+    sock: &mut UnixStream,
+    zygote: ZygoteHandle,
+) -> Result<SandboxOutcome, Failure> {
+    validate(spec, slot.slot)?;
+    let index = zygote.index as usize;
+    let mut sandbox = Sandbox::borrow_zygote(zygote, st.config.warm[index].layout.clone());
+    sandbox.drain_stale();
+    sandbox.set_disk(spec.disk)?;
+    sandbox.put_files(&spec.files)?;
+    let mut outcome = SandboxOutcome::default();
+    let (o, _) = run_stage(&sandbox, st, slot, spec, 0, &spec.stages[0], sock)?;
+    outcome.stages.push(o);
+    outcome.warm = Some(crate::spec::WarmUse {
+        runtime: st.config.warm[index].name.clone(),
+        idle_memory: sandbox.zygote_idle_memory,
+    });
+    Ok(outcome)
 }
 
 fn read_spec(sock: &mut UnixStream) -> Result<Option<SandboxSpec>, Failure> {
@@ -187,30 +274,25 @@ fn run(
     slot: &SlotContext<'_>,
     sock: &mut UnixStream,
     prepared: Option<Sandbox>,
+    used: &mut Option<Sandbox>,
 ) -> Result<SandboxOutcome, Failure> {
     validate(spec, slot.slot)?;
-    let mut sandbox = match prepared.filter(|p| p.fits(spec)) {
+    let sandbox = match prepared.filter(|p| p.fits(spec)) {
         Some(p) => p,
         // (A prepared sandbox that does not fit is dropped here, killing its init.)
         None => Sandbox::prepare(st, slot, Layout::of(spec), &[sock.as_raw_fd()])?,
     };
+    let sandbox = used.insert(sandbox);
     sandbox.set_disk(spec.disk)?;
     sandbox.put_files(&spec.files)?;
     let mut outcome = SandboxOutcome::default();
     for (i, stage) in spec.stages.iter().enumerate() {
-        let (o, init_alive) = run_stage(&sandbox, st, slot, spec, i, stage, sock)?;
+        let (o, init_alive) = run_stage(sandbox, st, slot, spec, i, stage, sock)?;
         let ok = o.status() == cod_core::Status::Ok;
         outcome.stages.push(o);
         if !init_alive || !ok {
             break;
         }
-    }
-    sandbox.init.kill_and_reap();
-    // The PID namespace is gone, so only the keeper and this supervisor remain in the slot's
-    // cgroup; check rather than trust.
-    let me = i32::try_from(std::process::id()).unwrap_or(0);
-    if let Ok(procs) = slot.cgroup.procs() {
-        crate::cgroup::kill_and_wait(procs.into_iter().filter(|&p| p != me && p != slot.keeper));
     }
     Ok(outcome)
 }
@@ -248,6 +330,12 @@ fn run_stage(
     let start = Instant::now();
     sandbox.start_stage(&plan, [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()])?;
     drop((in_r, out_w, err_w));
+    // A zygote answers with a pidfd of the run's own init, which is what a limit kills.
+    let run_init = if sandbox.is_zygote() {
+        sandbox.stage_started()?
+    } else {
+        None
+    };
     let stage_no = u32::try_from(i).expect("at most MAX_STAGES stages");
     let _ = protocol::write_frame(sock, &Event::StageStarted(stage_no));
     let watch = Watch {
@@ -263,6 +351,7 @@ fn run_stage(
         cg,
         base: &base,
         init: &sandbox.init,
+        kill: run_init.as_ref(),
         report: &sandbox.report,
         sock,
         files: &spec.files,

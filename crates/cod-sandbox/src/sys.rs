@@ -111,12 +111,30 @@ pub(crate) fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]
     io::Error::last_os_error()
 }
 
-fn errno() -> Errno {
+/// The calling thread's errno.
+pub(crate) fn errno() -> Errno {
     Errno::from_raw_os_error(
         io::Error::last_os_error()
             .raw_os_error()
             .unwrap_or(libc::EIO),
     )
+}
+
+/// Closes every descriptor from 3 up except those in `keep`.
+pub(crate) fn close_all_but(keep: &[RawFd]) {
+    let mut first: RawFd = 3;
+    loop {
+        let next = keep.iter().copied().filter(|&k| k >= first).min();
+        let last = next.map_or(u32::MAX, |k| u32::try_from(k - 1).unwrap_or(0));
+        if next != Some(first) {
+            // SAFETY: close_range takes plain integers and only closes descriptors.
+            unsafe { libc::syscall(libc::SYS_close_range, first.cast_unsigned(), last, 0u32) };
+        }
+        match next {
+            Some(k) => first = k + 1,
+            None => break,
+        }
+    }
 }
 
 /// `close_range(first, ~0, 0)`: closes every descriptor from `first` up.
@@ -179,6 +197,17 @@ pub(crate) fn reset_signals() {
         // numbers make it fail with EINVAL, which is ignored on purpose.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
+    // SAFETY: `set` is a local, fully initialised by sigemptyset before use; the old-mask
+    // pointer is null.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Unblocks every signal, leaving dispositions as they are.
+pub(crate) fn unblock_signals() {
     // SAFETY: `set` is a local, fully initialised by sigemptyset before use; the old-mask
     // pointer is null.
     unsafe {

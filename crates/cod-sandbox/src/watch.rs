@@ -116,6 +116,8 @@ pub(crate) struct Watch<'a> {
     pub(crate) cg: &'a SlotCgroup,
     pub(crate) base: &'a Baseline,
     pub(crate) init: &'a InitProcess,
+    /// What to kill to end the stage, if not the init: a zygote's run init.
+    pub(crate) kill: Option<&'a OwnedFd>,
     pub(crate) report: &'a OwnedFd,
     pub(crate) sock: &'a mut UnixStream,
     /// The run's files, to name the one the init could not write.
@@ -186,7 +188,15 @@ impl Watch<'_> {
                     // caller's request that triggered it.
                     *end = Some(Instant::now());
                     *killed = reason;
-                    self.init.kill();
+                    match self.kill {
+                        Some(fd) => {
+                            let _ = rustix::process::pidfd_send_signal(
+                                fd,
+                                rustix::process::Signal::KILL,
+                            );
+                        }
+                        None => self.init.kill(),
+                    }
                 } else if killed.is_none() {
                     // The program had already ended (its report was read in the same wake-up,
                     // before the output that passed the cap): the limit was still passed.

@@ -118,7 +118,12 @@ impl Tree {
 impl Slot {
     pub(super) fn prepare(&self, limits: CgroupLimits) -> Result<Baseline, CgroupError> {
         let m = &self.memory;
-        let limit = limits.memory.to_string();
+        // What cod's own processes (and a zygote) hold, apart from reclaimable page cache,
+        // is not the run's: the run may use its limit on top of it.
+        let usage = read_u64(&m.join("memory.usage_in_bytes"))?;
+        let cache = read_keyed(&m.join("memory.stat"), "total_cache").unwrap_or(0);
+        let held = usage.saturating_sub(cache);
+        let limit = limits.memory.saturating_add(held).to_string();
         if self.memsw {
             // memsw must stay >= the memory limit at every step: lift it, set memory, then
             // set memsw to the same value so that swap adds nothing.
@@ -203,6 +208,11 @@ mod tests {
                 ("memory.max_usage_in_bytes", "0\n"),
                 ("memory.memsw.max_usage_in_bytes", "0\n"),
                 ("memory.usage_in_bytes", "1048576\n"),
+                // 768 KiB held by cod's processes, 256 KiB of page cache.
+                (
+                    "memory.stat",
+                    "cache 262144\nrss 786432\ntotal_cache 262144\ntotal_rss 786432\n",
+                ),
                 (
                     "memory.oom_control",
                     "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n",
@@ -239,13 +249,14 @@ mod tests {
             })
             .unwrap();
         let mem = root.path().join("memory/cod/4242/slot-3");
+        // The run's allowance comes on top of what is held already (not page cache).
         assert_eq!(
             fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
-            (256u64 << 20).to_string()
+            ((256u64 << 20) + 786432).to_string()
         );
         assert_eq!(
             fs::read_to_string(mem.join("memory.memsw.limit_in_bytes")).unwrap(),
-            (256u64 << 20).to_string()
+            ((256u64 << 20) + 786432).to_string()
         );
         assert_eq!(
             fs::read_to_string(root.path().join("pids/cod/4242/slot-3/pids.max")).unwrap(),

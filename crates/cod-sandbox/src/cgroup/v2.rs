@@ -111,7 +111,15 @@ impl Tree {
 impl Slot {
     pub(super) fn prepare(&self, limits: CgroupLimits) -> Result<Baseline, CgroupError> {
         let d = &self.dir;
-        write(&d.join("memory.max"), &limits.memory.to_string())?;
+        // What cod's own processes (and a zygote) hold, apart from reclaimable page cache,
+        // is not the run's: the run may use its limit on top of it.
+        let current = read_u64(&d.join("memory.current"))?;
+        let file = read_keyed(&d.join("memory.stat"), "file").unwrap_or(0);
+        let held = current.saturating_sub(file);
+        write(
+            &d.join("memory.max"),
+            &limits.memory.saturating_add(held).to_string(),
+        )?;
         write(&d.join("memory.swap.max"), "0")?;
         // The tasks already there (cod's own, or one still exiting) do not eat into the
         // run's allowance.
@@ -209,6 +217,8 @@ mod tests {
     fn populate(slot: &Path) {
         for (f, v) in [
             ("memory.current", "2097152\n"),
+            // 1 MiB held by cod's processes, 1 MiB of page cache.
+            ("memory.stat", "anon 1048576\nfile 1048576\nkernel 0\n"),
             // Empty: `prepare` writes "reset\n" at offset 0, and unlike the kernel's file a
             // regular file would keep the tail of a longer old value after it.
             ("memory.peak", ""),
@@ -274,9 +284,10 @@ mod tests {
                 pids: 17,
             })
             .unwrap();
+        // The run's allowance comes on top of what is held already (not page cache).
         assert_eq!(
             fs::read_to_string(dir.join("memory.max")).unwrap(),
-            (128u64 << 20).to_string()
+            ((128u64 << 20) + 1048576).to_string()
         );
         assert_eq!(
             fs::read_to_string(dir.join("memory.swap.max")).unwrap(),

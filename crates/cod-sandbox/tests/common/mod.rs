@@ -177,6 +177,7 @@ impl Run {
                     limits,
                     stdin: Vec::new(),
                     collect: Vec::new(),
+                    warm: None,
                 }],
                 disk: limits.disk.get(),
             },

@@ -245,6 +245,7 @@ fn scenarios(
                     limits,
                     stdin: vec![],
                     collect: Vec::new(),
+                    warm: None,
                 }],
                 disk: limits.disk.get(),
             },

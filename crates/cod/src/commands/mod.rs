@@ -78,6 +78,7 @@ pub(crate) fn start_jail(
                 .with_languages(registry)
                 .layout(config.limits.default.to_limits().disk.get())
         }),
+        warm: Vec::new(),
     };
     let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
         "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",
@@ -102,6 +103,7 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
             limits,
             stdin: vec![],
             collect: Vec::new(),
+            warm: None,
         }],
         disk: limits.disk.get(),
     };

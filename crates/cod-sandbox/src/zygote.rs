@@ -1,0 +1,686 @@
+//! The zygote: a prepared sandbox whose init holds a warm interpreter and forks a fresh,
+//! isolated process for each run, so that a run pays neither `execve` nor the interpreter's
+//! start-up (about 10 ms for CPython, most of a `print(1)`).
+//!
+//! The zygote never runs a program's code itself. For each stage it clones a process `G`
+//! into new PID, mount and IPC namespaces; `G` mounts the run's own work tmpfs on `/box`,
+//! `/tmp` and `/dev/shm` and a new `/proc`, then forks `H`, which drops every privilege
+//! exactly as a cold run's program does (same rlimits, uid, empty capability sets, seccomp
+//! policy) and runs the program in the interpreter. When `H` ends, `G` reports its status
+//! and exits, and the kernel kills whatever else the run left in its PID namespace before
+//! the zygote's `wait` returns. Nothing of one run can reach the next:
+//!
+//! - files: every run gets a new tmpfs, created by the zygote before its files arrive and
+//!   dropped after it; the root stays read-only;
+//! - processes: a run's PID namespace dies with `G`;
+//! - interpreter state: each run is a copy of the pristine zygote, which no program's code
+//!   ever touched;
+//! - random state: forking runs the interpreter's after-fork hooks (CPython reseeds
+//!   `random`), and each run draws fresh entropy from the kernel;
+//! - environment: set from the stage for each run;
+//! - SysV IPC and POSIX message queues: a new IPC namespace per run.
+//!
+//! The zygote lives in the slot's cgroup; the supervisor takes the cgroup's usage at the
+//! stage's start as its baseline, as on the cold path. A stage the warm interpreter cannot
+//! take (another program, an option before the script) is `execve`d by `H` like on the cold
+//! path, in the same fresh namespaces.
+
+use std::ffi::{CStr, CString, c_char};
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use rustix::fs::{AtFlags, CWD, Gid, Mode, OFlags, Uid};
+use rustix::io::Errno;
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, OpenTreeFlags,
+};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+use rustix::process::{Signal, WaitOptions};
+
+use crate::init::{
+    self, CMD_DATA, CMD_DISK, CMD_END, CMD_FILE, CMD_STAGE, InitBuffers, InitPlan,
+    NOT_STARTED_FILE, NOT_STARTED_FORK, NOT_STARTED_PLAN, Plan, REPORT_NOT_STARTED,
+    REPORT_STAGE_DONE, REPORT_WARM_FAILED, REPORT_WARM_READY,
+};
+use crate::python::Python;
+use crate::spec::{SANDBOX_ID, WarmKind, WarmRuntime};
+use crate::sys;
+
+/// Message from the zygote to the supervisor after each [`CMD_STAGE`]: `P` with a pidfd of
+/// the run's `G` attached (killing it ends the run), or `p` alone if it could not start.
+pub(crate) const MSG_STARTED: u8 = b'P';
+pub(crate) const MSG_NOT_STARTED: u8 = b'p';
+/// Message from the zygote to its keeper: why its runtime did not start.
+pub(crate) const MSG_TEXT: u8 = b'X';
+
+/// Why a warm runtime did not start, in a [`REPORT_WARM_FAILED`].
+pub(crate) const WARM_LOAD: i32 = 1;
+pub(crate) const WARM_INIT: i32 = 2;
+pub(crate) const WARM_SETUP: i32 = 3;
+
+/// A run's private tmpfs: a detached mount holding `box`, `tmp` and `shm`.
+struct Scratch {
+    mnt: OwnedFd,
+    work: OwnedFd,
+}
+
+/// The decimal digits of `n` as a C string, without allocating.
+pub(crate) fn digits(mut n: u64, buf: &mut [u8; 24]) -> &CStr {
+    let mut at = buf.len() - 1;
+    buf[at] = 0;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    CStr::from_bytes_until_nul(&buf[at..]).unwrap_or(c"0")
+}
+
+fn new_scratch(disk: u64) -> Result<Scratch, Errno> {
+    let fs = rustix::mount::fsopen(c"tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    let mut buf = [0u8; 24];
+    rustix::mount::fsconfig_set_string(&fs, c"size", digits(disk.max(1 << 20), &mut buf))?;
+    rustix::mount::fsconfig_set_string(&fs, c"nr_inodes", c"65536")?;
+    rustix::mount::fsconfig_set_string(&fs, c"mode", c"0755")?;
+    rustix::mount::fsconfig_create(&fs)?;
+    let mnt = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
+    let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
+    rustix::fs::mkdirat(&mnt, c"box", Mode::from_raw_mode(0o755))?;
+    rustix::fs::chownat(&mnt, c"box", Some(id.0), Some(id.1), AtFlags::empty())?;
+    for d in [c"tmp", c"shm"] {
+        rustix::fs::mkdirat(&mnt, d, Mode::from_raw_mode(0o1777))?;
+        rustix::fs::chmodat(&mnt, d, Mode::from_raw_mode(0o1777), AtFlags::empty())?;
+    }
+    let work = rustix::fs::openat(
+        &mnt,
+        c"box",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(Scratch { mnt, work })
+}
+
+/// Points fds 0 to 2 at `/dev/null`, so that the interpreter's standard streams are made
+/// for a file, as they are for the pipes of a run.
+fn null_stdio() -> Result<(), Errno> {
+    let null = rustix::fs::open(c"/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    for n in 0..3 {
+        sys::dup_onto(null.as_raw_fd(), n)?;
+    }
+    Ok(())
+}
+
+/// Replaces the process environment with `env` (`KEY=value` each). The strings are leaked:
+/// `putenv` keeps pointers to them.
+fn set_env(env: &[String]) {
+    // SAFETY: the process has one thread, so nothing reads the environment meanwhile;
+    // clearenv only resets libc's table.
+    unsafe { libc::clearenv() };
+    for e in env {
+        if let Ok(c) = CString::new(e.as_str()) {
+            // SAFETY: the string is NUL-terminated and never freed (into_raw), as putenv
+            // requires; one thread.
+            unsafe { libc::putenv(c.into_raw()) };
+        }
+    }
+}
+
+/// The zygote's main function, entered by the init on a [`init::CMD_WARM`]; never returns.
+pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRuntime) -> ! {
+    let WarmKind::Python {
+        library,
+        program,
+        preload,
+    } = &warm.kind;
+    // Nothing of the keeper's stays open here: a copy of its socket to the helper, say,
+    // would hide the keeper's death from the helper.
+    sys::close_all_but(&[p.cmd, p.report]);
+    sys::reset_signals();
+    if let Err(e) = null_stdio() {
+        init::report(
+            p.report,
+            REPORT_WARM_FAILED,
+            WARM_SETUP,
+            e.raw_os_error(),
+            0,
+        );
+        sys::exit_now(1);
+    }
+    set_env(&warm.env);
+    let mut python = match Python::load(library) {
+        Ok(py) => py,
+        Err(e) => {
+            send_text(p.cmd, &e.0);
+            init::report(p.report, REPORT_WARM_FAILED, WARM_LOAD, 0, 0);
+            sys::exit_now(1);
+        }
+    };
+    if let Err(e) = python.initialize(program, preload) {
+        send_text(p.cmd, &e.0);
+        init::report(p.report, REPORT_WARM_FAILED, WARM_INIT, 0, 0);
+        sys::exit_now(1);
+    }
+    let Ok(program_c) = CString::new(program.as_str()) else {
+        init::report(p.report, REPORT_WARM_FAILED, WARM_SETUP, libc::EINVAL, 0);
+        sys::exit_now(1);
+    };
+    init::report(p.report, REPORT_WARM_READY, 0, 0, 0);
+
+    let mut disk: u64 = 16 << 20;
+    let mut scratch: Option<Scratch> = None;
+    let mut file: Option<OwnedFd> = None;
+    let mut file_index: i32 = -1;
+    let mut pending: Option<(i32, i32, Errno)> = None;
+    let Some(stack) = Stack::new() else {
+        init::report(p.report, REPORT_WARM_FAILED, WARM_SETUP, libc::ENOMEM, 0);
+        sys::exit_now(1);
+    };
+    let mut zygote = Zygote {
+        p,
+        python: &python,
+        program: &program_c,
+        env: &warm.env,
+        stack,
+        last_g: None,
+    };
+    loop {
+        let mut fds = [-1; 3];
+        let Some((len, nfds)) = init::receive(p.cmd, &mut bufs.message, &mut fds) else {
+            sys::exit_now(0)
+        };
+        let (kind, body) = (bufs.message[0], &bufs.message[1..len]);
+        match kind {
+            CMD_DISK => {
+                match body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                    Some(b) => disk = u64::from_le_bytes(b),
+                    None => pending = pending.or(Some((init::NOT_STARTED_DISK, -1, Errno::INVAL))),
+                }
+                // Sent before the run's first file: the next one makes the tmpfs.
+                scratch = None;
+            }
+            CMD_FILE => {
+                file_index += 1;
+                file = None;
+                if pending.is_none() {
+                    let made = match &scratch {
+                        Some(s) => Ok(s),
+                        None => new_scratch(disk).map(|s| &*scratch.insert(s)),
+                    };
+                    match made.and_then(|s| init::create_file(&s.work, body)) {
+                        Ok(f) => file = Some(f),
+                        Err(e) => pending = Some((NOT_STARTED_FILE, file_index, e)),
+                    }
+                }
+            }
+            CMD_DATA => {
+                if let Some(Err(e)) = file.as_ref().map(|f| init::write_all(f, body)) {
+                    pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
+                    file = None;
+                }
+            }
+            CMD_END => {
+                if let Some(f) = file.take() {
+                    let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
+                    if let Err(e) = rustix::fs::fchown(&f, Some(id.0), Some(id.1)) {
+                        pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
+                    }
+                }
+            }
+            CMD_STAGE if nfds == 3 => {
+                let stdio = fds;
+                file_index = -1;
+                let run_scratch = match scratch.take() {
+                    Some(s) => Ok(s),
+                    None => new_scratch(disk),
+                };
+                let not_started: Result<(), (i32, i32, Errno)> = match (pending.take(), run_scratch)
+                {
+                    (Some(p), _) => Err(p),
+                    (None, Err(e)) => Err((init::NOT_STARTED_DISK, -1, e)),
+                    (None, Ok(s)) => {
+                        let InitBuffers { message, argv, env } = &mut *bufs;
+                        match init::decode_plan(&message[1..len], argv, env) {
+                            Some(plan) => {
+                                zygote.stage(&plan, stdio, s);
+                                continue;
+                            }
+                            None => Err((NOT_STARTED_PLAN, -1, Errno::INVAL)),
+                        }
+                    }
+                };
+                if let Err((what, index, e)) = not_started {
+                    for f in stdio {
+                        sys::close(f);
+                    }
+                    send_started(p.cmd, None);
+                    init::report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
+                }
+            }
+            _ => {
+                for f in fds.iter().take(nfds) {
+                    sys::close(*f);
+                }
+                sys::exit_now(0);
+            }
+        }
+    }
+}
+
+/// Sends why the runtime did not start (`X` and the text) to whoever prepared the zygote.
+fn send_text(cmd: RawFd, text: &str) {
+    let mut msg = vec![MSG_TEXT];
+    msg.extend(text.bytes().take(4096));
+    let _ = rustix::net::send(init::fd(cmd), &msg, SendFlags::NOSIGNAL);
+}
+
+/// Tells the supervisor that a stage started (with `G`'s pidfd) or did not.
+fn send_started(cmd: RawFd, pidfd: Option<&OwnedFd>) {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    let msg = match pidfd {
+        Some(fd) => {
+            fds = [fd.as_fd()];
+            anc.push(SendAncillaryMessage::ScmRights(&fds));
+            [MSG_STARTED]
+        }
+        None => [MSG_NOT_STARTED],
+    };
+    // If the supervisor is gone, the stage's report finds nobody either; nothing to do.
+    let _ = sendmsg(
+        init::fd(cmd),
+        &[IoSlice::new(&msg)],
+        &mut anc,
+        SendFlags::NOSIGNAL,
+    );
+}
+
+struct Zygote<'a> {
+    p: &'a InitPlan<'a>,
+    python: &'a Python,
+    program: &'a CStr,
+    env: &'a [String],
+    /// The stack `G` runs on.
+    stack: Stack,
+    /// The last run's `G`, to reap.
+    last_g: Option<i32>,
+}
+
+/// What `G` needs, passed through `clone`.
+struct GArgs<'z, 'p> {
+    zygote: &'z Zygote<'z>,
+    plan: &'p Plan<'p>,
+    stdio: [RawFd; 3],
+    scratch: &'p Scratch,
+    status_w: RawFd,
+    status_r: RawFd,
+}
+
+extern "C" fn g_entry(arg: *mut std::ffi::c_void) -> std::ffi::c_int {
+    // SAFETY: `arg` is the `GArgs` that `Zygote::stage` passed to clone; it stays valid
+    // because the zygote is suspended (CLONE_VFORK) until this process exits, which
+    // `g_main` always does.
+    let a = unsafe { &*arg.cast::<GArgs<'_, '_>>() };
+    a.zygote.g_main(a)
+}
+
+/// A stack for `G`: an anonymous mapping with a guard page at its low end.
+struct Stack {
+    base: *mut std::ffi::c_void,
+    len: usize,
+}
+
+impl Stack {
+    const LEN: usize = 1 << 20;
+
+    fn new() -> Option<Stack> {
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                Self::LEN,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::STACK,
+            )
+        }
+        .ok()?;
+        // SAFETY: the first page of the mapping just made; a stack overflow then faults
+        // instead of writing below the stack.
+        unsafe { rustix::mm::mprotect(base, 4096, rustix::mm::MprotectFlags::empty()) }.ok()?;
+        Some(Stack {
+            base,
+            len: Self::LEN,
+        })
+    }
+
+    /// The initial stack pointer: the mapping's top, 16-byte aligned.
+    fn top(&self) -> Option<*mut std::ffi::c_void> {
+        // SAFETY: `base + len` is one past the end of the mapping, which is where a
+        // downward-growing stack starts.
+        Some(unsafe { self.base.cast::<u8>().add(self.len) }.cast())
+    }
+}
+
+impl Zygote<'_> {
+    /// Runs one stage in a fresh `G`, waits for its report, and reports.
+    ///
+    /// `G` is cloned like `posix_spawn` clones its child: sharing this process's memory
+    /// (`CLONE_VM`) on a stack of its own, with this process suspended until `G` exits
+    /// (`CLONE_VFORK`). So no page table is copied for it (only `H`, its fork, copies the
+    /// zygote), and `G` must not change any memory but its stack: it makes only system
+    /// calls and one `fork`.
+    fn stage(&mut self, plan: &Plan<'_>, stdio: [RawFd; 3], scratch: Scratch) {
+        let p = self.p;
+        // The previous run's G exited before this process resumed; its namespaces may
+        // still have been going away. Reap it now.
+        if let Some(pid) = self.last_g.take().and_then(rustix::process::Pid::from_raw) {
+            while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            }
+        }
+        let not_started = |e: Errno| {
+            for f in stdio {
+                sys::close(f);
+            }
+            send_started(p.cmd, None);
+            init::report(
+                p.report,
+                REPORT_NOT_STARTED,
+                e.raw_os_error(),
+                -1,
+                NOT_STARTED_FORK,
+            );
+        };
+        let (status_r, status_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+            Ok(pair) => pair,
+            Err(e) => return not_started(e),
+        };
+        let Some(stack_top) = self.stack.top() else {
+            return not_started(Errno::NOMEM);
+        };
+        let args = GArgs {
+            zygote: self,
+            plan,
+            stdio,
+            scratch: &scratch,
+            status_w: status_w.as_raw_fd(),
+            status_r: status_r.as_raw_fd(),
+        };
+        self.python.before_fork();
+        let flags = libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::SIGCHLD;
+        // SAFETY: `g_entry` runs on the stack `stack_top` points into (a private mapping of
+        // this process that nothing else uses) with `args`, which outlives the child's use of
+        // it because CLONE_VFORK suspends this thread until the child exits. The child only
+        // makes system calls and forks (see `g_main`).
+        let g = unsafe {
+            libc::clone(
+                g_entry,
+                stack_top,
+                flags,
+                (&raw const args).cast_mut().cast(),
+            )
+        };
+        let clone_errno = sys::errno();
+        self.python.after_fork_parent();
+        drop(status_w);
+        drop(scratch);
+        for f in stdio {
+            sys::close(f);
+        }
+        if g < 0 {
+            send_started(p.cmd, None);
+            init::report(
+                p.report,
+                REPORT_NOT_STARTED,
+                clone_errno.raw_os_error(),
+                -1,
+                NOT_STARTED_FORK,
+            );
+            return;
+        }
+        self.last_g = Some(g);
+        // G's report: the program's wait status and the errno of a failed set-up, written
+        // once every process of the run is gone; nothing if G was killed (a limit, or the
+        // caller cancelled), which the kernel then finishes by killing the rest.
+        let mut buf = [0u8; 8];
+        let mut got = 0;
+        while got < buf.len() {
+            match rustix::io::read(&status_r, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+        let (status, errno) = if got == 8 {
+            (
+                i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
+                i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            )
+        } else {
+            // Killed: wait until its namespace is empty, so that the run is over when this
+            // is reported.
+            let mut g_status = libc::SIGKILL;
+            if let Some(pid) = self.last_g.take().and_then(rustix::process::Pid::from_raw) {
+                loop {
+                    match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+                        Ok(Some((_, st))) => {
+                            g_status = st.as_raw();
+                            break;
+                        }
+                        Err(Errno::INTR) => {}
+                        _ => break,
+                    }
+                }
+            }
+            (g_status, 0)
+        };
+        init::report(p.report, REPORT_STAGE_DONE, status, errno, 0);
+    }
+
+    /// `G`: pid 1 of the run's PID namespace. Tells the supervisor how to kill it, mounts
+    /// the run's tmpfs and `/proc`, forks the program, waits for it, kills and reaps
+    /// whatever else the run left, and writes the program's status on `status_w`.
+    fn g_main(&self, a: &GArgs<'_, '_>) -> ! {
+        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+        let status_w = init::fd(a.status_w);
+        let tell = |status: i32, errno: i32| {
+            let mut buf = [0u8; 8];
+            buf[..4].copy_from_slice(&status.to_le_bytes());
+            buf[4..].copy_from_slice(&errno.to_le_bytes());
+            let _ = rustix::io::write(status_w, &buf);
+        };
+        sys::close(a.status_r);
+        // Pid 1 of the new namespace is this process.
+        let me = rustix::process::Pid::from_raw(1).and_then(|pid| {
+            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+        });
+        send_started(self.p.cmd, me.as_ref());
+        drop(me);
+        // The zygote's own channels are not the run's business.
+        sys::close(self.p.cmd);
+        sys::close(self.p.report);
+        if let Err(e) = mount_run(a.scratch) {
+            tell(0, e.raw_os_error());
+            sys::exit_now(1);
+        }
+        let (err_r, err_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tell(0, e.raw_os_error());
+                sys::exit_now(1);
+            }
+        };
+        // glibc's fork, not a raw clone: the program's process gets libc's per-thread data
+        // (its thread id) right, which a program that forks or signals itself relies on.
+        // SAFETY: this process has one thread; the child only runs `h_main`, which ends in
+        // the interpreter or execve. The zygote is suspended meanwhile, and fork leaves the
+        // memory it shares with this process as it found it.
+        let h = unsafe { libc::fork() };
+        if h == 0 {
+            drop(err_r);
+            self.h_main(a.plan, a.stdio, err_w)
+        }
+        drop(err_w);
+        for f in a.stdio {
+            sys::close(f);
+        }
+        if h < 0 {
+            tell(0, sys::errno().raw_os_error());
+            sys::exit_now(1);
+        }
+        let mut errno_buf = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match rustix::io::read(&err_r, &mut errno_buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+        let errno = if got == 4 {
+            i32::from_le_bytes(errno_buf)
+        } else {
+            0
+        };
+        drop(err_r);
+        let mut status = 0;
+        loop {
+            match rustix::process::wait(WaitOptions::empty()) {
+                Ok(Some((pid, st))) if pid.as_raw_nonzero().get() == h => {
+                    status = st.as_raw();
+                    break;
+                }
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+        // Whatever the program left behind (daemons, double forks) dies now, and is reaped
+        // before the status goes out: when the zygote reports, the run is over.
+        let _ = sys::kill_all_but_self();
+        while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
+        tell(status, errno);
+        sys::exit_now(0)
+    }
+
+    /// `H`: the program's process.
+    fn h_main(&self, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: OwnedFd) -> ! {
+        // The run's processes are the OOM killer's first choice, before the zygote (raising
+        // one's own score needs no privilege).
+        if let Ok(f) = rustix::fs::open(
+            c"/proc/self/oom_score_adj",
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            let _ = rustix::io::write(&f, b"1000");
+        }
+        let mut err_fd = err_w.as_raw_fd();
+        std::mem::forget(err_w);
+        let errno = match init::prepare_exec(self.p, plan, stdio, &mut err_fd, false) {
+            Ok(()) => {
+                // SAFETY: argv[0] points at a NUL-terminated string in the message buffer.
+                let argv0 = unsafe { CStr::from_ptr(plan.argv[0]) };
+                match self.warm_args(plan, argv0) {
+                    Some((args, env)) => {
+                        // A process that changed uids is not dumpable; after an execve it
+                        // would be again, and programs (reading /proc/self/fd, say) rely
+                        // on that.
+                        let _ = rustix::process::set_dumpable_behavior(
+                            rustix::process::DumpableBehavior::Dumpable,
+                        );
+                        sys::close(err_fd);
+                        // The name an exec of the program would give the process.
+                        let base = argv0
+                            .to_bytes()
+                            .rsplit(|&c| c == b'/')
+                            .next()
+                            .unwrap_or(b"");
+                        let mut name = [0u8; 16];
+                        let n = base.len().min(15);
+                        name[..n].copy_from_slice(&base[..n]);
+                        if let Ok(name) = CStr::from_bytes_until_nul(&name) {
+                            let _ = rustix::thread::set_name(name);
+                        }
+                        self.python.run_main(
+                            crate::spec::WORK_DIR,
+                            self.program,
+                            &args,
+                            env.as_deref(),
+                        )
+                    }
+                    None => sys::execve(argv0, plan.argv, plan.env)
+                        .raw_os_error()
+                        .unwrap_or(libc::ENOEXEC),
+                }
+            }
+            Err(e) => e.raw_os_error(),
+        };
+        let _ = rustix::io::write(init::fd(err_fd), &errno.to_le_bytes());
+        sys::exit_now(127)
+    }
+
+    /// The script and its arguments if the warm interpreter can run this stage (`argv` is
+    /// `[program, script, args...]` with a script that is not an option), and the stage's
+    /// environment if it differs from the zygote's.
+    #[allow(clippy::type_complexity)]
+    fn warm_args<'p>(
+        &self,
+        plan: &Plan<'p>,
+        argv0: &CStr,
+    ) -> Option<(Vec<&'p CStr>, Option<Vec<&'p CStr>>)> {
+        if argv0 != self.program {
+            return None;
+        }
+        let cstrs = |ptrs: &[*const c_char]| -> Vec<&'p CStr> {
+            ptrs.iter()
+                .take_while(|p| !p.is_null())
+                // SAFETY: each non-null pointer points at a NUL-terminated string inside the
+                // message buffer, which outlives this process's use of it.
+                .map(|&p| unsafe { CStr::from_ptr(p) })
+                .collect()
+        };
+        let args = cstrs(&plan.argv[1..]);
+        match args.first() {
+            Some(s) if !s.to_bytes().is_empty() && !s.to_bytes().starts_with(b"-") => {}
+            _ => return None,
+        }
+        let env = cstrs(plan.env);
+        let same = env.len() == self.env.len()
+            && env
+                .iter()
+                .zip(self.env)
+                .all(|(a, b)| a.to_bytes() == b.as_bytes());
+        Some((args, (!same).then_some(env)))
+    }
+}
+
+/// In `G`'s new mount namespace: the run's tmpfs on `/box`, `/tmp` and `/dev/shm`, and a
+/// `/proc` of the run's PID namespace.
+fn mount_run(scratch: &Scratch) -> Result<(), Errno> {
+    let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    for (from, to) in [(c"box", c"/box"), (c"tmp", c"/tmp"), (c"shm", c"/dev/shm")] {
+        let t = rustix::mount::open_tree(&scratch.mnt, from, clone)?;
+        rustix::mount::move_mount(&t, c"", CWD, to, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)?;
+    }
+    rustix::mount::mount(
+        c"proc",
+        c"/proc",
+        c"proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        Some(c"hidepid=invisible"),
+    )?;
+    Ok(())
+}
