@@ -16,7 +16,7 @@ use cod_core::run::{RequestError, RunRequest};
 use cod_core::{RunResult, Status};
 use cod_sandbox::protocol::{self, Event, Failure, Request};
 use cod_sandbox::{FileEntry, Jail, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::{Instrument, debug, error, info, info_span};
 
 use crate::cache::{Artifact, ArtifactKey, CompileCache, Lookup};
@@ -46,6 +46,94 @@ fn failure(step: &str, e: impl std::fmt::Display) -> Failure {
     }
 }
 
+/// Which stage of a run an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    /// Compiling.
+    Compile,
+    /// Running the program.
+    Run,
+}
+
+impl StageKind {
+    /// `"compile"` or `"run"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Compile => "compile",
+            StageKind::Run => "run",
+        }
+    }
+}
+
+/// Which output stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// What a run reports while it runs (see [`Executor::execute_streaming`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    /// A stage started.
+    Stage(StageKind),
+    /// Output, as the program wrote it (only what fits the output limit).
+    Output {
+        /// The stage that wrote it.
+        stage: StageKind,
+        /// Which stream.
+        stream: OutStream,
+        /// The bytes (a UTF-8 character may be split between two events).
+        data: Vec<u8>,
+    },
+    /// What the stage has used so far, about every 250 ms while it runs.
+    Usage {
+        /// The stage.
+        stage: StageKind,
+        /// CPU time, ms.
+        cpu_ms: u64,
+        /// Peak memory, KiB.
+        memory_kb: u64,
+        /// Wall time, ms.
+        wall_ms: u64,
+    },
+}
+
+/// What a caller sends a running program (see [`Executor::execute_streaming`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunInput {
+    /// Bytes for its stdin.
+    Stdin(Vec<u8>),
+    /// End its stdin.
+    Close,
+    /// Stop the run (its result is marked cancelled).
+    Kill,
+}
+
+/// A run's event and input channels.
+#[derive(Debug)]
+pub struct RunIo {
+    /// Where events go. A slow receiver slows the program down (its output pipe fills); it
+    /// never makes anyone buffer without bound.
+    pub events: tokio::sync::mpsc::Sender<RunEvent>,
+    /// Where stdin comes from; `None` runs the program with the request's stdin only.
+    pub input: Option<tokio::sync::mpsc::Receiver<RunInput>>,
+}
+
+impl RunIo {
+    /// Marks `spec` for streaming (and an interactive last stage, with input).
+    fn apply(&self, spec: &mut SandboxSpec) {
+        spec.stream = true;
+        if self.input.is_some()
+            && let Some(last) = spec.stages.last_mut()
+        {
+            last.interactive = true;
+        }
+    }
+}
+
 /// Sends `spec` to the sandbox and waits for its outcome.
 pub async fn run_in_jail(jail: &Jail, spec: SandboxSpec) -> Result<SandboxOutcome, Failure> {
     run_in_jail_with(jail, spec, |_, _, _| {}).await
@@ -59,21 +147,49 @@ pub async fn run_in_jail(jail: &Jail, spec: SandboxSpec) -> Result<SandboxOutcom
 pub async fn run_in_jail_with(
     jail: &Jail,
     spec: SandboxSpec,
+    on_stage: impl FnMut(u32, &StageOutcome, Vec<FileEntry>),
+) -> Result<SandboxOutcome, Failure> {
+    run_in_jail_io(jail, spec, on_stage, None).await
+}
+
+/// Like [`run_in_jail_with`], streaming events to `io` and its input to the program.
+pub async fn run_in_jail_io(
+    jail: &Jail,
+    mut spec: SandboxSpec,
     mut on_stage: impl FnMut(u32, &StageOutcome, Vec<FileEntry>),
+    mut io: Option<&mut RunIo>,
 ) -> Result<SandboxOutcome, Failure> {
     let slot = spec.slot;
+    if let Some(io) = &io {
+        io.apply(&mut spec);
+    }
+    let kinds: Vec<StageKind> = match spec.stages.len() {
+        2 => vec![StageKind::Compile, StageKind::Run],
+        n => vec![StageKind::Run; n],
+    };
     let frame = protocol::encode(&Request::Run(Box::new(spec)))
         .map_err(|e| failure("encoding the run", e))?;
-    match attempt(jail, slot, &frame, &mut on_stage).await {
-        Attempt::Lost => match attempt(jail, slot, &frame, &mut on_stage).await {
-            Attempt::Done(r) => r,
-            Attempt::Lost => Err(failure(
-                "the sandbox supervisor ended without a result",
-                "the run's socket closed",
-            )),
-        },
-        Attempt::Done(r) => r,
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        match attempt(
+            jail,
+            slot,
+            &frame,
+            &mut on_stage,
+            io.as_deref_mut(),
+            &kinds,
+            &mut pending,
+        )
+        .await
+        {
+            Attempt::Lost => continue,
+            Attempt::Done(r) => return r,
+        }
     }
+    Err(failure(
+        "the sandbox supervisor ended without a result",
+        "the run's socket closed",
+    ))
 }
 
 enum Attempt {
@@ -83,12 +199,20 @@ enum Attempt {
     Done(Result<SandboxOutcome, Failure>),
 }
 
+fn micros_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn attempt(
     jail: &Jail,
     slot: u32,
     frame: &[u8],
     on_stage: &mut impl FnMut(u32, &StageOutcome, Vec<FileEntry>),
+    mut io: Option<&mut RunIo>,
+    kinds: &[StageKind],
+    pending: &mut Vec<RunInput>,
 ) -> Attempt {
+    use futures_util::StreamExt as _;
     let sock = match jail.connect(slot) {
         Ok(s) => s,
         Err(e) => {
@@ -98,37 +222,83 @@ async fn attempt(
     let sock = sock
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(sock));
-    let mut sock = match sock {
+    let sock = match sock {
         Ok(s) => s,
         Err(e) => return Attempt::Done(Err(failure("preparing the run's socket", e))),
     };
-    if sock.write_all(frame).await.is_err() {
+    let (read, mut write) = sock.into_split();
+    if write.write_all(frame).await.is_err() {
         return Attempt::Lost;
     }
+    let mut frames = tokio_util::codec::LengthDelimitedCodec::builder()
+        .little_endian()
+        .length_field_length(4)
+        .max_frame_length(protocol::MAX_FRAME)
+        .new_read(read);
+    let kind = |i: u32| kinds.get(i as usize).copied().unwrap_or(StageKind::Run);
+    let last_stage = u32::try_from(kinds.len().saturating_sub(1)).unwrap_or(0);
     let mut started = false;
+    // Input goes to the program once its (interactive) last stage runs; until then it waits.
+    let mut input_open = io.as_ref().is_some_and(|io| io.input.is_some());
+    let mut stdin_ready = false;
     loop {
-        let mut header = [0u8; 4];
-        if let Err(e) = sock.read_exact(&mut header).await {
-            return if started {
-                Attempt::Done(Err(failure(
-                    "the sandbox supervisor ended without a result",
-                    e,
-                )))
-            } else {
-                Attempt::Lost
-            };
-        }
-        let event = async {
-            let len = protocol::decode_len(header).map_err(|e| failure("reading an event", e))?;
-            let mut body = vec![0u8; len];
-            sock.read_exact(&mut body)
-                .await
-                .map_err(|e| failure("reading an event", e))?;
-            protocol::decode::<Event>(&body).map_err(|e| failure("decoding an event", e))
+        let next_input = async {
+            match io.as_mut().and_then(|io| io.input.as_mut()) {
+                Some(rx) if input_open => rx.recv().await,
+                _ => std::future::pending().await,
+            }
         };
-        match event.await {
+        let frame = tokio::select! {
+            f = frames.next() => f,
+            input = next_input => {
+                let input = input.unwrap_or(RunInput::Close);
+                if input == RunInput::Close {
+                    input_open = false;
+                }
+                if stdin_ready || input == RunInput::Kill {
+                    if send_input(&mut write, &input).await.is_err() {
+                        input_open = false;
+                    }
+                } else {
+                    pending.push(input);
+                }
+                continue;
+            }
+        };
+        let event = match frame {
+            Some(Ok(body)) => {
+                protocol::decode::<Event>(&body).map_err(|e| failure("decoding an event", e))
+            }
+            Some(Err(e)) => Err(failure("reading an event", e)),
+            None if !started => return Attempt::Lost,
+            None => Err(failure(
+                "the sandbox supervisor ended without a result",
+                "the run's socket closed",
+            )),
+        };
+        let send = |e: RunEvent| {
+            let tx = io.as_ref().map(|io| io.events.clone());
+            async move {
+                if let Some(tx) = tx {
+                    // A receiver that went away wants no more events; the run goes on.
+                    let _ = tx.send(e).await;
+                }
+            }
+        };
+        match event {
             Ok(Event::Finished(r)) => return Attempt::Done(r),
-            Ok(Event::StageStarted(_)) => started = true,
+            Ok(Event::StageStarted(i)) => {
+                started = true;
+                send(RunEvent::Stage(kind(i))).await;
+                if i == last_stage && io.as_ref().is_some_and(|io| io.input.is_some()) {
+                    stdin_ready = true;
+                    for input in std::mem::take(pending) {
+                        if send_input(&mut write, &input).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
             Ok(Event::StageFinished {
                 stage,
                 outcome,
@@ -137,9 +307,54 @@ async fn attempt(
                 started = true;
                 on_stage(stage, &outcome, artifacts);
             }
+            Ok(Event::Output {
+                stage,
+                stream,
+                data,
+            }) => {
+                let stream = if stream == 2 {
+                    OutStream::Stderr
+                } else {
+                    OutStream::Stdout
+                };
+                send(RunEvent::Output {
+                    stage: kind(stage),
+                    stream,
+                    data,
+                })
+                .await;
+            }
+            Ok(Event::Usage {
+                stage,
+                cpu,
+                memory,
+                wall,
+            }) => {
+                send(RunEvent::Usage {
+                    stage: kind(stage),
+                    cpu_ms: micros_ms(cpu),
+                    memory_kb: memory / 1024,
+                    wall_ms: micros_ms(wall),
+                })
+                .await;
+            }
             Err(f) => return Attempt::Done(Err(f)),
         }
     }
+}
+
+/// Sends one input to the supervisor.
+async fn send_input(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    input: &RunInput,
+) -> std::io::Result<()> {
+    let req = match input {
+        RunInput::Stdin(d) => Request::Stdin(d.clone()),
+        RunInput::Close => Request::StdinClose,
+        RunInput::Kill => Request::Kill,
+    };
+    let frame = protocol::encode(&req).map_err(std::io::Error::other)?;
+    write.write_all(&frame).await
 }
 
 /// What a compile stage leaves worth caching: the program, or the compiler's verdict that
@@ -214,13 +429,26 @@ impl Executor {
     /// Runs `job` in worker slot `slot` (which the caller holds exclusively) and reports.
     /// Failures of the sandbox become an `internal_error` result, logged here.
     pub async fn execute(&self, job: &Job, slot: u32) -> RunResult {
+        self.execute_io(job, slot, None).await
+    }
+
+    /// Like [`Executor::execute`], sending [`RunEvent`]s as the run goes (stages, output as
+    /// the program writes it, usage about every 250 ms) and, with `io.input`, feeding the
+    /// program's stdin as the caller sends it (after the request's `stdin`; input sent
+    /// during compilation waits for the program). The result still carries the whole
+    /// (capped) output.
+    pub async fn execute_streaming(&self, job: &Job, slot: u32, io: &mut RunIo) -> RunResult {
+        self.execute_io(job, slot, Some(io)).await
+    }
+
+    async fn execute_io(&self, job: &Job, slot: u32, mut io: Option<&mut RunIo>) -> RunResult {
         let span = info_span!("run", id = %job.id, language = %job.language.name, slot);
         async {
             let result = match job.cache_key() {
-                Some(key) => self.execute_compiled(job, slot, key).await,
+                Some(key) => self.execute_compiled(job, slot, key, io).await,
                 None => {
                     let spec = job.sandbox_spec(slot, &self.host);
-                    run_result(job, self.sandbox(spec).await, None)
+                    run_result(job, self.sandbox(spec, io.as_deref_mut()).await, None)
                 }
             };
             info!(
@@ -237,8 +465,12 @@ impl Executor {
         .await
     }
 
-    async fn sandbox(&self, spec: SandboxSpec) -> Result<SandboxOutcome, Failure> {
-        let outcome = run_in_jail(&self.jail, spec).await;
+    async fn sandbox(
+        &self,
+        spec: SandboxSpec,
+        io: Option<&mut RunIo>,
+    ) -> Result<SandboxOutcome, Failure> {
+        let outcome = run_in_jail_io(&self.jail, spec, |_, _, _| {}, io).await;
         if let Err(f) = &outcome {
             error!(step = %f.step, errno = ?f.errno, error = %f.message, "sandbox failure");
         }
@@ -247,11 +479,17 @@ impl Executor {
 
     /// A compiled language: from the cache, after an identical compile running now, or
     /// compiled here (and cached).
-    async fn execute_compiled(&self, job: &Job, slot: u32, key: ArtifactKey) -> RunResult {
+    async fn execute_compiled(
+        &self,
+        job: &Job,
+        slot: u32,
+        key: ArtifactKey,
+        mut io: Option<&mut RunIo>,
+    ) -> RunResult {
         // An identical compile may be abandoned (its client went away): then claim it.
         for _ in 0..3 {
             match self.cache.lookup_or_claim(key) {
-                Lookup::Hit(artifact) => return self.run_cached(job, slot, &artifact).await,
+                Lookup::Hit(artifact) => return self.run_cached(job, slot, &artifact, io).await,
                 Lookup::Wait(mut rx) => {
                     debug!(%key, "waiting for an identical compile");
                     let bound =
@@ -259,25 +497,25 @@ impl Executor {
                     let got = tokio::time::timeout(bound, rx.changed()).await;
                     let artifact = rx.borrow().clone();
                     match (got, artifact) {
-                        (Ok(Ok(())), Some(a)) => return self.run_cached(job, slot, &a).await,
+                        (Ok(Ok(())), Some(a)) => return self.run_cached(job, slot, &a, io).await,
                         _ => continue,
                     }
                 }
                 Lookup::Claimed(claim) => {
                     let mut claim = Some(claim);
                     let spec = job.sandbox_spec(slot, &self.host);
+                    let on_stage = |stage, outcome: &StageOutcome, artifacts| {
+                        if stage != 0 {
+                            return;
+                        }
+                        if let (Some(c), Some(a)) =
+                            (claim.take(), cacheable(job, outcome, artifacts))
+                        {
+                            c.fulfil(a);
+                        }
+                    };
                     let outcome =
-                        run_in_jail_with(&self.jail, spec, |stage, outcome, artifacts| {
-                            if stage != 0 {
-                                return;
-                            }
-                            if let (Some(c), Some(a)) =
-                                (claim.take(), cacheable(job, outcome, artifacts))
-                            {
-                                c.fulfil(a);
-                            }
-                        })
-                        .await;
+                        run_in_jail_io(&self.jail, spec, on_stage, io.as_deref_mut()).await;
                     if let Err(f) = &outcome {
                         error!(step = %f.step, errno = ?f.errno, error = %f.message, "sandbox failure");
                     }
@@ -287,7 +525,7 @@ impl Executor {
         }
         // Compile without the cache rather than wait any longer.
         let spec = job.sandbox_spec(slot, &self.host);
-        run_result(job, self.sandbox(spec).await, None)
+        run_result(job, self.sandbox(spec, io).await, None)
     }
 
     /// Builds `lang`'s prebuild (a precompiled header, a class-data archive) in slot `slot`
@@ -334,8 +572,10 @@ impl Executor {
                 stdin: Vec::new(),
                 collect: p.artifacts.clone(),
                 warm: None,
+                interactive: false,
             }],
             disk: limits.disk.get(),
+            stream: false,
         };
         let mut collected = None;
         let outcome = run_in_jail_with(&self.jail, spec, |_, outcome, artifacts| {
@@ -375,12 +615,18 @@ impl Executor {
     }
 
     /// Runs `job` with a cached compile.
-    async fn run_cached(&self, job: &Job, slot: u32, artifact: &Artifact) -> RunResult {
+    async fn run_cached(
+        &self,
+        job: &Job,
+        slot: u32,
+        artifact: &Artifact,
+        io: Option<&mut RunIo>,
+    ) -> RunResult {
         if artifact.files.is_empty() {
             // A cached compile error: nothing to run.
             return run_result(job, Ok(SandboxOutcome::default()), Some(&artifact.compile));
         }
         let spec = job.cached_spec(slot, &self.host, artifact);
-        run_result(job, self.sandbox(spec).await, Some(&artifact.compile))
+        run_result(job, self.sandbox(spec, io).await, Some(&artifact.compile))
     }
 }

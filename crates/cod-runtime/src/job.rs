@@ -308,6 +308,7 @@ impl Job {
             stdin: Vec::new(),
             collect: compile.artifacts.clone(),
             warm: None,
+            interactive: false,
         })
     }
 
@@ -344,6 +345,7 @@ impl Job {
             stdin: self.stdin.clone(),
             collect: Vec::new(),
             warm: None,
+            interactive: false,
         }
     }
 
@@ -383,6 +385,7 @@ impl Job {
             files,
             stages,
             disk: disk_mb.saturating_mul(1 << 20),
+            stream: false,
         }
     }
 

@@ -12,6 +12,9 @@ pub mod report;
 mod template;
 
 pub use cache::{Artifact, ArtifactKey, CompileCache};
-pub use executor::{Executor, run_in_jail, run_in_jail_with};
+pub use executor::{
+    Executor, OutStream, RunEvent, RunInput, RunIo, StageKind, run_in_jail, run_in_jail_io,
+    run_in_jail_with,
+};
 pub use job::{HostLayout, Job, JobFile, find_language, new_run_id};
 pub use language::{Language, Registry, RegistryError};

@@ -386,7 +386,12 @@ impl Jail {
             loop {
                 match protocol::read_frame::<Event>(&mut sock) {
                     Ok(Some(Event::Finished(r))) => return Ok(r?),
-                    Ok(Some(Event::StageStarted(_) | Event::StageFinished { .. })) => {
+                    Ok(Some(
+                        Event::StageStarted(_)
+                        | Event::StageFinished { .. }
+                        | Event::Output { .. }
+                        | Event::Usage { .. },
+                    )) => {
                         started = true;
                     }
                     Ok(None) | Err(FrameError::Io(_)) if !started && attempt == 0 => break,

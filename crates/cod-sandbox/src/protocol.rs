@@ -1,14 +1,17 @@
 //! The framing spoken on a run's socket between a caller and the supervisor of that run.
 //!
 //! Each frame is a little-endian `u32` length followed by that many bytes of postcard. The
-//! caller sends one [`Request::Run`], then possibly [`Request::Kill`]; the supervisor answers
-//! with [`Event`]s and ends with [`Event::Finished`]. Closing the caller's end kills the run.
+//! caller sends one [`Request::Run`], then possibly [`Request::Kill`] (and, for an interactive
+//! stage, [`Request::Stdin`] and [`Request::StdinClose`]); the supervisor answers with
+//! [`Event`]s and ends with [`Event::Finished`]. Closing the caller's end kills the run.
 
 use std::io::{self, Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+#[allow(unused_imports)] // for doc links
+use crate::spec::StageSpec;
 use crate::spec::{FileEntry, SandboxOutcome, SandboxSpec, StageOutcome};
 
 /// Largest frame either side accepts (a spec carries sources, an outcome carries output).
@@ -21,6 +24,10 @@ pub enum Request {
     Run(Box<SandboxSpec>),
     /// Stop the run now; the outcome marks it cancelled.
     Kill,
+    /// Bytes for the running stage's stdin (an interactive stage: [`StageSpec::interactive`]).
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The running interactive stage's stdin ends (once what was sent is read).
+    StdinClose,
 }
 
 /// Supervisor to caller.
@@ -39,6 +46,28 @@ pub enum Event {
     },
     /// The sandbox ended, normally or not.
     Finished(Result<SandboxOutcome, Failure>),
+    /// Output of a stage, as the program wrote it (with [`SandboxSpec::stream`]); only what
+    /// fits the output limit.
+    Output {
+        /// The stage.
+        stage: u32,
+        /// 1 for stdout, 2 for stderr.
+        stream: u8,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// What a running stage has used so far, about every 250 ms.
+    Usage {
+        /// The stage.
+        stage: u32,
+        /// CPU time.
+        cpu: std::time::Duration,
+        /// Peak memory, bytes.
+        memory: u64,
+        /// Wall time.
+        wall: std::time::Duration,
+    },
 }
 
 /// An infrastructure failure of a run (not the program's fault), as reported across the

@@ -31,6 +31,10 @@ pub struct SandboxSpec {
     pub stages: Vec<StageSpec>,
     /// Size of the writable tmpfs holding the work dir, `/tmp` and `/dev/shm`, bytes.
     pub disk: u64,
+    /// Send each stage's output as it comes ([`Event::Output`](crate::Event::Output)), besides
+    /// collecting it for the outcome.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// What a sandbox is built with before its run is known: its read-only binds, symlinks and
@@ -108,6 +112,10 @@ pub struct StageSpec {
     /// sandbox's only one. The program sees the same thing either way.
     #[serde(default)]
     pub warm: Option<String>,
+    /// Keep stdin open after `stdin` for bytes the caller sends while the stage runs
+    /// ([`Request::Stdin`](crate::Request::Stdin)), until it closes it.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// A language runtime that a slot keeps started ahead of its runs, in a zygote: a

@@ -26,7 +26,7 @@ use crate::sandbox::{Sandbox, ZygoteHandle};
 use crate::seccomp::SeccompPolicy;
 use crate::spec::{Layout, MAX_STAGES, SandboxOutcome, SandboxSpec, StageOutcome, StageSpec};
 use crate::sys;
-use crate::watch::{Watch, own_cpu};
+use crate::watch::{Inbox, Watch, own_cpu};
 
 /// How long a caller may take to send the spec after connecting.
 const SPEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -186,7 +186,17 @@ fn run_warm(
     sandbox.set_disk(spec.disk)?;
     sandbox.put_files(&spec.files)?;
     let mut outcome = SandboxOutcome::default();
-    let (o, _) = run_stage(&sandbox, st, slot, spec, 0, &spec.stages[0], sock)?;
+    let mut inbox = Inbox::default();
+    let (o, _) = run_stage(
+        &sandbox,
+        st,
+        slot,
+        spec,
+        0,
+        &spec.stages[0],
+        sock,
+        &mut inbox,
+    )?;
     outcome.stages.push(o);
     outcome.warm = Some(crate::spec::WarmUse {
         runtime: st.config.warm[index].name.clone(),
@@ -205,7 +215,7 @@ fn read_spec(sock: &mut UnixStream) -> Result<Option<SandboxSpec>, Failure> {
     match req {
         None => Ok(None),
         Some(Request::Run(spec)) => Ok(Some(*spec)),
-        Some(Request::Kill) => Ok(None),
+        Some(Request::Kill | Request::Stdin(_) | Request::StdinClose) => Ok(None),
     }
 }
 
@@ -286,8 +296,9 @@ fn run(
     sandbox.set_disk(spec.disk)?;
     sandbox.put_files(&spec.files)?;
     let mut outcome = SandboxOutcome::default();
+    let mut inbox = Inbox::default();
     for (i, stage) in spec.stages.iter().enumerate() {
-        let (o, init_alive) = run_stage(sandbox, st, slot, spec, i, stage, sock)?;
+        let (o, init_alive) = run_stage(sandbox, st, slot, spec, i, stage, sock, &mut inbox)?;
         let ok = o.status() == cod_core::Status::Ok;
         outcome.stages.push(o);
         if !init_alive || !ok {
@@ -298,6 +309,7 @@ fn run(
 }
 
 /// Runs stage `i` in the prepared sandbox and watches it.
+#[allow(clippy::too_many_arguments)]
 fn run_stage(
     sandbox: &Sandbox,
     st: &HelperState,
@@ -306,6 +318,7 @@ fn run_stage(
     i: usize,
     stage: &StageSpec,
     sock: &mut UnixStream,
+    inbox: &mut Inbox,
 ) -> Result<(StageOutcome, bool), Failure> {
     let cg = slot.cgroup;
     let limits = CgroupLimits {
@@ -355,6 +368,10 @@ fn run_stage(
         report: &sandbox.report,
         sock,
         files: &spec.files,
+        stage: stage_no,
+        stream: spec.stream,
+        interactive: stage.interactive,
+        inbox,
     };
     let (outcome, alive) = watch.run(in_w, &stage.stdin, out_r, err_r)?;
     if !stage.collect.is_empty() {

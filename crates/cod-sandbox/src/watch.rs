@@ -14,7 +14,7 @@ use rustix::io::Errno;
 
 use crate::cgroup::{Baseline, SlotCgroup};
 use crate::init;
-use crate::protocol::{self, Failure, Request};
+use crate::protocol::{self, Event, Failure, Request};
 use crate::sandbox::{InitProcess, read_report};
 use crate::spec::{Exit, FileEntry, StageOutcome};
 use crate::supervisor::{errno_failure, error_chain, failure, io_failure, timespec};
@@ -53,21 +53,25 @@ struct Capture {
     buf: Vec<u8>,
     cap: usize,
     truncated: bool,
+    /// Which stream, for streamed output (1 stdout, 2 stderr).
+    stream: u8,
 }
 
 impl Capture {
-    fn new(fd: OwnedFd, cap: usize) -> io::Result<Self> {
+    fn new(fd: OwnedFd, cap: usize, stream: u8) -> io::Result<Self> {
         set_nonblocking(&fd)?;
         Ok(Capture {
             fd: Some(fd),
             buf: Vec::new(),
             cap,
             truncated: false,
+            stream,
         })
     }
 
-    /// Reads what is available. Returns true when the cap was passed by this read.
-    fn drain(&mut self) -> bool {
+    /// Reads what is available (and, with `outbox`, streams what it keeps to the caller).
+    /// Returns true when the cap was passed by this read.
+    fn drain(&mut self, mut outbox: Option<(&mut Outbox, u32)>) -> bool {
         let Some(fd) = &self.fd else { return false };
         let mut chunk = [0u8; CHUNK];
         let mut passed = false;
@@ -79,10 +83,24 @@ impl Capture {
                 }
                 Ok(n) => {
                     let room = self.cap.saturating_sub(self.buf.len());
-                    self.buf.extend_from_slice(&chunk[..n.min(room)]);
+                    let kept = &chunk[..n.min(room)];
+                    self.buf.extend_from_slice(kept);
+                    if let Some((outbox, stage)) = &mut outbox
+                        && !kept.is_empty()
+                    {
+                        outbox.push(&Event::Output {
+                            stage: *stage,
+                            stream: self.stream,
+                            data: kept.to_vec(),
+                        });
+                    }
                     if n > room && !self.truncated {
                         self.truncated = true;
                         passed = true;
+                    }
+                    // Let the caller catch up before reading more.
+                    if outbox.as_ref().is_some_and(|(o, _)| o.full()) {
+                        break;
                     }
                 }
                 Err(Errno::INTR) => {}
@@ -97,10 +115,93 @@ impl Capture {
     }
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
     rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
     Ok(())
+}
+
+/// Events waiting to be written to the caller's socket (which is non-blocking while a stage
+/// runs, so that a slow caller never stalls the limits). When it holds [`OUTBOX_MAX`]
+/// bytes the program's output is no longer read: its pipe fills and the program waits, so
+/// neither side buffers without bound.
+#[derive(Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+/// See [`Outbox`].
+const OUTBOX_MAX: usize = 256 * 1024;
+
+impl Outbox {
+    fn push(&mut self, e: &Event) {
+        if let Ok(frame) = protocol::encode(e) {
+            self.buf.extend_from_slice(&frame);
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.buf.len() - self.at >= OUTBOX_MAX
+    }
+
+    fn is_empty(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
+    /// Writes what the socket takes now. Err: the caller is gone.
+    fn flush(&mut self, sock: &UnixStream) -> io::Result<()> {
+        while self.at < self.buf.len() {
+            match rustix::io::write(sock, &self.buf[self.at..]) {
+                Ok(n) => self.at += n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Frames read from the caller's socket, parsed as they complete. One per run: a frame
+/// may arrive split across two stages.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    buf: Vec<u8>,
+}
+
+impl Inbox {
+    /// Reads what is available; false once the caller closed its end (or it failed).
+    fn fill(&mut self, sock: &UnixStream) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match rustix::io::read(sock, &mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The next complete request, if one arrived; Err for a malformed one.
+    fn next(&mut self) -> Result<Option<Request>, protocol::FrameError> {
+        let Some(header) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = protocol::decode_len([header[0], header[1], header[2], header[3]])?;
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let req = protocol::decode(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        req.map(Some)
+    }
 }
 
 /// Watches one stage from its start to its end.
@@ -122,7 +223,21 @@ pub(crate) struct Watch<'a> {
     pub(crate) sock: &'a mut UnixStream,
     /// The run's files, to name the one the init could not write.
     pub(crate) files: &'a [FileEntry],
+    /// The stage's number, for events.
+    pub(crate) stage: u32,
+    /// Send output to the caller as it comes ([`Event::Output`]).
+    pub(crate) stream: bool,
+    /// Keep stdin open for [`Request::Stdin`] until [`Request::StdinClose`].
+    pub(crate) interactive: bool,
+    /// The run's requests read so far.
+    pub(crate) inbox: &'a mut Inbox,
 }
+
+/// How often a running stage reports its usage ([`Event::Usage`]).
+const USAGE_EVERY: Duration = Duration::from_millis(250);
+/// Most stdin bytes waiting for the program to read them; more is dropped (the caller
+/// bounds what it sends).
+const STDIN_MAX: usize = 4 << 20;
 
 /// CPU time this process has used.
 pub(crate) fn own_cpu() -> Duration {
@@ -153,19 +268,26 @@ impl Watch<'_> {
         err_r: OwnedFd,
     ) -> Result<(StageOutcome, bool), Failure> {
         let output_cap = usize::try_from(self.limits.output.get()).unwrap_or(usize::MAX);
-        let mut out = Capture::new(out_r, output_cap).map_err(io_failure("preparing stdout"))?;
-        let mut err = Capture::new(err_r, output_cap).map_err(io_failure("preparing stderr"))?;
-        let mut stdin_fd = if stdin.is_empty() {
+        let mut out = Capture::new(out_r, output_cap, 1).map_err(io_failure("preparing stdout"))?;
+        let mut err = Capture::new(err_r, output_cap, 2).map_err(io_failure("preparing stderr"))?;
+        // Bytes for the program's stdin; it closes once they are written, unless the stage
+        // is interactive (then on the caller's StdinClose).
+        let mut pending: Vec<u8> = stdin.to_vec();
+        let mut pending_at = 0usize;
+        let mut stdin_closing = !self.interactive;
+        let mut stdin_fd = if pending.is_empty() && stdin_closing {
             None
         } else {
             set_nonblocking(&stdin_w).map_err(io_failure("preparing stdin"))?;
             Some(stdin_w)
         };
-        let mut stdin_pos = 0usize;
+        set_nonblocking(&*self.sock).map_err(io_failure("preparing the caller's socket"))?;
+        let mut outbox = Outbox::default();
 
         let start = self.start;
         let wall_deadline = start + self.limits.wall;
         let mut next_cpu_check = start + self.limits.cpu.clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
+        let mut next_usage = start + USAGE_EVERY;
         let mut report: Option<(i32, i32)> = None;
         let mut init_dead = false;
         let mut killed: Option<LimitReason> = None;
@@ -219,6 +341,24 @@ impl Watch<'_> {
                                 .clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
                     }
                 }
+                if now >= next_usage && sock_open && !outbox.full() {
+                    next_usage = now + USAGE_EVERY;
+                    if let Ok(u) = self.cg.usage(self.base) {
+                        outbox.push(&Event::Usage {
+                            stage: self.stage,
+                            cpu: u
+                                .cpu
+                                .saturating_sub(own_cpu().saturating_sub(self.own_base)),
+                            memory: u.memory_peak,
+                            wall: now.saturating_duration_since(start),
+                        });
+                    }
+                }
+            }
+            if sock_open && !outbox.is_empty() && outbox.flush(self.sock).is_err() {
+                sock_open = false;
+                cancelled = true;
+                kill(None, &mut killed, &mut end);
             }
             let timeout = if finished || end.is_some() {
                 None
@@ -226,20 +366,37 @@ impl Watch<'_> {
                 Some(timespec(
                     wall_deadline
                         .min(next_cpu_check)
+                        .min(next_usage)
                         .saturating_duration_since(Instant::now()),
                 ))
             };
 
-            // Poll set: report, stdout, stderr, stdin, caller socket, init pidfd.
+            // Poll set: report, stdout, stderr, stdin, caller socket, init pidfd. Output is
+            // not read while the caller's outbox is full.
+            let read_output = !(self.stream && sock_open && outbox.full());
+            let want_stdin = pending_at < pending.len() || stdin_closing;
+            let mut sock_events = PollFlags::IN;
+            if !outbox.is_empty() {
+                sock_events |= PollFlags::OUT;
+            }
             let wanted: [(Option<BorrowedFd<'_>>, PollFlags); 6] = [
                 (
                     (report.is_none() && !init_dead).then(|| self.report.as_fd()),
                     PollFlags::IN,
                 ),
-                (out.fd.as_ref().map(AsFd::as_fd), PollFlags::IN),
-                (err.fd.as_ref().map(AsFd::as_fd), PollFlags::IN),
-                (stdin_fd.as_ref().map(AsFd::as_fd), PollFlags::OUT),
-                (sock_open.then(|| self.sock.as_fd()), PollFlags::IN),
+                (
+                    out.fd.as_ref().filter(|_| read_output).map(AsFd::as_fd),
+                    PollFlags::IN,
+                ),
+                (
+                    err.fd.as_ref().filter(|_| read_output).map(AsFd::as_fd),
+                    PollFlags::IN,
+                ),
+                (
+                    stdin_fd.as_ref().filter(|_| want_stdin).map(AsFd::as_fd),
+                    PollFlags::OUT,
+                ),
+                (sock_open.then(|| self.sock.as_fd()), sock_events),
                 ((!init_dead).then(|| self.init.pidfd.as_fd()), PollFlags::IN),
             ];
             let mut keys = Vec::with_capacity(6);
@@ -255,11 +412,16 @@ impl Watch<'_> {
                 Err(e) => return Err(errno_failure("waiting for the program")(e)),
             }
             let mut ready = [false; 6];
+            let mut sock_in = false;
             for (fd, k) in fds.iter().zip(&keys) {
-                ready[*k] = !fd.revents().is_empty();
+                let r = fd.revents();
+                ready[*k] = !r.is_empty();
+                if *k == 4 {
+                    sock_in = !(r & (PollFlags::IN | PollFlags::HUP | PollFlags::ERR)).is_empty();
+                }
             }
             drop(fds);
-            let [r_report, r_out, r_err, r_in, r_sock, r_pid] = ready;
+            let [r_report, r_out, r_err, r_in, _, r_pid] = ready;
 
             if r_report {
                 match read_report(self.report).map_err(io_failure("reading the init's report"))? {
@@ -280,42 +442,83 @@ impl Watch<'_> {
                     None => init_dead = true,
                 }
             }
-            if r_out && out.drain() {
+            let streaming = (self.stream && sock_open).then_some(&mut outbox);
+            if r_out && out.drain(streaming.map(|o| (o, self.stage))) {
                 kill(Some(LimitReason::Output), &mut killed, &mut end);
             }
-            if r_err && err.drain() {
+            let streaming = (self.stream && sock_open).then_some(&mut outbox);
+            if r_err && err.drain(streaming.map(|o| (o, self.stage))) {
                 kill(Some(LimitReason::Output), &mut killed, &mut end);
             }
             if r_in && let Some(fd) = &stdin_fd {
-                match rustix::io::write(fd, &stdin[stdin_pos..]) {
-                    Ok(n) => stdin_pos += n,
-                    Err(Errno::AGAIN | Errno::INTR) => {}
-                    // EPIPE: the program closed its stdin or exited; the rest is dropped.
-                    Err(_) => stdin_pos = stdin.len(),
+                if pending_at < pending.len() {
+                    match rustix::io::write(fd, &pending[pending_at..]) {
+                        Ok(n) => pending_at += n,
+                        Err(Errno::AGAIN | Errno::INTR) => {}
+                        // EPIPE: the program closed its stdin or exited; the rest is dropped.
+                        Err(_) => {
+                            pending_at = pending.len();
+                            stdin_closing = true;
+                        }
+                    }
                 }
-                if stdin_pos >= stdin.len() {
-                    stdin_fd = None;
+                if pending_at >= pending.len() {
+                    pending.clear();
+                    pending_at = 0;
+                    if stdin_closing {
+                        stdin_fd = None;
+                    }
                 }
             }
-            if r_sock {
-                match protocol::read_frame::<Request>(self.sock) {
-                    Ok(Some(Request::Kill)) => {
-                        cancelled = true;
-                        kill(None, &mut killed, &mut end);
+            if sock_in {
+                let open = self.inbox.fill(self.sock);
+                loop {
+                    match self.inbox.next() {
+                        Ok(Some(Request::Kill)) => {
+                            cancelled = true;
+                            kill(None, &mut killed, &mut end);
+                        }
+                        Ok(Some(Request::Stdin(data))) => {
+                            if stdin_fd.is_some()
+                                && !stdin_closing
+                                && pending.len() + data.len() <= STDIN_MAX
+                            {
+                                pending.extend_from_slice(&data);
+                            }
+                        }
+                        Ok(Some(Request::StdinClose)) => {
+                            stdin_closing = true;
+                            if pending_at >= pending.len() {
+                                stdin_fd = None;
+                            }
+                        }
+                        Ok(Some(Request::Run(_))) => {}
+                        Ok(None) => break,
+                        Err(_) => {
+                            // A caller that speaks nonsense is treated as gone.
+                            sock_open = false;
+                            break;
+                        }
                     }
-                    Ok(Some(Request::Run(_))) => {}
-                    // The caller went away: nobody wants the result.
-                    Ok(None) | Err(_) => {
-                        sock_open = false;
-                        cancelled = true;
-                        kill(None, &mut killed, &mut end);
-                    }
+                }
+                // The caller went away: nobody wants the result.
+                if !open || !sock_open {
+                    sock_open = false;
+                    cancelled = true;
+                    kill(None, &mut killed, &mut end);
                 }
             }
             if r_pid {
                 init_dead = true;
                 end.get_or_insert_with(Instant::now);
             }
+        }
+        // What the caller has not taken yet, before the stage's end is reported.
+        let blocking = self.sock.set_nonblocking(false);
+        if sock_open && blocking.is_ok() && !outbox.is_empty() {
+            let _ = self.sock.set_write_timeout(Some(Duration::from_secs(30)));
+            let _ = std::io::Write::write_all(self.sock, &outbox.buf[outbox.at..]);
+            let _ = self.sock.set_write_timeout(None);
         }
         let end = end.unwrap_or_else(Instant::now);
         let mut usage = self

@@ -332,9 +332,15 @@ fn kill_minus_one_reaches_only_the_run() {
     assert_eq!(num(&o, "child_signal"), i64::from(libc::SIGKILL), "{d}");
     assert_eq!(field(&o, "survived"), "1", "{d}");
 
-    let other = match protocol::read_frame::<Event>(&mut sock).expect("an event") {
-        Some(Event::Finished(Ok(mut out))) if out.stages.len() == 1 => out.stages.remove(0),
-        other => panic!("expected the other run's outcome, got {other:?}"),
+    // (Usage reports come every 250 ms while it runs.)
+    let other = loop {
+        match protocol::read_frame::<Event>(&mut sock).expect("an event") {
+            Some(Event::Usage { .. }) => {}
+            Some(Event::Finished(Ok(mut out))) if out.stages.len() == 1 => {
+                break out.stages.remove(0);
+            }
+            other => panic!("expected the other run's outcome, got {other:?}"),
+        }
     };
     let od = describe(&other);
     assert_eq!(other.status(), Status::Ok, "{od}");

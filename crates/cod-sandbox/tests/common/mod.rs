@@ -178,8 +178,10 @@ impl Run {
                     stdin: Vec::new(),
                     collect: Vec::new(),
                     warm: None,
+                    interactive: false,
                 }],
                 disk: limits.disk.get(),
+                stream: false,
             },
         }
     }

@@ -246,8 +246,10 @@ fn scenarios(
                     stdin: vec![],
                     collect: Vec::new(),
                     warm: None,
+                    interactive: false,
                 }],
                 disk: limits.disk.get(),
+                stream: false,
             },
             host_stages: vec![(
                 vec!["/usr/bin/true".into()],

@@ -104,8 +104,10 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
             stdin: vec![],
             collect: Vec::new(),
             warm: None,
+            interactive: false,
         }],
         disk: limits.disk.get(),
+        stream: false,
     };
     let outcome = jail.run(&spec)?;
     match outcome
