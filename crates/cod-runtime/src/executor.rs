@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, error, info, info_span};
 use crate::cache::{Artifact, ArtifactKey, CompileCache, Lookup};
 use crate::job::{HostLayout, Job, stage_env};
 use crate::language::{Language, Registry};
+use crate::pool::Pool;
 use crate::report::{run_result, stage_report};
 use crate::template::{Context, expand};
 
@@ -36,6 +37,7 @@ pub struct Executor {
     policy: LimitsPolicy,
     host: HostLayout,
     cache: Arc<CompileCache>,
+    pool: Option<Arc<Pool>>,
 }
 
 fn failure(step: &str, e: impl std::fmt::Display) -> Failure {
@@ -387,6 +389,7 @@ impl Executor {
             policy,
             host,
             cache,
+            pool: None,
         }
     }
 
@@ -421,6 +424,25 @@ impl Executor {
         &self.cache
     }
 
+    /// Uses `pool` for the warm runtimes (told of every run, to follow the mix).
+    pub fn with_pool(mut self, pool: Arc<Pool>) -> Executor {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The warm runtime pool, if any.
+    pub fn pool(&self) -> Option<&Arc<Pool>> {
+        self.pool.as_ref()
+    }
+
+    /// Slots that keep `language` warm: the scheduler places its runs there when it can.
+    pub fn warm_slots(&self, language: &str) -> Vec<u32> {
+        self.pool
+            .as_ref()
+            .map(|p| p.warm_slots(language))
+            .unwrap_or_default()
+    }
+
     /// Checks a request; errors name the offending field.
     pub fn prepare(&self, req: &RunRequest) -> Result<Job, RequestError> {
         Job::from_request(req, &self.registry, &self.policy)
@@ -448,7 +470,7 @@ impl Executor {
                 Some(key) => self.execute_compiled(job, slot, key, io).await,
                 None => {
                     let spec = job.sandbox_spec(slot, &self.host);
-                    run_result(job, self.sandbox(spec, io.as_deref_mut()).await, None)
+                    run_result(job, self.sandbox(job, spec, io.as_deref_mut()).await, None)
                 }
             };
             info!(
@@ -467,14 +489,28 @@ impl Executor {
 
     async fn sandbox(
         &self,
+        job: &Job,
         spec: SandboxSpec,
         io: Option<&mut RunIo>,
     ) -> Result<SandboxOutcome, Failure> {
+        let slot = spec.slot;
         let outcome = run_in_jail_io(&self.jail, spec, |_, _, _| {}, io).await;
-        if let Err(f) = &outcome {
-            error!(step = %f.step, errno = ?f.errno, error = %f.message, "sandbox failure");
-        }
+        self.after(job, slot, &outcome);
         outcome
+    }
+
+    /// Logs a sandbox failure and tells the pool about the run.
+    fn after(&self, job: &Job, slot: u32, outcome: &Result<SandboxOutcome, Failure>) {
+        match outcome {
+            Err(f) => {
+                error!(step = %f.step, errno = ?f.errno, error = %f.message, "sandbox failure");
+            }
+            Ok(o) => {
+                if let Some(pool) = &self.pool {
+                    pool.record(&job.language.name, slot, o.warm.as_ref());
+                }
+            }
+        }
     }
 
     /// A compiled language: from the cache, after an identical compile running now, or
@@ -516,16 +552,14 @@ impl Executor {
                     };
                     let outcome =
                         run_in_jail_io(&self.jail, spec, on_stage, io.as_deref_mut()).await;
-                    if let Err(f) = &outcome {
-                        error!(step = %f.step, errno = ?f.errno, error = %f.message, "sandbox failure");
-                    }
+                    self.after(job, slot, &outcome);
                     return run_result(job, outcome, None);
                 }
             }
         }
         // Compile without the cache rather than wait any longer.
         let spec = job.sandbox_spec(slot, &self.host);
-        run_result(job, self.sandbox(spec, io).await, None)
+        run_result(job, self.sandbox(job, spec, io).await, None)
     }
 
     /// Builds `lang`'s prebuild (a precompiled header, a class-data archive) in slot `slot`
@@ -627,6 +661,94 @@ impl Executor {
             return run_result(job, Ok(SandboxOutcome::default()), Some(&artifact.compile));
         }
         let spec = job.cached_spec(slot, &self.host, artifact);
-        run_result(job, self.sandbox(spec, io).await, Some(&artifact.compile))
+        run_result(
+            job,
+            self.sandbox(job, spec, io).await,
+            Some(&artifact.compile),
+        )
+    }
+}
+
+/// What [`Executor::compile_ahead`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompileAhead {
+    /// The job's language does not compile (or declares nothing to cache): nothing to do.
+    NotCompiled,
+    /// The cache already held this compile: the compiler's report from then.
+    Cached(cod_core::StageReport),
+    /// An identical compile is running now (another run, another editor); it fills the
+    /// cache. This call did not wait for it.
+    InProgress,
+    /// Compiled now and cached: the program, or the compiler's errors (`status` is then
+    /// `runtime_error`, as for a run's compile stage).
+    Compiled(cod_core::StageReport),
+    /// Compiled now, but nothing was cached: the compiler passed a limit, or the sandbox
+    /// failed. A run of the job compiles again.
+    NotCached(cod_core::StageReport),
+}
+
+impl Executor {
+    /// Compiles `job`'s sources into the compile cache in slot `slot` (which the caller holds
+    /// exclusively) without running the program, so that a later [`Executor::execute`] of
+    /// the same sources finds the program built (`compile.cached: true`). Dropping the
+    /// future kills the compile; the cache is then left without the entry, and anyone
+    /// waiting for it compiles by themselves.
+    pub async fn compile_ahead(&self, job: &Job, slot: u32) -> CompileAhead {
+        let Some(key) = job.cache_key() else {
+            return CompileAhead::NotCompiled;
+        };
+        let claim = match self.cache.lookup_or_claim(key) {
+            Lookup::Hit(artifact) => return CompileAhead::Cached(artifact.compile.clone()),
+            Lookup::Wait(_) => return CompileAhead::InProgress,
+            Lookup::Claimed(claim) => claim,
+        };
+        let span = info_span!("compile_ahead", id = %job.id, language = %job.language.name, slot);
+        async {
+            let mut spec = job.sandbox_spec(slot, &self.host);
+            // The compile stage alone: the program is not run.
+            spec.stages.truncate(1);
+            let mut claim = Some(claim);
+            let mut report = None;
+            let outcome = run_in_jail_with(&self.jail, spec, |stage, outcome, artifacts| {
+                if stage != 0 {
+                    return;
+                }
+                report = Some(stage_report(outcome, &job.compile_limits, "the compiler"));
+                if let (Some(c), Some(a)) = (claim.take(), cacheable(job, outcome, artifacts)) {
+                    c.fulfil(a);
+                }
+            })
+            .await;
+            let cached = claim.is_none();
+            let report = match (outcome, report) {
+                (_, Some(r)) => r,
+                (Ok(o), None) => o
+                    .stages
+                    .first()
+                    .map(|s| stage_report(s, &job.compile_limits, "the compiler"))
+                    .unwrap_or_default(),
+                (Err(f), None) => {
+                    error!(step = %f.step, errno = ?f.errno, error = %f.message, "sandbox failure");
+                    cod_core::StageReport {
+                        status: Status::InternalError,
+                        message: Some(format!("compiling ahead failed: {}", f.message)),
+                        ..Default::default()
+                    }
+                }
+            };
+            info!(
+                status = report.status.as_str(),
+                cached,
+                wall_ms = report.wall_ms,
+                "compiled ahead"
+            );
+            if cached {
+                CompileAhead::Compiled(report)
+            } else {
+                CompileAhead::NotCached(report)
+            }
+        }
+        .instrument(span)
+        .await
     }
 }

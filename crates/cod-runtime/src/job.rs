@@ -344,7 +344,8 @@ impl Job {
             limits,
             stdin: self.stdin.clone(),
             collect: Vec::new(),
-            warm: None,
+            // A slot that holds the language's warm runtime runs it there.
+            warm: lang.warm().map(|_| lang.name.clone()),
             interactive: false,
         }
     }

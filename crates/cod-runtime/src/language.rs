@@ -66,6 +66,28 @@ pub struct LanguageFile {
     pub prebuild: Option<PrebuildFile>,
     /// How to run.
     pub run: StageFile,
+    /// An interpreter kept started ahead of runs (see `docs/sandbox.md`, warm runtimes).
+    #[serde(default)]
+    pub warm: Option<WarmFile>,
+}
+
+/// `[warm]`: how slots keep the language's interpreter started ahead of its runs. Only runs
+/// whose run command starts with the run program and a script can use it; the program sees
+/// the same thing as when the interpreter is started for it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmFile {
+    /// How: `"python"` (CPython loaded from its shared library into a zygote that forks a
+    /// fresh process per run) or `"node"` (Node.js started ahead, once per run, in the
+    /// slot's prepared sandbox).
+    pub kind: String,
+    /// `python`: the interpreter's shared library (placeholders allowed). If it is missing,
+    /// the language runs cold.
+    #[serde(default)]
+    pub library: String,
+    /// Modules imported ahead, so that programs importing them start faster.
+    #[serde(default)]
+    pub preload: Vec<String>,
 }
 
 /// `[prebuild]`: built once per compiler version, in the sandbox, off the request path;
@@ -182,6 +204,9 @@ pub struct Language {
     pub(crate) prebuild: Option<PrebuildFile>,
     pub(crate) prebuilt: Option<Prebuilt>,
     pub(crate) run: StageFile,
+    pub(crate) warm: Option<WarmFile>,
+    /// Why `[warm]` cannot be used here, if the language has one that cannot.
+    pub warm_unavailable: Option<String>,
 }
 
 impl Language {
@@ -200,6 +225,16 @@ impl Language {
                 .map_or(dir.host.clone(), |i| dir.host.join(i));
             p.artifacts.iter().all(|a| base.join(a).is_file())
         })
+    }
+
+    /// The language's warm runtime, if it has one that works on this host.
+    pub fn warm(&self) -> Option<&WarmFile> {
+        self.warm.as_ref().filter(|_| self.available())
+    }
+
+    /// The program the run stage starts (`argv[0]`).
+    pub fn run_program(&self) -> &str {
+        self.run.command.first().map_or("", String::as_str)
     }
 
     /// Whether the language has a compile stage.
@@ -417,6 +452,35 @@ impl Registry {
         Ok(self)
     }
 
+    /// Writes the files that warm runtimes start from (the Node.js bootstrap) under `root`
+    /// and binds them read-only into the sandboxes of the languages that use them.
+    pub fn with_warm_files(mut self, root: &Path) -> std::io::Result<Registry> {
+        for lang in &mut self.languages {
+            if lang.warm().is_none_or(|w| w.kind != "node") {
+                continue;
+            }
+            let code = crate::pool::NODE_BOOTSTRAP;
+            let tag = blake3::hash(code.as_bytes()).to_hex();
+            let host = root.join(format!("node-bootstrap-{}.js", &tag[..16]));
+            if !host.is_file() {
+                std::fs::create_dir_all(root)?;
+                // Written whole under a temporary name, then renamed into place.
+                let tmp = root.join(format!(
+                    ".node-bootstrap-{}.{}",
+                    &tag[..16],
+                    std::process::id()
+                ));
+                std::fs::write(&tmp, code)?;
+                std::fs::rename(&tmp, &host)?;
+            }
+            Arc::make_mut(lang).binds.push(Bind {
+                src: host,
+                dst: crate::pool::NODE_BOOTSTRAP_PATH.into(),
+            });
+        }
+        Ok(self)
+    }
+
     /// The language called `name` (or with that alias), case-insensitive.
     pub fn get(&self, name: &str) -> Option<&Arc<Language>> {
         self.by_name
@@ -532,6 +596,8 @@ fn resolve(lf: &LanguageFile) -> Result<Language, RegistryError> {
         prebuild: lf.prebuild.clone(),
         prebuilt: None,
         run: lf.run.clone(),
+        warm: None,
+        warm_unavailable: None,
     };
     if let Err(why) = probe_host(lf, &mut lang, &version_re) {
         lang.unavailable = Some(why);
@@ -621,6 +687,27 @@ fn probe_host(lf: &LanguageFile, lang: &mut Language, version_re: &Regex) -> Res
                 "{p} is not installed (looked for {})",
                 host.display()
             ));
+        }
+    }
+    if let Some(w) = &lf.warm {
+        let library = sub(&w.library);
+        let usable = match w.kind.as_str() {
+            "python" if Path::new(&library).is_file() => Ok(()),
+            "python" => Err(format!("{library} does not exist on this host")),
+            "node" => Ok(()),
+            other => Err(format!(
+                "warm.kind {other:?} is not known (\"python\" or \"node\")"
+            )),
+        };
+        match usable {
+            Ok(()) => {
+                lang.warm = Some(WarmFile {
+                    kind: w.kind.clone(),
+                    library,
+                    preload: w.preload.clone(),
+                });
+            }
+            Err(why) => lang.warm_unavailable = Some(why),
         }
     }
     let vcmd: Vec<String> = lf.version.command.iter().map(|a| sub(a)).collect();
@@ -717,6 +804,8 @@ mod tests {
             prebuild: None,
             prebuilt: None,
             run: lf.run.clone(),
+            warm: None,
+            warm_unavailable: None,
         }
     }
 

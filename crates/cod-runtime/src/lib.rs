@@ -8,6 +8,7 @@ pub mod cache;
 pub mod executor;
 pub mod job;
 pub mod language;
+pub mod pool;
 pub mod report;
 mod template;
 
@@ -18,3 +19,4 @@ pub use executor::{
 };
 pub use job::{HostLayout, Job, JobFile, find_language, new_run_id};
 pub use language::{Language, Registry, RegistryError};
+pub use pool::{Pool, PoolStats, RuntimeStats, warm_runtimes};

@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-use rustix::process::{Resource, Rlimit, Signal, WaitOptions};
+use rustix::process::{Resource, Rlimit, Signal};
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
 use crate::mounts::{MountPlan, Step};
@@ -32,7 +32,7 @@ use crate::sys;
 /// Report kinds, init to supervisor. Each report is four little-endian 32-bit words.
 pub(crate) const REPORT_READY: u32 = 1;
 pub(crate) const REPORT_SETUP_FAILED: u32 = 2;
-/// `(wait status, exec errno or 0, 0)`.
+/// `(wait status, exec errno or 0, peak resident memory of its processes in KiB)`.
 pub(crate) const REPORT_STAGE_DONE: u32 = 3;
 /// The stage did not start: `(errno, index of the file that failed or -1, what)` where
 /// `what` is one of the `NOT_STARTED_*` values.
@@ -42,6 +42,8 @@ pub(crate) const REPORT_WARM_READY: u32 = 5;
 /// The zygote's interpreter did not start: `(what, errno, 0)`, `what` one of
 /// `zygote::WARM_*`.
 pub(crate) const REPORT_WARM_FAILED: u32 = 6;
+/// The program of a [`CMD_PRESTART`] runs (or did not start): `(exec errno or 0, 0, 0)`.
+pub(crate) const REPORT_PRESTARTED: u32 = 7;
 pub(crate) const REPORT_LEN: usize = 16;
 
 /// Why a stage did not start.
@@ -65,6 +67,13 @@ pub(crate) const CMD_STAGE: u8 = b'S';
 /// `W`, a postcard-encoded [`WarmRuntime`]: become a zygote holding that runtime (see
 /// `zygote.rs`). Sent once, right after the root is built.
 pub(crate) const CMD_WARM: u8 = b'W';
+/// `Q`, plan, with stdin, stdout, stderr, the argument pipe and the ready pipe attached:
+/// start the program now, with those two on fds 4 and 5, and leave it waiting for its run
+/// (see `Sandbox::prestart`). Reports [`REPORT_PRESTARTED`].
+pub(crate) const CMD_PRESTART: u8 = b'Q';
+/// `A`, rlimits (as in a plan): the prestarted program's run begins; set its limits and
+/// wait for it like a stage. Reports [`REPORT_STAGE_DONE`].
+pub(crate) const CMD_AWAIT: u8 = b'A';
 
 /// Largest command message (the socket's own limit is about 200 KiB).
 pub(crate) const MAX_MESSAGE: usize = 160 * 1024;
@@ -208,8 +217,12 @@ pub(crate) fn decode_plan<'a>(
 }
 
 /// Receives one command: its length, and up to three descriptors attached to it.
-pub(crate) fn receive(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd; 3]) -> Option<(usize, usize)> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+pub(crate) fn receive<const N: usize>(
+    sock: RawFd,
+    buf: &mut [u8],
+    fds: &mut [RawFd; N],
+) -> Option<(usize, usize)> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(5))];
     loop {
         let mut anc = RecvAncillaryBuffer::new(&mut space);
         match recvmsg(
@@ -301,8 +314,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
     let mut file: Option<OwnedFd> = None;
     let mut file_index: i32 = -1;
     let mut pending: Option<(i32, i32, Errno)> = None;
+    // The program started ahead by CMD_PRESTART, waiting for its run.
+    let mut prestarted: Option<i32> = None;
     loop {
-        let mut fds = [-1; 3];
+        let mut fds = [-1; 5];
         let Some((len, nfds)) = receive(p.cmd, &mut bufs.message, &mut fds) else {
             sys::exit_now(0)
         };
@@ -337,8 +352,92 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     }
                 }
             }
+            CMD_PRESTART if nfds == 5 && prestarted.is_none() => {
+                let stdio = [fds[0], fds[1], fds[2]];
+                let extra = [fds[3], fds[4]];
+                let InitBuffers { message, argv, env } = &mut *bufs;
+                let started = decode_plan(&message[1..len], argv, env)
+                    .ok_or(Errno::INVAL)
+                    .and_then(|plan| start_program(p, &plan, stdio, &extra));
+                for f in extra {
+                    sys::close(f);
+                }
+                match started {
+                    Ok((pid, 0)) => {
+                        prestarted = Some(pid);
+                        report(p.report, REPORT_PRESTARTED, 0, 0, 0);
+                    }
+                    Ok((pid, errno)) => {
+                        // The exec failed and the child exited: reap it.
+                        let _ = finish_stage(pid);
+                        report(p.report, REPORT_PRESTARTED, errno, 0, 0);
+                    }
+                    Err(e) => report(p.report, REPORT_PRESTARTED, e.raw_os_error(), 0, 0),
+                }
+            }
+            CMD_AWAIT => {
+                let Some(child) = prestarted.take() else {
+                    report(
+                        p.report,
+                        REPORT_NOT_STARTED,
+                        Errno::SRCH.raw_os_error(),
+                        -1,
+                        NOT_STARTED_PLAN,
+                    );
+                    continue;
+                };
+                // A program that died while waiting (a broken bootstrap) cannot take the run.
+                let gone = rustix::process::Pid::from_raw(child).is_some_and(|pid| {
+                    matches!(
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG),
+                        Ok(Some(_)) | Err(_)
+                    )
+                });
+                if gone {
+                    let _ = finish_stage(child);
+                    report(
+                        p.report,
+                        REPORT_NOT_STARTED,
+                        Errno::CHILD.raw_os_error(),
+                        -1,
+                        NOT_STARTED_FORK,
+                    );
+                    continue;
+                }
+                if let Some((what, index, e)) = pending.take() {
+                    let _ = rustix::process::kill_process(
+                        rustix::process::Pid::from_raw(child).expect("a child's pid"),
+                        Signal::KILL,
+                    );
+                    let _ = finish_stage(child);
+                    report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
+                    continue;
+                }
+                file_index = -1;
+                // The run's own limits (the program started with the largest ones).
+                for chunk in body.chunks_exact(12) {
+                    let res = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                    let mut v = [0u8; 8];
+                    v.copy_from_slice(&chunk[4..12]);
+                    let v = u64::from_le_bytes(v);
+                    if let (Some(res), Some(pid)) =
+                        (resource(res), rustix::process::Pid::from_raw(child))
+                    {
+                        let _ = rustix::process::prlimit(
+                            Some(pid),
+                            res,
+                            Rlimit {
+                                current: Some(v),
+                                maximum: Some(v),
+                            },
+                        );
+                    }
+                }
+                let (status, peak) = finish_stage(child);
+                report(p.report, REPORT_STAGE_DONE, status, 0, peak);
+            }
             CMD_STAGE if nfds == 3 => {
-                let stdio = fds;
+                let stdio = [fds[0], fds[1], fds[2]];
                 if let Some((what, index, e)) = pending.take() {
                     for f in stdio {
                         sys::close(f);
@@ -362,8 +461,8 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     continue;
                 };
                 match run_stage(p, &plan, stdio) {
-                    Ok((status, exec_errno)) => {
-                        report(p.report, REPORT_STAGE_DONE, status, exec_errno, 0);
+                    Ok((status, exec_errno, peak)) => {
+                        report(p.report, REPORT_STAGE_DONE, status, exec_errno, peak);
                     }
                     Err(e) => {
                         report(
@@ -474,12 +573,59 @@ pub(crate) fn write_all(f: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
 
 /// Forks the stage's program, waits for it, then kills and reaps everything else.
 /// Returns the program's raw wait status and the errno of a failed `execve` (or 0).
-fn run_stage(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3]) -> Result<(i32, i32), Errno> {
+fn run_stage(
+    p: &InitPlan<'_>,
+    plan: &Plan<'_>,
+    stdio: [RawFd; 3],
+) -> Result<(i32, i32, i32), Errno> {
+    let (child, exec_errno) = start_program(p, plan, stdio, &[])?;
+    let (status, peak) = finish_stage(child);
+    Ok((status, exec_errno, peak))
+}
+
+/// Waits for `child`, then kills and reaps everything else; returns its raw wait status and
+/// the largest peak resident memory (KiB) of the run's processes.
+pub(crate) fn finish_stage(child: i32) -> (i32, i32) {
+    let mut status = 0;
+    let mut peak: i64 = 0;
+    loop {
+        match sys::wait_any() {
+            Ok((pid, st, rss)) => {
+                peak = peak.max(rss);
+                if pid == child {
+                    status = st;
+                    break;
+                }
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    // Whatever the program left behind (daemons, double forks) dies now.
+    let _ = sys::kill_all_but_self();
+    loop {
+        match sys::wait_any() {
+            Ok((_, _, rss)) => peak = peak.max(rss),
+            Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    (status, i32::try_from(peak).unwrap_or(i32::MAX))
+}
+
+/// Forks and execs the stage's program (with `extra` descriptors from fd 4 up) and waits
+/// until the exec happened; returns its pid and the errno of a failed `execve` (or 0).
+fn start_program(
+    p: &InitPlan<'_>,
+    plan: &Plan<'_>,
+    stdio: [RawFd; 3],
+    extra: &[RawFd],
+) -> Result<(i32, i32), Errno> {
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let child = match sys::fork_raw() {
         Ok(0) => {
             drop(err_r);
-            exec_program(p, plan, stdio, &err_w)
+            exec_program(p, plan, stdio, extra, &err_w)
         }
         Ok(pid) => pid,
         Err(e) => {
@@ -510,29 +656,20 @@ fn run_stage(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3]) -> Result<(i3
         0
     };
     drop(err_r);
-
-    let mut status = 0;
-    loop {
-        match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some((pid, st))) if pid.as_raw_nonzero().get() == child => {
-                status = st.as_raw();
-                break;
-            }
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(_) => break,
-        }
-    }
-    // Whatever the program left behind (daemons, double forks) dies now.
-    let _ = sys::kill_all_but_self();
-    while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
-    Ok((status, exec_errno))
+    Ok((child, exec_errno))
 }
 
 /// The program child: wire up stdio, drop every privilege, install seccomp, exec.
-fn exec_program(p: &InitPlan<'_>, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: &OwnedFd) -> ! {
+fn exec_program(
+    p: &InitPlan<'_>,
+    plan: &Plan<'_>,
+    stdio: [RawFd; 3],
+    extra: &[RawFd],
+    err_w: &OwnedFd,
+) -> ! {
     // Where the error pipe is: `prepare_exec` moves it to fd 3.
     let mut err_fd = err_w.as_raw_fd();
-    let errno = match prepare_exec(p, plan, stdio, &mut err_fd, true) {
+    let errno = match prepare_exec(p, plan, stdio, extra, &mut err_fd, true) {
         Ok(()) => {
             // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
             // which this process does not touch again before exec.
@@ -556,6 +693,7 @@ pub(crate) fn prepare_exec(
     p: &InitPlan<'_>,
     plan: &Plan<'_>,
     stdio: [RawFd; 3],
+    extra: &[RawFd],
     err_fd: &mut RawFd,
     reset_signals: bool,
 ) -> Result<(), Errno> {
@@ -569,12 +707,22 @@ pub(crate) fn prepare_exec(
     let hi = |raw: RawFd| sys::dup_above(raw, 100);
     let (i, o, e, w) = (hi(stdio[0])?, hi(stdio[1])?, hi(stdio[2])?, hi(*err_fd)?);
     *err_fd = w;
+    let mut high = [0; 2];
+    for (h, &x) in high.iter_mut().zip(extra) {
+        *h = hi(x)?;
+    }
     sys::dup_onto(i, 0)?;
     sys::dup_onto(o, 1)?;
     sys::dup_onto(e, 2)?;
     sys::dup_onto_cloexec(w, 3)?;
     *err_fd = 3;
-    sys::close_from(4)?;
+    // Extra descriptors for the program (a prestarted one's pipes) from fd 4 up.
+    let mut next = 4;
+    for &h in high.iter().take(extra.len()) {
+        sys::dup_onto(h, next)?;
+        next += 1;
+    }
+    sys::close_from(next.cast_unsigned())?;
 
     rustix::process::chdir(WORK_DIR_C)?;
     for chunk in plan.rlimits.chunks_exact(12) {

@@ -102,6 +102,8 @@ impl Child {
 struct Standby {
     child: Child,
     sock: OwnedFd,
+    /// The runtime it started ahead, if any.
+    prestart: Option<usize>,
 }
 
 /// A warm runtime of the slot.
@@ -124,18 +126,6 @@ impl Zygote {
             idle_memory: self.idle_memory,
         })
     }
-}
-
-/// Private resident memory of process `pid` (what it costs to keep it), bytes.
-fn private_memory(pid: i32) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
-        return 0;
-    };
-    text.lines()
-        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum::<u64>()
-        * 1024
 }
 
 fn fork_failure(e: &std::io::Error) -> Failure {
@@ -271,23 +261,52 @@ fn decode_run(msg: Message) -> Option<(OwnedFd, Vec<ZygoteHandle>, Vec<i32>)> {
 }
 
 /// A standby supervisor's main function: prepares a sandbox with `layout` (if any), waits
-/// for the slot's next run, and supervises it.
+/// for the slot's next run, and supervises it. A run that a zygote served leaves nothing to
+/// clean up, so the supervisor then tells the keeper (`d` and the code) and waits for the
+/// next run, its prepared sandbox still unused; after any other run it exits.
 fn standby_main(
     sock: OwnedFd,
     state: &HelperState,
     ctx: &SlotContext<'_>,
     layout: Option<Layout>,
+    prestart: Option<usize>,
 ) -> ! {
-    let prepared = layout.and_then(|l| Sandbox::prepare(state, ctx, l, &[sock.as_raw_fd()]).ok());
-    match receive(&sock).map(|m| m.and_then(decode_run)) {
-        Ok(Some((conn, zygotes, pids))) => {
-            drop(sock);
-            supervisor::supervise(conn, state, ctx, prepared, zygotes, &pids)
+    let mut prepared =
+        layout.and_then(|l| Sandbox::prepare(state, ctx, l, &[sock.as_raw_fd()]).ok());
+    if let (Some(i), Some(sandbox)) = (prestart, prepared.as_mut()) {
+        let warm = &state.config.warm[i];
+        if let Err(f) = sandbox.prestart(i, warm, &supervisor::prestart_rlimits(&state.config)) {
+            eprintln!(
+                "cod sandbox: slot {}: starting {:?} ahead failed: {f}",
+                ctx.slot, warm.name
+            );
+            // Its state is unknown: the sandbox goes.
+            prepared = None;
+        } else {
+            // Its memory, once it is up (a run arriving first goes first).
+            let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+            let settle = crate::supervisor::timespec(std::time::Duration::from_millis(300));
+            if matches!(poll(&mut fds, Some(&settle)), Ok(0))
+                && let Some(sb) = prepared.as_mut()
+            {
+                sb.measure_prestarted();
+            }
         }
-        // The keeper is closing, or sent nothing usable: end the prepared sandbox.
-        _ => {
+    }
+    loop {
+        let Ok(Some((conn, zygotes, pids))) = receive(&sock).map(|m| m.and_then(decode_run)) else {
+            // The keeper is closing, or sent nothing usable: end the prepared sandbox.
             drop(prepared);
             sys::exit_now(0)
+        };
+        let served = supervisor::supervise_one(conn, state, ctx, &mut prepared, zygotes, &pids);
+        let again = matches!(served, supervisor::Served::Warm(_));
+        let mut done = [0u8; 5];
+        done[0] = b'd';
+        done[1..].copy_from_slice(&served.code().to_le_bytes());
+        if !again || rustix::net::send(&sock, &done, SendFlags::NOSIGNAL).is_err() {
+            drop(prepared);
+            sys::exit_now(served.code())
         }
     }
 }
@@ -301,6 +320,8 @@ struct Keeper<'a> {
     sock: OwnedFd,
     active: Vec<Child>,
     standby: Option<Standby>,
+    /// The standby while it serves a run (it says `d` when done, or exits).
+    busy: Option<Standby>,
     closing: bool,
     /// Which warm runtimes the caller wants here.
     mask: u32,
@@ -316,6 +337,8 @@ struct Keeper<'a> {
 
 /// A runtime that died this many times in a row is given up.
 const MAX_DEATHS: u32 = 3;
+/// How long a run waits for a zygote that replaces a dead one.
+const ZYGOTE_START_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Keeper<'_> {
     fn ctx(&self) -> Option<SlotContext<'_>> {
@@ -347,23 +370,47 @@ impl Keeper<'_> {
     /// Starts the wanted runtimes that are missing, then a standby supervisor. Only while
     /// the slot is idle: building either never counts against a run.
     fn refill(&mut self) {
-        if !self.active.is_empty() || self.closing || self.cg.is_err() {
+        if !self.active.is_empty() || self.busy.is_some() || self.closing || self.cg.is_err() {
             return;
         }
+        self.start_zygotes();
+        self.start_standby();
+    }
+
+    /// The runtime a standby should start ahead, given the mask.
+    fn wanted_prestart(&self) -> Option<usize> {
+        (0..self.zygotes.len()).find(|&i| {
+            self.mask & (1 << i) != 0 && !self.state.config.warm[i].forks() && !self.failed[i]
+        })
+    }
+
+    fn start_zygotes(&mut self) {
         for i in 0..self.zygotes.len() {
-            if self.mask & (1 << i) != 0 && self.zygotes[i].is_none() && !self.failed[i] {
+            if self.mask & (1 << i) != 0
+                && self.state.config.warm[i].forks()
+                && self.zygotes[i].is_none()
+                && !self.failed[i]
+            {
                 self.zygotes[i] = self.start_zygote(i);
                 if self.zygotes[i].is_none() {
                     self.gave_up(i, "its sandbox could not be prepared");
                 }
             }
         }
+    }
+
+    fn start_standby(&mut self) {
         if self.standby.is_none() {
+            // A runtime started ahead for one run lives in the prepared sandbox.
+            let prestart = self.wanted_prestart();
             // When most runs go to a zygote, a prepared sandbox would mostly be thrown away.
             let warm_runs = self.recent_warm.count_ones();
-            let layout = self.state.config.prepared.clone().filter(|_| warm_runs < 6);
+            let layout = match prestart {
+                Some(i) => Some(self.state.config.warm[i].layout.clone()),
+                None => self.state.config.prepared.clone().filter(|_| warm_runs < 6),
+            };
             if layout.is_some() || self.zygotes.iter().any(Option::is_some) {
-                self.standby = self.spawn_standby(layout);
+                self.standby = self.spawn_standby(layout, prestart);
             }
         }
     }
@@ -396,7 +443,7 @@ impl Keeper<'_> {
     }
 
     /// Forks a standby supervisor.
-    fn spawn_standby(&self, layout: Option<Layout>) -> Option<Standby> {
+    fn spawn_standby(&self, layout: Option<Layout>, prestart: Option<usize>) -> Option<Standby> {
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -421,10 +468,15 @@ impl Keeper<'_> {
                 state,
                 &ctx,
                 layout.clone(),
+                prestart,
             )
         })
         .ok()?;
-        Some(Standby { child, sock: ours })
+        Some(Standby {
+            child,
+            sock: ours,
+            prestart,
+        })
     }
 
     /// Takes note of how a finished supervisor ended.
@@ -466,7 +518,7 @@ impl Keeper<'_> {
         match read_report(&z.sandbox.report) {
             Ok(Some((init::REPORT_WARM_READY, ..))) => {
                 z.ready = true;
-                z.idle_memory = private_memory(z.sandbox.init.pid());
+                z.idle_memory = crate::sandbox::private_memory(&z.sandbox.init.pid().to_string());
             }
             Ok(Some((init::REPORT_WARM_FAILED, what, errno, _))) => {
                 let mut text = [0u8; 4097];
@@ -498,8 +550,14 @@ impl Keeper<'_> {
                     }
                 }
                 self.mask = mask;
-                // A standby holds descriptors of ended zygotes; a fresh one will not.
-                self.drop_standby();
+                // A standby that starts the wrong runtime ahead (or none) is replaced.
+                if self
+                    .standby
+                    .as_ref()
+                    .is_some_and(|sb| sb.prestart != self.wanted_prestart())
+                {
+                    self.drop_standby();
+                }
             }
             Some(b'r') => {
                 for conn in msg.fds {
@@ -507,6 +565,76 @@ impl Keeper<'_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A busy standby said it is done (or went away): takes note of the run, and keeps it
+    /// as the standby if it can take another. With `block`, waits for that first.
+    fn wait_busy(&mut self, sb: Standby, block: bool) {
+        let mut buf = [0u8; 8];
+        let flags = if block {
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
+        let got = loop {
+            match rustix::net::recv(&sb.sock, &mut buf, flags) {
+                Err(Errno::INTR) => {}
+                other => break other,
+            }
+        };
+        match got {
+            Ok((5, _)) if buf[0] == b'd' => {
+                let code = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                self.finished(Some(code));
+                if self.standby.is_none() && !self.closing {
+                    self.standby = Some(sb);
+                } else {
+                    drop(sb.sock);
+                    sb.child.reap();
+                }
+            }
+            Err(Errno::AGAIN) => self.busy = Some(sb),
+            // It exited (after a cold run) or failed: reap it.
+            _ => {
+                drop(sb.sock);
+                let code = sb.child.reap();
+                self.finished(code);
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the zygotes that are starting to report.
+    fn await_zygotes(&mut self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let starting: Vec<usize> = (0..self.zygotes.len())
+                .filter(|&i| self.zygotes[i].as_ref().is_some_and(|z| !z.ready))
+                .collect();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if starting.is_empty() || left.is_zero() {
+                return;
+            }
+            let mut fds: Vec<PollFd<'_>> = starting
+                .iter()
+                .filter_map(|&i| self.zygotes[i].as_ref())
+                .map(|z| PollFd::new(&z.sandbox.report, PollFlags::IN))
+                .collect();
+            let timeout = rustix::time::Timespec::try_from(left).ok();
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => return,
+            }
+            let ready: Vec<usize> = fds
+                .iter()
+                .zip(&starting)
+                .filter(|(f, _)| !f.revents().is_empty())
+                .map(|(_, &i)| i)
+                .collect();
+            drop(fds);
+            for i in ready {
+                self.zygote_event(i);
+            }
         }
     }
 
@@ -527,6 +655,20 @@ impl Keeper<'_> {
             let code = c.reap();
             self.finished(code);
         }
+        if let Some(sb) = self.busy.take() {
+            self.wait_busy(sb, true);
+        }
+        // Back-to-back runs leave the slot no idle moment to prepare the next standby or
+        // replace a zygote in: do it now, while no run is in the slot (a zygote starting
+        // beside a run would put its start-up on the run's CPU time). A replaced zygote is
+        // waited for, briefly, so this run is warm again.
+        if !self.closing && self.cg.is_ok() {
+            self.start_zygotes();
+            self.await_zygotes(ZYGOTE_START_WAIT);
+            if self.standby.is_none() {
+                self.start_standby();
+            }
+        }
         if let Err(f) = &self.cg {
             refuse(conn, f.clone());
             return;
@@ -535,7 +677,7 @@ impl Keeper<'_> {
         let pids = self.zygote_pids();
         if let Some(sb) = self.standby.take() {
             if send_run(&sb.sock, &conn, &zygotes, &pids).is_ok() {
-                self.active.push(sb.child);
+                self.busy = Some(sb);
                 return;
             }
             let _ =
@@ -586,6 +728,7 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
         sock,
         active: Vec::new(),
         standby: None,
+        busy: None,
         closing: false,
         mask: 0,
         zygotes: (0..n).map(|_| None).collect(),
@@ -595,7 +738,7 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
     };
     loop {
         k.refill();
-        if k.closing && k.active.is_empty() {
+        if k.closing && k.active.is_empty() && k.busy.is_none() {
             break;
         }
         // Wait for a message, a running supervisor's end, or a zygote's report or death.
@@ -604,6 +747,7 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
             Sock,
             Active(usize),
             Zygote(usize),
+            Busy,
         }
         let mut fds: Vec<PollFd<'_>> = Vec::new();
         let mut srcs: Vec<Src> = Vec::new();
@@ -614,6 +758,10 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
         for (i, c) in k.active.iter().enumerate() {
             fds.push(PollFd::new(&c.pidfd, PollFlags::IN));
             srcs.push(Src::Active(i));
+        }
+        if let Some(sb) = &k.busy {
+            fds.push(PollFd::new(&sb.sock, PollFlags::IN));
+            srcs.push(Src::Busy);
         }
         for (i, z) in k.zygotes.iter().enumerate() {
             if let Some(z) = z {
@@ -650,6 +798,11 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
             let c = k.active.remove(i);
             let code = c.reap();
             k.finished(code);
+        }
+        if ready.iter().any(|s| matches!(s, Src::Busy))
+            && let Some(sb) = k.busy.take()
+        {
+            k.wait_busy(sb, false);
         }
         for s in &ready {
             if let Src::Zygote(i) = s {

@@ -121,8 +121,12 @@ def _cod_make():
             code = exit_code(e)
         except _BaseException as e:
             interrupted = _isinstance(e, _KeyboardInterrupt)
+            # The traceback starts with this function's frame: drop it, as python3 has
+            # none (the default hook prints the exception's own traceback).
             tb = e.__traceback__
-            sys.excepthook(type(e), e, tb.tb_next if tb is not None else None)
+            tb = tb.tb_next if tb is not None else None
+            e.__traceback__ = tb
+            sys.excepthook(type(e), e, tb)
             code = 1
         main.pop('__file__', None)
         main.pop('__cached__', None)

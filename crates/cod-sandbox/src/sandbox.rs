@@ -4,7 +4,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, poll};
@@ -21,7 +21,7 @@ use crate::init::{
 };
 use crate::mounts::{MountPlan, Step};
 use crate::protocol::Failure;
-use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec, WarmRuntime};
+use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec, WarmKind, WarmRuntime};
 use crate::supervisor::{
     HelperState, SlotContext, errno_failure, error_chain, failure, io_failure, timespec,
 };
@@ -84,6 +84,24 @@ pub(crate) struct Sandbox {
     zygote: bool,
     /// A borrowed zygote's idle memory, as its keeper measured it.
     pub(crate) zygote_idle_memory: u64,
+    /// A program started ahead in this sandbox, waiting for its run.
+    pub(crate) prestarted: Option<Prestarted>,
+}
+
+/// A program started ahead for one run (see [`WarmKind::Prestart`]): the supervisor's ends
+/// of its pipes.
+pub(crate) struct Prestarted {
+    /// Index of its runtime in `JailConfig::warm`.
+    pub(crate) index: usize,
+    pub(crate) stdin: OwnedFd,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: OwnedFd,
+    /// Where the run's script and arguments go.
+    pub(crate) args: OwnedFd,
+    /// Where it says it is ready (one byte, then end of file).
+    pub(crate) ready: OwnedFd,
+    /// The program's own memory once started (private resident bytes).
+    pub(crate) idle_memory: u64,
 }
 
 /// A slot's zygote as its keeper hands it to a run's supervisor: the zygote's channels,
@@ -195,6 +213,7 @@ impl Sandbox {
             layout,
             zygote: false,
             zygote_idle_memory: 0,
+            prestarted: None,
         };
         sandbox
             .send(&[CMD_GO], &[])
@@ -217,6 +236,7 @@ impl Sandbox {
             layout,
             zygote: true,
             zygote_idle_memory: z.idle_memory,
+            prestarted: None,
         }
     }
 
@@ -326,7 +346,162 @@ impl Sandbox {
     /// Whether `spec` can run in this sandbox: the same binds and links (the disk size is
     /// set per run, see [`Sandbox::set_disk`]).
     pub(crate) fn fits(&self, spec: &SandboxSpec) -> bool {
+        // A sandbox with a program started ahead serves only a run of that program.
+        self.layout_fits(spec) && self.prestarted.is_none()
+    }
+
+    /// Whether `spec` asks for this sandbox's binds and links.
+    pub(crate) fn layout_fits(&self, spec: &SandboxSpec) -> bool {
         self.layout.binds == spec.binds && self.layout.symlinks == spec.symlinks
+    }
+
+    /// Starts `warm` (a [`WarmKind::Prestart`] runtime, index `index`) ahead in this sandbox
+    /// with `rlimits` (the largest a run may have; the run's own are set when it comes), and
+    /// waits until its exec happened.
+    pub(crate) fn prestart(
+        &mut self,
+        index: usize,
+        warm: &WarmRuntime,
+        rlimits: &[(rustix::process::Resource, u64)],
+    ) -> Result<(), Failure> {
+        let WarmKind::Prestart { argv, .. } = &warm.kind else {
+            return Err(failure(
+                "starting a program ahead",
+                Some(libc::EINVAL),
+                "not a prestarted runtime",
+            ));
+        };
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(errno_failure("creating a pipe"))
+        };
+        let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
+        let (args_r, args_w) = pipe()?;
+        let (ready_r, ready_w) = pipe()?;
+        let mut msg = init::encode_plan(rlimits, argv, &warm.env);
+        msg[0] = init::CMD_PRESTART;
+        self.send(
+            &msg,
+            &[
+                in_r.as_fd(),
+                out_w.as_fd(),
+                err_w.as_fd(),
+                args_r.as_fd(),
+                ready_w.as_fd(),
+            ],
+        )
+        .map_err(io_failure("starting a program ahead"))?;
+        drop((in_r, out_w, err_w, args_r, ready_w));
+        match self.wait_report(SETUP_TIMEOUT, "starting a program ahead")? {
+            (init::REPORT_PRESTARTED, 0, ..) => {}
+            (init::REPORT_PRESTARTED, errno, ..) => {
+                return Err(failure(
+                    "starting a program ahead",
+                    Some(errno),
+                    io::Error::from_raw_os_error(errno),
+                ));
+            }
+            other => {
+                return Err(failure(
+                    "starting a program ahead",
+                    None,
+                    format!("unexpected report {other:?}"),
+                ));
+            }
+        }
+        self.prestarted = Some(Prestarted {
+            index,
+            stdin: in_w,
+            stdout: out_r,
+            stderr: err_r,
+            args: args_w,
+            ready: ready_r,
+            idle_memory: 0,
+        });
+        Ok(())
+    }
+
+    /// Measures the memory of the program started ahead (the init's only child); call once
+    /// it has had time to start.
+    pub(crate) fn measure_prestarted(&mut self) {
+        let pid = self.init.pid();
+        if let Some(pre) = &mut self.prestarted {
+            pre.idle_memory = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next().map(str::to_owned))
+                .map_or(0, |child| private_memory(&child));
+        }
+    }
+
+    /// Waits up to `timeout` for the init's next report.
+    fn wait_report(&self, timeout: Duration, step: &str) -> Result<(u32, i32, i32, i32), Failure> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failure(step, Some(libc::ETIMEDOUT), "timed out"));
+            }
+            let mut fds = [PollFd::new(&self.report, PollFlags::IN)];
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(0) | Err(Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(errno_failure(step.to_owned())(e)),
+            }
+            return match read_report(&self.report).map_err(io_failure(step.to_owned()))? {
+                Some(r) => Ok(r),
+                None => Err(failure(step, None, "the init died")),
+            };
+        }
+    }
+
+    /// Waits until the program started ahead says it is ready (it may still be starting
+    /// when its run comes); an error if it died instead.
+    pub(crate) fn wait_prestarted(pre: &Prestarted) -> Result<(), Failure> {
+        let step = "waiting for the program started ahead";
+        let mut fds = [PollFd::new(&pre.ready, PollFlags::IN)];
+        loop {
+            match poll(&mut fds, Some(&timespec(SETUP_TIMEOUT))) {
+                Ok(0) => return Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
+                Ok(_) => break,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(errno_failure(step)(e)),
+            }
+        }
+        let mut byte = [0u8; 1];
+        match rustix::io::read(&pre.ready, &mut byte) {
+            Ok(1) => Ok(()),
+            _ => Err(failure(
+                step,
+                Some(libc::ECHILD),
+                "it exited before its run",
+            )),
+        }
+    }
+
+    /// Starts the prestarted program's run: its limits, then its script and arguments on
+    /// `args` (the program's end of file when this returns).
+    pub(crate) fn go(
+        &self,
+        args: OwnedFd,
+        rlimits: &[(rustix::process::Resource, u64)],
+        argv: &[String],
+    ) -> Result<(), Failure> {
+        let mut msg = vec![init::CMD_AWAIT];
+        for &(res, v) in rlimits {
+            msg.extend_from_slice(&(res as u32).to_le_bytes());
+            msg.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut bytes = Vec::new();
+        for a in argv.iter().skip(1) {
+            bytes.extend_from_slice(a.as_bytes());
+            bytes.push(0);
+        }
+        self.send(&msg, &[])
+            .map_err(io_failure("starting the run"))?;
+        // Blocking: the program reads it at once, and it is only the arguments.
+        let mut f = std::fs::File::from(args);
+        std::io::Write::write_all(&mut f, &bytes).map_err(io_failure("starting the run"))?;
+        Ok(())
     }
 
     /// Sets the work tmpfs to `disk` bytes (before any file is written).
@@ -472,4 +647,16 @@ pub(crate) fn read_report(fd: &OwnedFd) -> io::Result<Option<(u32, i32, i32, i32
         }
     }
     Ok(Some(init::parse_report(&buf)))
+}
+
+/// Private resident memory of host process `pid`, bytes.
+pub(crate) fn private_memory(pid: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
 }

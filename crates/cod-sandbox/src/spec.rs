@@ -147,14 +147,31 @@ pub enum WarmKind {
         /// Modules imported ahead (standard ones a program often needs).
         preload: Vec<String>,
     },
+    /// A program that cannot be forked once started (Node.js runs threads) is started ahead
+    /// for one run instead, in the slot's prepared sandbox, and waits for it: `argv` starts
+    /// it (a bootstrap script, bound read-only into the layout), it writes one byte to fd 5
+    /// and closes it once it is ready, then reads the run's script and arguments
+    /// (NUL-terminated each) on fd 4 until end of file. It is used once; the next one
+    /// starts when the slot is idle again.
+    Prestart {
+        /// The program the stage names as `argv[0]` (e.g. `/usr/bin/node`).
+        program: String,
+        /// How to start it ahead (e.g. `["/usr/bin/node", "/opt/cod/warm/node.js"]`).
+        argv: Vec<String>,
+    },
 }
 
 impl WarmRuntime {
     /// The program whose stages this runtime can take.
     pub fn program(&self) -> &str {
         match &self.kind {
-            WarmKind::Python { program, .. } => program,
+            WarmKind::Python { program, .. } | WarmKind::Prestart { program, .. } => program,
         }
+    }
+
+    /// Whether a zygote holds it (else a prepared sandbox starts it for one run).
+    pub fn forks(&self) -> bool {
+        matches!(self.kind, WarmKind::Python { .. })
     }
 }
 

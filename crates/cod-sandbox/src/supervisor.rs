@@ -87,8 +87,8 @@ pub(crate) fn timespec(d: Duration) -> rustix::event::Timespec {
     }
 }
 
-/// The supervisor's main function; never returns. `prepared` is a sandbox made ahead of the
-/// run, used when the spec's layout matches it.
+/// The supervisor's main function for one run; never returns. `prepared` is a sandbox made
+/// ahead of the run, used when the spec's layout matches it.
 ///
 /// `zygotes` are the slot's ready warm runtimes; the exit code tells the keeper whether one
 /// was used and how it went (see `keeper::EXIT_WARM`).
@@ -100,40 +100,185 @@ pub(crate) fn supervise(
     zygotes: Vec<ZygoteHandle>,
     zygote_pids: &[i32],
 ) -> ! {
+    let mut prepared = prepared;
+    let code = supervise_one(conn, state, slot, &mut prepared, zygotes, zygote_pids);
+    drop(prepared);
+    sys::exit_now(code.code())
+}
+
+/// How a run went, for the keeper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Nothing ran (the caller went away before sending a spec, or sent a bad one).
+    Nothing,
+    /// A cold run: its sandbox is gone.
+    Cold,
+    /// Warm runtime `i`, started ahead in the prepared sandbox, ran it (and is gone).
+    Prestarted(i32),
+    /// Warm runtime `i` ran it and is fine; this supervisor may take another run.
+    Warm(i32),
+    /// Warm runtime `i` misbehaved; the run went cold.
+    WarmDoubt(i32),
+}
+
+impl Served {
+    /// The supervisor's exit code for this outcome.
+    pub(crate) fn code(self) -> i32 {
+        match self {
+            Served::Nothing | Served::Cold => 0,
+            Served::Warm(i) | Served::Prestarted(i) => EXIT_WARM + i,
+            Served::WarmDoubt(i) => EXIT_WARM_DOUBT + i,
+        }
+    }
+}
+
+/// Serves one run; returns how it went. A prepared sandbox that the run used is taken
+/// from `prepared` (and gone once this returns); one the run did not use stays.
+pub(crate) fn supervise_one(
+    conn: std::os::fd::OwnedFd,
+    state: &HelperState,
+    slot: &SlotContext<'_>,
+    prepared: &mut Option<Sandbox>,
+    zygotes: Vec<ZygoteHandle>,
+    zygote_pids: &[i32],
+) -> Served {
     let mut sock = UnixStream::from(conn);
     let spec = match read_spec(&mut sock) {
         Ok(Some(spec)) => spec,
-        Ok(None) => sys::exit_now(0),
+        Ok(None) => return Served::Nothing,
         Err(f) => {
             let _ = protocol::write_frame(&mut sock, &Event::Finished(Err(f)));
-            sys::exit_now(0)
+            return Served::Nothing;
         }
     };
     // The sandbox outlives the answer: tearing its namespaces down takes a while and the
     // caller need not wait for it. The slot's keeper hands out its next run only once this
-    // process has exited, so that run still starts on a clean slot.
+    // one is cleaned up, so that run still starts on a clean slot.
     let mut used = None;
-    let (result, code) = match pick_zygote(&spec, state, zygotes) {
+    let (result, served) = match pick_zygote(&spec, state, zygotes) {
         Some(z) => {
-            drop(prepared);
             let index = i32::try_from(z.index).unwrap_or(0);
             let result = run_warm(&spec, state, slot, &mut sock, z);
-            let code = if result.is_ok() {
-                EXIT_WARM + index
+            if zygote_failed(&result) {
+                // The zygote died or misbehaved (its keeper replaces it): the run is not
+                // lost, it runs again the usual way.
+                let fitting = prepared.take().filter(|p| p.fits(&spec));
+                let cold = run(&spec, state, slot, &mut sock, fitting, &mut used);
+                (cold, Served::WarmDoubt(index))
             } else {
-                EXIT_WARM_DOUBT + index
-            };
-            (result, code)
+                (result, Served::Warm(index))
+            }
         }
-        None => (run(&spec, state, slot, &mut sock, prepared, &mut used), 0),
+        None => match prestarted_for(prepared.as_ref(), &spec, state) {
+            // The program is started already in the prepared sandbox.
+            Some((index, idle_memory)) => {
+                let mut result = run(&spec, state, slot, &mut sock, prepared.take(), &mut used);
+                if result.is_err() {
+                    // It could not take the run (it died waiting, say): run it the usual
+                    // way in a fresh sandbox, and the run is not lost.
+                    if let Some(mut s) = used.take() {
+                        s.init.kill_and_reap();
+                    }
+                    let cold = run(&spec, state, slot, &mut sock, None, &mut used);
+                    return finish_run(
+                        sock,
+                        cold,
+                        Served::WarmDoubt(i32::try_from(index).unwrap_or(0)),
+                        used,
+                        prepared,
+                        slot,
+                        zygote_pids,
+                    );
+                }
+                if let Ok(o) = &mut result {
+                    o.warm = Some(crate::spec::WarmUse {
+                        runtime: state.config.warm[index].name.clone(),
+                        idle_memory,
+                    });
+                }
+                (
+                    result,
+                    Served::Prestarted(i32::try_from(index).unwrap_or(0)),
+                )
+            }
+            None => {
+                // (A prepared sandbox that does not fit is dropped here, killing its init.)
+                let fitting = prepared.take().filter(|p| p.fits(&spec));
+                (
+                    run(&spec, state, slot, &mut sock, fitting, &mut used),
+                    Served::Cold,
+                )
+            }
+        },
     };
+    finish_run(sock, result, served, used, prepared, slot, zygote_pids)
+}
+
+/// Sends the result, then tears down the run's sandbox and checks the slot.
+fn finish_run(
+    mut sock: UnixStream,
+    result: Result<SandboxOutcome, Failure>,
+    served: Served,
+    used: Option<Sandbox>,
+    prepared: &Option<Sandbox>,
+    slot: &SlotContext<'_>,
+    zygote_pids: &[i32],
+) -> Served {
     let _ = protocol::write_frame(&mut sock, &Event::Finished(result));
     drop(sock);
     if let Some(mut sandbox) = used {
         sandbox.init.kill_and_reap();
     }
-    kill_leftovers(slot, zygote_pids);
-    sys::exit_now(code)
+    // The prepared sandbox a warm run left unused is this supervisor's, not a leftover:
+    // its init and the program started ahead in it (its PID namespace).
+    let mut ours = zygote_pids.to_vec();
+    ours.extend(prepared.as_ref().map(|p| p.init.pid()));
+    let keep_ns = prepared.as_ref().and_then(|p| pid_namespace(p.init.pid()));
+    kill_leftovers(slot, &ours, keep_ns);
+    served
+}
+
+/// The PID namespace `pid` lives in (the inode of `/proc/PID/ns/pid`).
+fn pid_namespace(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Whether a run in a zygote failed because of the zygote rather than the program: cod
+/// could not start it there, or the zygote vanished before reporting how it ended.
+fn zygote_failed(result: &Result<SandboxOutcome, Failure>) -> bool {
+    match result {
+        Err(_) => true,
+        Ok(o) => o.stages.first().is_none_or(|s| {
+            s.exit == crate::spec::Exit::Unknown
+                && s.exec_errno.is_none()
+                && s.limit.is_none()
+                && !s.cancelled
+        }),
+    }
+}
+
+/// The runtime index (and its idle memory) of the program started ahead in `prepared`, if
+/// `spec` is a run of it: one stage naming its runtime and program, the same layout and
+/// environment.
+fn prestarted_for(
+    prepared: Option<&Sandbox>,
+    spec: &SandboxSpec,
+    st: &HelperState,
+) -> Option<(usize, u64)> {
+    let p = prepared?;
+    let pre = p.prestarted.as_ref()?;
+    let w = st.config.warm.get(pre.index)?;
+    let [stage] = spec.stages.as_slice() else {
+        return None;
+    };
+    let fits = stage.warm.as_deref() == Some(w.name.as_str())
+        && stage.argv.first().map(String::as_str) == Some(w.program())
+        && stage.env == w.env
+        && p.layout_fits(spec);
+    fits.then_some((pre.index, pre.idle_memory))
 }
 
 /// The zygote that can take `spec`, if any.
@@ -160,14 +305,15 @@ fn pick_zygote(
 /// Kills what is left in the slot's cgroup after a run: anything but cod's own processes
 /// (this supervisor, the keeper, the slot's zygotes). The run's PID namespace is gone by
 /// then, so this finds nothing unless something escaped it: check rather than trust.
-fn kill_leftovers(slot: &SlotContext<'_>, zygote_pids: &[i32]) {
+fn kill_leftovers(slot: &SlotContext<'_>, zygote_pids: &[i32], keep_ns: Option<u64>) {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     if let Ok(procs) = slot.cgroup.procs() {
-        crate::cgroup::kill_and_wait(
-            procs
-                .into_iter()
-                .filter(|p| *p != me && *p != slot.keeper && !zygote_pids.contains(p)),
-        );
+        crate::cgroup::kill_and_wait(procs.into_iter().filter(|p| {
+            *p != me
+                && *p != slot.keeper
+                && !zygote_pids.contains(p)
+                && (keep_ns.is_none() || pid_namespace(*p) != keep_ns)
+        }));
     }
 }
 
@@ -188,7 +334,7 @@ fn run_warm(
     let mut outcome = SandboxOutcome::default();
     let mut inbox = Inbox::default();
     let (o, _) = run_stage(
-        &sandbox,
+        &mut sandbox,
         st,
         slot,
         spec,
@@ -277,6 +423,19 @@ fn stage_rlimits(s: &StageSpec, disk: u64, config: &JailConfig) -> Vec<(Resource
     ]
 }
 
+/// Limits a program started ahead begins with: the largest any run may have (its run then
+/// lowers them to its own, which needs no privilege).
+pub(crate) fn prestart_rlimits(config: &JailConfig) -> Vec<(Resource, u64)> {
+    vec![
+        rlimit(Resource::Cpu, u64::MAX),
+        rlimit(Resource::Fsize, u64::MAX),
+        rlimit(Resource::Nofile, config.open_files),
+        rlimit(Resource::Stack, config.stack),
+        rlimit(Resource::Core, 0),
+        rlimit(Resource::Memlock, 0),
+    ]
+}
+
 /// Runs the whole sandbox.
 fn run(
     spec: &SandboxSpec,
@@ -287,9 +446,8 @@ fn run(
     used: &mut Option<Sandbox>,
 ) -> Result<SandboxOutcome, Failure> {
     validate(spec, slot.slot)?;
-    let sandbox = match prepared.filter(|p| p.fits(spec)) {
+    let sandbox = match prepared {
         Some(p) => p,
-        // (A prepared sandbox that does not fit is dropped here, killing its init.)
         None => Sandbox::prepare(st, slot, Layout::of(spec), &[sock.as_raw_fd()])?,
     };
     let sandbox = used.insert(sandbox);
@@ -301,7 +459,14 @@ fn run(
         let (o, init_alive) = run_stage(sandbox, st, slot, spec, i, stage, sock, &mut inbox)?;
         let ok = o.status() == cod_core::Status::Ok;
         outcome.stages.push(o);
-        if !init_alive || !ok {
+        if !init_alive {
+            // Killed (a limit, or the caller): its processes die with the init's namespace,
+            // which takes a moment; none of them outlives the answer. (A run that ended on
+            // its own left none: the init killed and reaped them before reporting.)
+            sandbox.init.kill_and_reap();
+            break;
+        }
+        if !ok {
             break;
         }
     }
@@ -311,7 +476,7 @@ fn run(
 /// Runs stage `i` in the prepared sandbox and watches it.
 #[allow(clippy::too_many_arguments)]
 fn run_stage(
-    sandbox: &Sandbox,
+    sandbox: &mut Sandbox,
     st: &HelperState,
     slot: &SlotContext<'_>,
     spec: &SandboxSpec,
@@ -326,23 +491,35 @@ fn run_stage(
         // On top of the tasks already in the slot (keeper, this supervisor, the init).
         pids: stage.limits.processes,
     };
+    // A program started ahead may still be starting: its start-up is not the run's.
+    if let Some(pre) = &sandbox.prestarted {
+        Sandbox::wait_prestarted(pre)?;
+    }
     let base = cg
         .prepare(limits)
         .map_err(|e| failure("setting the slot's limits", None, error_chain(&e)))?;
     let own_base = own_cpu();
-    let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(errno_failure("creating a pipe"));
-    let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
-    let plan = init::encode_plan(
-        &stage_rlimits(stage, spec.disk, &st.config),
-        &stage.argv,
-        &stage.env,
-    );
-    // The stage's wall time starts before the init is told to fork the program: taken after,
-    // it would miss however long the program ran before this process got the CPU back
-    // (whole short programs, on a busy machine).
-    let start = Instant::now();
-    sandbox.start_stage(&plan, [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()])?;
-    drop((in_r, out_w, err_w));
+    let rlimits = stage_rlimits(stage, spec.disk, &st.config);
+    let (start, in_w, out_r, err_r) = match sandbox.prestarted.take() {
+        // The program is running already, waiting for its arguments.
+        Some(pre) => {
+            let start = Instant::now();
+            sandbox.go(pre.args, &rlimits, &stage.argv)?;
+            (start, pre.stdin, pre.stdout, pre.stderr)
+        }
+        None => {
+            let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(errno_failure("creating a pipe"));
+            let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?, pipe()?);
+            let plan = init::encode_plan(&rlimits, &stage.argv, &stage.env);
+            // The stage's wall time starts before the init is told to fork the program:
+            // taken after, it would miss however long the program ran before this process
+            // got the CPU back (whole short programs, on a busy machine).
+            let start = Instant::now();
+            sandbox.start_stage(&plan, [in_r.as_fd(), out_w.as_fd(), err_w.as_fd()])?;
+            drop((in_r, out_w, err_w));
+            (start, in_w, out_r, err_r)
+        }
+    };
     // A zygote answers with a pidfd of the run's own init, which is what a limit kills.
     let run_init = if sandbox.is_zygote() {
         sandbox.stage_started()?

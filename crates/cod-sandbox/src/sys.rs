@@ -206,6 +206,21 @@ pub(crate) fn reset_signals() {
     }
 }
 
+/// `wait4(-1, ..)`: waits for any child; returns its pid, raw wait status and peak resident
+/// memory in KiB (the largest of the child and the descendants it waited for).
+pub(crate) fn wait_any() -> Result<(i32, i32, i64), Errno> {
+    let mut status = 0;
+    // SAFETY: `ru` is plain data the kernel fills in; zeroed is a valid value for it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers point at locals that outlive the call.
+    let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut ru) };
+    if pid < 0 {
+        Err(errno())
+    } else {
+        Ok((pid, status, ru.ru_maxrss))
+    }
+}
+
 /// Unblocks every signal, leaving dispositions as they are.
 pub(crate) fn unblock_signals() {
     // SAFETY: `set` is a local, fully initialised by sigemptyset before use; the old-mask

@@ -289,6 +289,7 @@ impl Watch<'_> {
         let mut next_cpu_check = start + self.limits.cpu.clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
         let mut next_usage = start + USAGE_EVERY;
         let mut report: Option<(i32, i32)> = None;
+        let mut peak_kib: u64 = 0;
         let mut init_dead = false;
         let mut killed: Option<LimitReason> = None;
         let mut cancelled = false;
@@ -425,8 +426,9 @@ impl Watch<'_> {
 
             if r_report {
                 match read_report(self.report).map_err(io_failure("reading the init's report"))? {
-                    Some((init::REPORT_STAGE_DONE, status, exec_errno, _)) => {
+                    Some((init::REPORT_STAGE_DONE, status, exec_errno, peak)) => {
                         report = Some((status, exec_errno));
+                        peak_kib = u64::try_from(peak).unwrap_or(0);
                         end.get_or_insert_with(Instant::now);
                     }
                     Some((init::REPORT_NOT_STARTED, errno, index, what)) => {
@@ -569,7 +571,13 @@ impl Watch<'_> {
                 stderr_truncated: err.truncated,
                 cpu: usage.cpu,
                 wall,
-                memory_peak: usage.memory_peak,
+                // The slot's peak over its usage at the start, and at least the largest
+                // resident size of the run's processes (memory cod's own processes free
+                // meanwhile must not hide the program's), which counts shared library
+                // pages too: never more than the limit.
+                memory_peak: usage
+                    .memory_peak
+                    .max(peak_kib.saturating_mul(1024).min(self.limits.memory.get())),
             },
             alive,
         ))

@@ -139,7 +139,11 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
         library,
         program,
         preload,
-    } = &warm.kind;
+    } = &warm.kind
+    else {
+        init::report(p.report, REPORT_WARM_FAILED, WARM_SETUP, libc::EINVAL, 0);
+        sys::exit_now(1);
+    };
     // Nothing of the keeper's stays open here: a copy of its socket to the helper, say,
     // would hide the keeper's death from the helper.
     sys::close_all_but(&[p.cmd, p.report]);
@@ -192,7 +196,7 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
         last_g: None,
     };
     loop {
-        let mut fds = [-1; 3];
+        let mut fds = [-1; 5];
         let Some((len, nfds)) = init::receive(p.cmd, &mut bufs.message, &mut fds) else {
             sys::exit_now(0)
         };
@@ -235,7 +239,7 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
                 }
             }
             CMD_STAGE if nfds == 3 => {
-                let stdio = fds;
+                let stdio = [fds[0], fds[1], fds[2]];
                 file_index = -1;
                 let run_scratch = match scratch.take() {
                     Some(s) => Ok(s),
@@ -454,7 +458,7 @@ impl Zygote<'_> {
         // G's report: the program's wait status and the errno of a failed set-up, written
         // once every process of the run is gone; nothing if G was killed (a limit, or the
         // caller cancelled), which the kernel then finishes by killing the rest.
-        let mut buf = [0u8; 8];
+        let mut buf = [0u8; 12];
         let mut got = 0;
         while got < buf.len() {
             match rustix::io::read(&status_r, &mut buf[got..]) {
@@ -464,11 +468,9 @@ impl Zygote<'_> {
                 Err(_) => break,
             }
         }
-        let (status, errno) = if got == 8 {
-            (
-                i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]),
-                i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]),
-            )
+        let word = |i: usize| i32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+        let (status, errno, peak) = if got == 12 {
+            (word(0), word(4), word(8))
         } else {
             // Killed: wait until its namespace is empty, so that the run is over when this
             // is reported.
@@ -485,9 +487,9 @@ impl Zygote<'_> {
                     }
                 }
             }
-            (g_status, 0)
+            (g_status, 0, 0)
         };
-        init::report(p.report, REPORT_STAGE_DONE, status, errno, 0);
+        init::report(p.report, REPORT_STAGE_DONE, status, errno, peak);
     }
 
     /// `G`: pid 1 of the run's PID namespace. Tells the supervisor how to kill it, mounts
@@ -496,10 +498,11 @@ impl Zygote<'_> {
     fn g_main(&self, a: &GArgs<'_, '_>) -> ! {
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
         let status_w = init::fd(a.status_w);
-        let tell = |status: i32, errno: i32| {
-            let mut buf = [0u8; 8];
+        let tell = |status: i32, errno: i32, peak: i32| {
+            let mut buf = [0u8; 12];
             buf[..4].copy_from_slice(&status.to_le_bytes());
-            buf[4..].copy_from_slice(&errno.to_le_bytes());
+            buf[4..8].copy_from_slice(&errno.to_le_bytes());
+            buf[8..].copy_from_slice(&peak.to_le_bytes());
             let _ = rustix::io::write(status_w, &buf);
         };
         sys::close(a.status_r);
@@ -513,13 +516,13 @@ impl Zygote<'_> {
         sys::close(self.p.cmd);
         sys::close(self.p.report);
         if let Err(e) = mount_run(a.scratch) {
-            tell(0, e.raw_os_error());
+            tell(0, e.raw_os_error(), 0);
             sys::exit_now(1);
         }
         let (err_r, err_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
             Ok(pair) => pair,
             Err(e) => {
-                tell(0, e.raw_os_error());
+                tell(0, e.raw_os_error(), 0);
                 sys::exit_now(1);
             }
         };
@@ -538,7 +541,7 @@ impl Zygote<'_> {
             sys::close(f);
         }
         if h < 0 {
-            tell(0, sys::errno().raw_os_error());
+            tell(0, sys::errno().raw_os_error(), 0);
             sys::exit_now(1);
         }
         let mut errno_buf = [0u8; 4];
@@ -557,22 +560,10 @@ impl Zygote<'_> {
             0
         };
         drop(err_r);
-        let mut status = 0;
-        loop {
-            match rustix::process::wait(WaitOptions::empty()) {
-                Ok(Some((pid, st))) if pid.as_raw_nonzero().get() == h => {
-                    status = st.as_raw();
-                    break;
-                }
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(_) => break,
-            }
-        }
-        // Whatever the program left behind (daemons, double forks) dies now, and is reaped
+        // Whatever the program leaves behind (daemons, double forks) dies too, and is reaped
         // before the status goes out: when the zygote reports, the run is over.
-        let _ = sys::kill_all_but_self();
-        while let Ok(Some(_)) | Err(Errno::INTR) = rustix::process::wait(WaitOptions::empty()) {}
-        tell(status, errno);
+        let (status, peak) = init::finish_stage(h);
+        tell(status, errno, peak);
         sys::exit_now(0)
     }
 
@@ -589,7 +580,7 @@ impl Zygote<'_> {
         }
         let mut err_fd = err_w.as_raw_fd();
         std::mem::forget(err_w);
-        let errno = match init::prepare_exec(self.p, plan, stdio, &mut err_fd, false) {
+        let errno = match init::prepare_exec(self.p, plan, stdio, &[], &mut err_fd, false) {
             Ok(()) => {
                 // SAFETY: argv[0] points at a NUL-terminated string in the message buffer.
                 let argv0 = unsafe { CStr::from_ptr(plan.argv[0]) };

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cod_core::Status;
 use cod_sandbox::{
     FileEntry, Jail, JailConfig, SandboxOutcome, StageOutcome, WarmKind, WarmRuntime,
 };
-use common::{ENV, Run, describe, error_chain, helper, layout};
+use common::{ENV, Run, describe, error_chain, helper, host_processes_with_uid, layout};
 
 const UID_BASE: u32 = 63_000;
 const PYTHON: &str = "/usr/bin/python3";
@@ -108,4 +109,458 @@ fn a_warm_run_behaves_like_python3_main_py() {
         describe(&o)
     );
     assert_eq!(o.exit, cod_sandbox::Exit::Code(3), "{}", describe(&o));
+}
+
+/// The same script, cold (a fresh `python3`), for comparison.
+fn cold(mut run: Run) -> Run {
+    run.spec.stages[0].warm = None;
+    run
+}
+
+#[test]
+fn warm_runs_end_exactly_like_cold_ones() {
+    let jail = warm_jail(UID_BASE + 10, &[2]);
+    run_warm(&jail, &script(2, "pass", &[]));
+    let scripts: &[(&str, &[u8])] = &[
+        (
+            "import sys\nprint(sys.argv, __name__, __file__, sys.path[0])\nsys.exit(3)\n",
+            b"",
+        ),
+        ("def f():\n    raise ValueError('boom')\nf()\n", b""),
+        ("import sys\nsys.exit('a message')\n", b""),
+        ("print(\n", b""),
+        (
+            "import atexit\natexit.register(lambda: print('bye'))\nprint('hi')\n",
+            b"",
+        ),
+        (
+            "class A:\n    def __del__(self):\n        print('del')\na = A()\nprint('end')\n",
+            b"",
+        ),
+        (
+            "import threading, time\ndef f():\n    time.sleep(0.05)\n    print('thread')\nthreading.Thread(target=f).start()\nprint('main')\n",
+            b"",
+        ),
+        (
+            "import os, signal\nprint('x', flush=True)\nos.kill(os.getpid(), signal.SIGTERM)\n",
+            b"",
+        ),
+        ("print(input()[::-1])\nprint(input())\n", b"abc\nline 2\n"),
+        (
+            "import os\nprint(os.getcwd(), os.getuid(), sorted(os.environ))\n",
+            b"",
+        ),
+        (
+            "import sys\nprint(sys.stdout.encoding, sys.stdin.isatty(), sys.flags.optimize)\n",
+            b"",
+        ),
+        ("import sys\nsys.stdout.write('no newline')\n", b""),
+    ];
+    for (src, stdin) in scripts {
+        let mut warm_run = script(2, src, &["x", "y"]);
+        warm_run.spec.stages[0].stdin = stdin.to_vec();
+        let w = run_warm(&jail, &warm_run);
+        let c = cold(warm_run).run_on(&jail);
+        assert_eq!(
+            (&w.exit, &w.stdout, &w.stderr),
+            (&c.exit, &c.stdout, &c.stderr),
+            "{src}\n--- warm\n{}\n--- cold\n{}",
+            describe(&w),
+            describe(&c)
+        );
+    }
+}
+
+/// A run that leaves everything it can behind: files, a daemon, patched modules and
+/// builtins, environment, SysV shared memory, and a big allocation and CPU burn; prints its
+/// random numbers.
+const LITTER: &str = r#"
+import os, sys, random, json, collections, builtins, subprocess, time
+for p in ("/box/left", "/tmp/left", "/dev/shm/left"):
+    open(p, "w").write("x")
+subprocess.Popen(["/usr/bin/sleep", "60"], start_new_session=True)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+json.dumps = None
+collections.LEFT = 1
+builtins.LEFT = 1
+random.seed(42)
+os.environ["LEFT"] = "1"
+os.putenv("LEFT2", "1")
+hog = bytearray(96 << 20)
+for i in range(0, len(hog), 4096):
+    hog[i] = 1
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+print("random", random.random())
+"#;
+
+/// What the next run sees of all that.
+const LOOK: &str = r#"
+import os, sys, random, json, collections, builtins
+print("box", sorted(os.listdir("/box")))
+print("tmp", sorted(os.listdir("/tmp")))
+print("shm", sorted(os.listdir("/dev/shm")))
+print("pids", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
+print("json", json.dumps({"a": 1}))
+print("collections", hasattr(collections, "LEFT"))
+print("builtins", hasattr(builtins, "LEFT"))
+print("env", "LEFT" in os.environ or "LEFT2" in os.environ)
+print("random", random.random())
+"#;
+
+fn kv(o: &StageOutcome) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn nothing_of_a_warm_run_reaches_the_next() {
+    let slot = 3;
+    let jail = warm_jail(UID_BASE + 20, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    let a = run_warm(&jail, &script(slot, LITTER, &[]));
+    assert_eq!(a.status(), Status::Ok, "{}", describe(&a));
+    assert!(a.memory_peak > 90 << 20, "the hog shows: {}", describe(&a));
+    assert!(a.cpu.as_millis() >= 290, "the burn shows: {}", describe(&a));
+    // The daemons died with the run: no process of the slot's program uid is left.
+    assert_eq!(
+        host_processes_with_uid(UID_BASE + 20 + slot..UID_BASE + 21 + slot),
+        vec![]
+    );
+
+    let b = run_warm(&jail, &script(slot, LOOK, &[]));
+    let f = kv(&b);
+    let d = describe(&b);
+    assert_eq!(f["box"], "['main.py']", "{d}");
+    assert_eq!(f["tmp"], "[]", "{d}");
+    assert_eq!(f["shm"], "[]", "{d}");
+    // Only the run's own process is visible (its namespace's init is not its uid's).
+    assert_eq!(f["pids"], "[2]", "{d}");
+    assert_eq!(f["json"], "{\"a\": 1}", "{d}");
+    assert_eq!(f["collections"], "False", "{d}");
+    assert_eq!(f["builtins"], "False", "{d}");
+    assert_eq!(f["env"], "False", "{d}");
+    assert_ne!(f["random"], kv(&a)["random"], "{d}");
+    // Accounting: B's figures are its own, not A's 96 MiB and 0.3 s.
+    assert!(b.memory_peak < 32 << 20, "{d}");
+    assert!(b.cpu.as_millis() < 150, "{d}");
+}
+
+#[test]
+fn random_numbers_differ_between_runs() {
+    let jail = warm_jail(UID_BASE + 30, &[4]);
+    let src = "import random, os\nprint(random.random(), random.getrandbits(64), os.urandom(8).hex(), hash('cod') != 0)";
+    run_warm(&jail, &script(4, "pass", &[]));
+    let outs: Vec<Vec<u8>> = (0..3)
+        .map(|_| run_warm(&jail, &script(4, src, &[])).stdout)
+        .collect();
+    assert_ne!(outs[0], outs[1]);
+    assert_ne!(outs[1], outs[2]);
+    assert_ne!(outs[0], outs[2]);
+}
+
+#[test]
+fn a_run_with_its_own_environment_sees_exactly_it() {
+    let jail = warm_jail(UID_BASE + 40, &[5]);
+    run_warm(&jail, &script(5, "pass", &[]));
+    let src = "import os\nprint(sorted(os.environ.items()))\nprint(os.getenv('EXTRA'))";
+    let mut run = script(5, src, &[]);
+    let mut env: Vec<String> = ENV.iter().map(|s| (*s).to_owned()).collect();
+    env.push("EXTRA=yes".into());
+    run.spec.stages[0].env = env;
+    let w = run_warm(&jail, &run);
+    let c = cold(run).run_on(&jail);
+    assert_eq!(w.stdout, c.stdout, "{}\n{}", describe(&w), describe(&c));
+    assert!(
+        String::from_utf8_lossy(&w.stdout).ends_with("yes\n"),
+        "{}",
+        describe(&w)
+    );
+}
+
+#[test]
+fn concurrent_warm_runs_see_only_their_own_files() {
+    let jail = warm_jail(UID_BASE + 50, &[6, 7]);
+    for s in [6, 7] {
+        run_warm(&jail, &script(s, "pass", &[]));
+    }
+    let src = "import os, sys, time\nopen('/box/mine-' + sys.argv[1], 'w').close()\nopen('/tmp/mine-' + sys.argv[1], 'w').close()\ntime.sleep(0.3)\nprint(sorted(os.listdir('/box')), sorted(os.listdir('/tmp')))";
+    let outs: Vec<StageOutcome> = std::thread::scope(|sc| {
+        let hs: Vec<_> = [6u32, 7]
+            .into_iter()
+            .map(|s| {
+                let jail = &jail;
+                sc.spawn(move || run_warm(jail, &script(s, src, &[&s.to_string()])))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    for (o, s) in outs.iter().zip([6, 7]) {
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("['main.py', 'mine-{s}'] ['mine-{s}']\n"),
+            "{}",
+            describe(o)
+        );
+    }
+}
+
+/// Host pids of processes running libpython with host uid `uid` (a slot's zygote).
+fn zygotes_of(uid: u32) -> Vec<u32> {
+    host_processes_with_uid(uid..uid + 1)
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_ok_and(|m| m.contains("libpython"))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+#[test]
+fn a_killed_zygote_is_replaced_and_no_run_is_lost() {
+    let (base, slot) = (UID_BASE + 60, 8);
+    let jail = warm_jail(base, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    // The zygote's init runs as the slot's init uid (uid_base + slots + slot).
+    let init_uid = base + common::SLOTS + slot;
+    for round in 0..3 {
+        let z = zygotes_of(init_uid);
+        assert_eq!(z.len(), 1, "round {round}: one zygote: {z:?}");
+        let st = std::process::Command::new("kill")
+            .args(["-9", &z[0].to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(st.success());
+        // The very next run must not be lost, whatever state the slot is in.
+        let o = run_full(&jail, &script(slot, "print(6 * 7)", &[]));
+        let stage = &o.stages[0];
+        assert_eq!(stage.status(), Status::Ok, "{}", describe(stage));
+        assert_eq!(stage.stdout, b"42\n");
+        // And the slot is warm again.
+        let again = run_warm(&jail, &script(slot, "print(1)", &[]));
+        assert_eq!(again.stdout, b"1\n");
+    }
+}
+
+#[test]
+fn a_slot_told_to_stop_ends_its_zygote() {
+    let (base, slot) = (UID_BASE + 70, 9);
+    let jail = warm_jail(base, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    let init_uid = base + common::SLOTS + slot;
+    assert_eq!(zygotes_of(init_uid).len(), 1);
+    jail.set_warm(slot, 0).expect("the mask is set");
+    // The keeper ends it when it reads the mask; a run after that is cold.
+    let o = run_full(&jail, &script(slot, "print(1)", &[]));
+    assert!(o.warm.is_none(), "{o:?}");
+    assert_eq!(zygotes_of(init_uid), Vec::<u32>::new());
+}
+
+#[test]
+fn a_memory_hog_in_a_warm_run_gets_the_memory_verdict_and_the_zygote_survives() {
+    let slot = 10;
+    let jail = warm_jail(UID_BASE + 80, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    let hog = script(
+        slot,
+        "x = bytearray(1 << 30)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n",
+        &[],
+    )
+    .limits(|l| l.memory = cod_core::Bytes::mib(64));
+    let o = run_warm(&jail, &hog);
+    assert_eq!(o.status(), Status::MemoryLimit, "{}", describe(&o));
+    let next = run_warm(&jail, &script(slot, "print('still here')", &[]));
+    assert_eq!(next.stdout, b"still here\n");
+}
+
+/// Where the test's Node.js bootstrap is bound in the sandbox.
+const NODE_BOOT: &str = "/opt/cod/warm/node-bootstrap.js";
+
+/// The bind of the test's bootstrap (written once per test process).
+fn node_boot_bind() -> cod_sandbox::Bind {
+    static FILE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = FILE.get_or_init(|| {
+        let d = tempfile::tempdir().expect("a temp dir");
+        let code = r#"'use strict';
+const fs = require('fs');
+fs.writeSync(5, 'R');
+fs.closeSync(5);
+const chunks = [];
+const buf = Buffer.alloc(65536);
+for (;;) { const n = fs.readSync(4, buf, 0, buf.length, null); if (n === 0) break; chunks.push(Buffer.from(buf.subarray(0, n))); }
+fs.closeSync(4);
+const args = Buffer.concat(chunks).toString('utf8').split('\0'); args.pop();
+process.argv = [process.argv[0], require('path').resolve(args[0]), ...args.slice(1)];
+require('module').runMain();
+"#;
+        std::fs::write(d.path().join("boot.js"), code).expect("written");
+        d
+    });
+    cod_sandbox::Bind {
+        src: dir.path().join("boot.js"),
+        dst: NODE_BOOT.into(),
+    }
+}
+
+/// A Node.js started ahead: the bootstrap reads the script and arguments on fd 4.
+fn node_runtime() -> WarmRuntime {
+    let mut layout = layout();
+    layout.binds.push(node_boot_bind());
+    WarmRuntime {
+        name: "javascript".into(),
+        layout,
+        env: ENV.iter().map(|s| (*s).to_owned()).collect(),
+        kind: WarmKind::Prestart {
+            program: "/usr/bin/node".into(),
+            argv: vec!["/usr/bin/node".into(), NODE_BOOT.into()],
+        },
+    }
+}
+
+fn node_jail(uid_base: u32, slot: u32) -> Jail {
+    let config = JailConfig {
+        slots: common::SLOTS,
+        uid_base,
+        prepared: Some(layout()),
+        warm: vec![runtime(), node_runtime()],
+        ..Default::default()
+    };
+    let jail = Jail::spawn(helper(), &[], &config)
+        .unwrap_or_else(|e| panic!("the jail did not start: {}", error_chain(&e)));
+    jail.set_warm(slot, 0b10).expect("the warm mask is set");
+    jail
+}
+
+fn js(slot: u32, source: &str, args: &[&str]) -> Run {
+    let mut argv = vec!["/usr/bin/node", "main.js"];
+    argv.extend_from_slice(args);
+    let mut run = Run::cmd(slot, &argv);
+    run.spec.files.push(FileEntry {
+        name: "main.js".into(),
+        content: source.as_bytes().to_vec(),
+        executable: false,
+    });
+    run.spec.stages[0].warm = Some("javascript".into());
+    run.spec.binds.push(node_boot_bind());
+    run
+}
+
+#[test]
+fn node_started_ahead_runs_the_program_like_a_fresh_node() {
+    if !std::path::Path::new("/usr/bin/node").exists() {
+        eprintln!("no /usr/bin/node here; nothing to test");
+        return;
+    }
+    let slot = 12;
+    let jail = node_jail(UID_BASE + 90, slot);
+    let src = "const fs = require('fs');\nconsole.log(process.argv.slice(1), __filename, require.main === module, process.execArgv, process.cwd());\nconsole.log(fs.readdirSync('/proc/self/fd').sort().join(','));\nlet s = ''; process.stdin.on('data', d => s += d); process.stdin.on('end', () => { console.log('in:' + s); process.exitCode = 4; });\n";
+    let mut run = js(slot, src, &["a", "b"]);
+    run.spec.stages[0].stdin = b"typed".to_vec();
+    let w = run_warm(&jail, &run);
+    let c = cold(run).run_on(&jail);
+    assert_eq!(
+        (&w.exit, &w.stdout, &w.stderr),
+        (&c.exit, &c.stdout, &c.stderr),
+        "--- warm\n{}\n--- cold\n{}",
+        describe(&w),
+        describe(&c)
+    );
+    assert_eq!(w.exit, cod_sandbox::Exit::Code(4), "{}", describe(&w));
+    // And each run gets a fresh one: nothing carries over.
+    let a = run_warm(
+        &jail,
+        &js(
+            slot,
+            "globalThis.leak = 1; require('fs').writeFileSync('/tmp/x', 'y'); console.log('a')",
+            &[],
+        ),
+    );
+    assert_eq!(a.stdout, b"a\n");
+    let b = run_warm(
+        &jail,
+        &js(
+            slot,
+            "console.log(typeof globalThis.leak, require('fs').existsSync('/tmp/x'))",
+            &[],
+        ),
+    );
+    assert_eq!(b.stdout, b"undefined false\n", "{}", describe(&b));
+    // Limits still apply.
+    let spin = js(slot, "for (;;) {}", &[]).limits(|l| l.cpu = Duration::from_millis(300));
+    let o = run_warm(&jail, &spin);
+    assert_eq!(o.status(), Status::TimeLimit, "{}", describe(&o));
+}
+
+#[test]
+fn a_program_started_ahead_that_died_does_not_lose_the_run() {
+    if !std::path::Path::new("/usr/bin/node").exists() {
+        eprintln!("no /usr/bin/node here; nothing to test");
+        return;
+    }
+    let slot = 14;
+    let mut broken = node_runtime();
+    // Its bootstrap does not exist: node exits at once, before any run.
+    broken.kind = WarmKind::Prestart {
+        program: "/usr/bin/node".into(),
+        argv: vec!["/usr/bin/node".into(), "/opt/cod/warm/missing.js".into()],
+    };
+    let config = JailConfig {
+        slots: common::SLOTS,
+        uid_base: UID_BASE + 100,
+        prepared: Some(layout()),
+        warm: vec![runtime(), broken],
+        ..Default::default()
+    };
+    let jail = Jail::spawn(helper(), &[], &config).expect("the jail starts");
+    jail.set_warm(slot, 0b10).expect("the mask is set");
+    for _ in 0..5 {
+        let o = run_full(&jail, &js(slot, "console.log(6 * 7)", &[]));
+        let s = &o.stages[0];
+        assert_eq!(s.status(), Status::Ok, "{}", describe(s));
+        assert_eq!(s.stdout, b"42\n", "{}", describe(s));
+    }
+}
+
+/// Not a test: `cargo test --release -p cod-sandbox --test warm throughput -- --ignored
+/// --nocapture` prints warm `print(1)` runs per second through the jail with two clients.
+#[test]
+#[ignore]
+fn throughput() {
+    let jail = warm_jail(UID_BASE + 300, &[20, 21]);
+    for s in [20, 21] {
+        run_warm(&jail, &script(s, "print(1)", &[]));
+    }
+    let secs = 4;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let total: u64 = std::thread::scope(|sc| {
+        let hs: Vec<_> = [20u32, 21]
+            .into_iter()
+            .map(|s| {
+                let jail = &jail;
+                sc.spawn(move || {
+                    let run = script(s, "print(1)", &[]);
+                    let mut n = 0;
+                    while Instant::now() < end {
+                        let o = run_full(jail, &run);
+                        assert!(o.warm.is_some());
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("no panic")).sum()
+    });
+    eprintln!("{} runs/s", total / secs);
 }

@@ -27,14 +27,16 @@ use crate::cli::BenchArgs;
 /// Runs before measuring each scenario, to warm caches.
 const WARMUP: usize = 3;
 
+/// Median, p99 and minimum of a set of times.
 #[derive(Debug, Serialize)]
-struct Stats {
-    median_ms: f64,
-    p99_ms: f64,
-    min_ms: f64,
+pub(crate) struct Stats {
+    pub(crate) median_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) min_ms: f64,
 }
 
-fn stats(mut v: Vec<Duration>) -> Stats {
+/// The [`Stats`] of `v` (not empty).
+pub(crate) fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let idx = |q: f64| {
@@ -74,6 +76,10 @@ struct Report {
     kernel: String,
     cgroup: String,
     rows: Vec<Row>,
+    /// Private memory of one idle Python zygote (a warm slot), bytes.
+    warm_idle_memory: Option<u64>,
+    /// The API suite, if it ran.
+    api: Option<super::bench_api::ApiReport>,
 }
 
 /// One program to measure: the sandbox spec cod runs, and how to replay it outside.
@@ -205,12 +211,15 @@ fn run_bwrap(sc: &Scenario, host: &HostLayout) -> anyhow::Result<Duration> {
     })
 }
 
-async fn run_cod(jail: &Jail, sc: &Scenario) -> anyhow::Result<Duration> {
+async fn run_cod(jail: &Jail, sc: &Scenario, idle: &mut Option<u64>) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let out = run_in_jail(jail, sc.spec.clone())
         .await
         .map_err(|f| anyhow::anyhow!("{f}"))?;
     let elapsed = start.elapsed();
+    if let Some(w) = &out.warm {
+        *idle = Some(w.idle_memory);
+    }
     for (i, s) in out.stages.iter().enumerate() {
         if s.status() != Status::Ok {
             bail!(
@@ -295,12 +304,27 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    let suites: Vec<&str> = if args.suite.is_empty() {
+        vec!["sandbox", "api"]
+    } else {
+        args.suite.iter().map(String::as_str).collect()
+    };
+    if let Some(bad) = suites.iter().find(|s| !["sandbox", "api"].contains(s)) {
+        bail!("--suite {bad}: the suites are sandbox and api");
+    }
     let registry = super::load_registry(config)?;
     let jail = super::start_jail(config, 1, Some(&registry))?;
     let cgroup = format!("{:?}", jail.cgroup_mode());
+    // Slot 0 keeps the warm runtimes, as a server's slots do.
+    let _pool = super::start_pool(config, &jail, &registry);
     let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits));
     let host = executor.host().clone();
-    let scenarios = scenarios(&executor, &host, &args.languages)?;
+    let scenarios = if suites.contains(&"sandbox") {
+        scenarios(&executor, &host, &args.languages)?
+    } else {
+        Vec::new()
+    };
+    let mut warm_idle_memory = None;
     let use_bwrap = !args.no_bwrap
         && Command::new("bwrap")
             .arg("--version")
@@ -337,7 +361,7 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
             } else {
                 None
             };
-            let c = rt.block_on(run_cod(&jail, sc))?;
+            let c = rt.block_on(run_cod(&jail, sc, &mut warm_idle_memory))?;
             bar.inc(1);
             if i >= WARMUP {
                 raw.push(r);
@@ -362,6 +386,18 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
         });
     }
     bar.finish_and_clear();
+    drop(executor);
+    drop(jail);
+    let api = if suites.contains(&"api") {
+        Some(super::bench_api::run(
+            args.runs,
+            args.seconds,
+            &args.languages,
+            use_bwrap,
+        )?)
+    } else {
+        None
+    };
     let report = Report {
         runs: args.runs,
         cpus: super::cpus(),
@@ -371,6 +407,8 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
             .to_owned(),
         cgroup,
         rows,
+        warm_idle_memory,
+        api,
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -381,6 +419,21 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
 }
 
 fn print_table(r: &Report) {
+    if !r.rows.is_empty() {
+        print_sandbox(r);
+    }
+    if let Some(m) = r.warm_idle_memory {
+        println!(
+            "\nA warm Python slot (its zygote) holds {:.1} MiB of its own while idle.",
+            m as f64 / f64::from(1 << 20)
+        );
+    }
+    if let Some(api) = &r.api {
+        let _ = super::bench_api::print(api, &mut std::io::stdout());
+    }
+}
+
+fn print_sandbox(r: &Report) {
     println!(
         "cod bench: {} runs per contender, {} CPUs, kernel {}, cgroup {}; medians (p99) in ms",
         r.runs, r.cpus, r.kernel, r.cgroup

@@ -12,19 +12,29 @@ use axum::http::{Request, StatusCode, header};
 use cod_core::limits::LimitsPolicy;
 use cod_runtime::{Executor, Registry};
 use cod_sandbox::{Jail, JailConfig};
-use cod_sched::Admission;
+use cod_sched::Scheduler;
 use cod_server::AppState;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
+
+pub mod jobs;
+pub mod server;
 
 /// Upper bound for any single awaited operation in a test.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn registry() -> Arc<Registry> {
     static REG: OnceLock<Arc<Registry>> = OnceLock::new();
-    REG.get_or_init(|| Arc::new(Registry::load(None, &[]).expect("the built-in languages load")))
-        .clone()
+    REG.get_or_init(|| {
+        // As `cod serve` does, with the warm runtimes' files in a directory of the tests.
+        let reg = Registry::load(None, &[]).expect("the built-in languages load");
+        Arc::new(
+            reg.with_warm_files(&std::env::temp_dir().join("cod-tests-warm"))
+                .expect("the warm runtimes' files are written"),
+        )
+    })
+    .clone()
 }
 
 /// A fresh sandbox helper with `slots` slots (each test gets its own, so slots never clash).
@@ -35,14 +45,15 @@ pub fn jail(slots: u32) -> Arc<Jail> {
 /// Like [`jail`], with programs running as host uids from `uid_base` (tests that look for
 /// leftover processes use a range of their own, since other tests run in parallel).
 pub fn jail_with(slots: u32, uid_base: u32) -> Arc<Jail> {
-    // As `cod serve` does: each slot keeps a sandbox prepared for every language.
-    let prepared = cod_runtime::HostLayout::detect()
-        .with_languages(&registry())
-        .layout(cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get());
+    // As `cod serve` does: each slot keeps a sandbox prepared for every language, and may
+    // keep the warm runtimes (which ones: the pool of `state_on`).
+    let host = cod_runtime::HostLayout::detect().with_languages(&registry());
+    let disk = cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get();
     let config = JailConfig {
         slots,
         uid_base,
-        prepared: Some(prepared),
+        prepared: Some(host.layout(disk)),
+        warm: cod_runtime::warm_runtimes(&registry(), &host, disk),
         ..Default::default()
     };
     Arc::new(
@@ -72,11 +83,21 @@ pub fn state_on(
     max_body: usize,
     policy: LimitsPolicy,
 ) -> AppState {
-    AppState {
-        executor: Arc::new(Executor::new(jail, registry(), policy)),
-        admission: Admission::new(workers, queue),
+    // As `cod serve` does: warm runtimes in every slot.
+    let names = cod_runtime::warm_runtimes(
+        &registry(),
+        &cod_runtime::HostLayout::detect().with_languages(&registry()),
+        cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get(),
+    )
+    .into_iter()
+    .map(|w| w.name)
+    .collect();
+    let pool = cod_runtime::Pool::new(jail.clone(), names, Default::default());
+    AppState::new(
+        Arc::new(Executor::new(jail, registry(), policy).with_pool(pool)),
+        Scheduler::new(workers, queue),
         max_body,
-    }
+    )
 }
 
 pub fn state() -> AppState {
@@ -153,7 +174,11 @@ pub fn processes_of(uids: std::ops::Range<u32>) -> Vec<u32> {
             .find(|l| l.starts_with("Uid:"))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|u| u.parse().ok());
-        if uid.is_some_and(|u| uids.contains(&u)) {
+        // A program started ahead for the slot's next run (an idle Node.js waiting in the
+        // prepared sandbox) is not a leftover of a run.
+        let prestarted = std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("/opt/cod/warm/"));
+        if uid.is_some_and(|u| uids.contains(&u)) && !prestarted {
             out.push(pid);
         }
     }

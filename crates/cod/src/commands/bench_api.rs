@@ -1,0 +1,674 @@
+//! `cod bench --suite api`: what a user of the service feels, through `POST /api/v1/run` of a
+//! real `cod serve` on loopback, against running the same programs locally (and, where the
+//! goal says so, under bubblewrap), measured interleaved in the same run.
+//!
+//! Two servers are started from this very binary: one as configured by default (warm
+//! runtimes, compile cache, prebuilt headers) and, for the throughput comparison, one with
+//! the pool disabled. First-run scenarios change a comment in the source on every run, so
+//! that each one compiles; "cached" scenarios send the same source every time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::bench::{Stats, stats};
+
+/// One row of the API suite.
+#[derive(Debug, Serialize)]
+pub(crate) struct ApiRow {
+    /// What was run.
+    pub(crate) scenario: String,
+    /// Its baseline, in words.
+    pub(crate) baseline: String,
+    /// The baseline's times.
+    pub(crate) base: Stats,
+    /// cod's times, request to answer.
+    pub(crate) cod: Stats,
+    /// cod median / baseline median.
+    pub(crate) ratio: f64,
+    /// The issue's goal, in words.
+    pub(crate) goal: String,
+    /// Whether the goal is met in this run.
+    pub(crate) met: bool,
+}
+
+/// Runs per second.
+#[derive(Debug, Serialize)]
+pub(crate) struct Throughput {
+    /// Concurrent clients.
+    pub(crate) clients: usize,
+    /// With warm runtimes.
+    pub(crate) warm_per_s: f64,
+    /// Without (every run starts the interpreter).
+    pub(crate) cold_per_s: f64,
+    /// Raw `python3 -c 'print(1)'` with as many processes at once.
+    pub(crate) raw_per_s: f64,
+}
+
+/// The API suite's results.
+#[derive(Debug, Serialize)]
+pub(crate) struct ApiReport {
+    pub(crate) rows: Vec<ApiRow>,
+    pub(crate) throughput: Vec<Throughput>,
+    /// Size of Rust hello: statically linked (rustc's default) / cod's (libstd shared).
+    pub(crate) rust_static_bytes: u64,
+    pub(crate) rust_dynamic_bytes: u64,
+}
+
+/// A `cod serve` started for the bench.
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+    cache: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server drains and its helper removes its cgroups.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_server(
+    client: &reqwest::Client,
+    workers: usize,
+    uid_base: u32,
+    pool: bool,
+) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let cache = dir.path().join("cache");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nqueue = 1024\n\n\
+         [sandbox]\nuid_base = {uid_base}\n\n[cache]\ndir = {cache:?}\n\n[pool]\nenabled = {pool}\n"
+    );
+    let path = dir.path().join("cod.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(dir.path().join("serve.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting cod serve")?;
+    let server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+        cache,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{}/healthz", server.url)).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("cod serve did not answer /healthz within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(server)
+}
+
+/// Waits until the server's prebuilt files (the C++ header, the javac archive) exist.
+async fn wait_prebuilt(server: &Server) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let want = ["stdc++.h.gch", "javac.jsa"];
+    loop {
+        let found: Vec<&str> = want
+            .iter()
+            .copied()
+            .filter(|f| find_file(&server.cache.join("prebuilt"), f))
+            .collect();
+        if found.len() == want.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the prebuilt files did not appear within 300 s (found {found:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn find_file(dir: &Path, name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        p.file_name().is_some_and(|n| n == name) || (p.is_dir() && find_file(&p, name))
+    })
+}
+
+/// One request; checks the run ended `ok` with `expect` on stdout.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    expect: &str,
+) -> anyhow::Result<(Duration, Value)> {
+    let start = Instant::now();
+    let r = client
+        .post(format!("{url}/api/v1/run"))
+        .json(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    let took = start.elapsed();
+    if !status.is_success() || v["status"] != "ok" || v["stdout"] != expect {
+        bail!("{body} answered {status}: {v}");
+    }
+    Ok((took, v))
+}
+
+fn run_local(cmd: &mut Command, expect: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let took = start.elapsed();
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout) != expect {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+/// A local command with a clean environment, run in `dir`.
+fn local(dir: &Path, argv: &[&str]) -> Command {
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..])
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .env("LANG", "C.UTF-8");
+    c
+}
+
+/// `sh -c` in `dir` (a compile and a run, as one would type them).
+fn shell(dir: &Path, script: &str) -> Command {
+    local(dir, &["/bin/sh", "-c", script])
+}
+
+const C_HELLO: &str = "#include <stdio.h>\nint main(void) { puts(\"Hello, world!\"); return 0; }\n";
+const CPP_BITS: &str =
+    "#include <bits/stdc++.h>\nint main() { std::cout << \"Hello, world!\" << std::endl; }\n";
+const RUST_HELLO: &str = "fn main() { println!(\"Hello, world!\"); }\n";
+const JAVA_HELLO: &str = "public class Main {\n    public static void main(String[] args) {\n        System.out.println(\"Hello, world!\");\n    }\n}\n";
+const HELLO: &str = "Hello, world!\n";
+
+struct Case {
+    scenario: &'static str,
+    baseline: String,
+    goal: &'static str,
+    /// Whether cod/baseline `ratio` and cod's median (ms) meet the goal.
+    check: fn(f64, f64) -> bool,
+    language: &'static str,
+    source: &'static str,
+    /// Whether each run gets a fresh comment (so it compiles).
+    fresh: bool,
+    /// The comment syntax for `fresh`.
+    comment: &'static str,
+    expect: &'static str,
+    /// Prepares the baseline's directory once (writes files, compiles).
+    setup: Box<SetupFn>,
+    /// The baseline command for run `i`.
+    base: Box<BaseFn>,
+}
+
+/// Prepares a baseline's directory.
+type SetupFn = dyn Fn(&Path) -> anyhow::Result<()>;
+/// Builds the baseline command for run `i` in a directory.
+type BaseFn = dyn Fn(&Path, usize) -> anyhow::Result<Command>;
+
+fn rustc() -> PathBuf {
+    Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| PathBuf::from("/usr"), |s| PathBuf::from(s.trim()))
+        .join("bin/rustc")
+}
+
+fn cases(bwrap: bool) -> Vec<Case> {
+    let mut v = vec![
+        Case {
+            scenario: "python print(1)",
+            baseline: "local /usr/bin/python3 -c 'print(1)'".into(),
+            goal: "≤ 0.25 × local",
+            check: |r, _| r <= 0.25,
+            language: "python",
+            source: "print(1)",
+            fresh: false,
+            comment: "#",
+            expect: "1\n",
+            setup: Box::new(|_| Ok(())),
+            base: Box::new(|d, _| Ok(local(d, &["/usr/bin/python3", "-c", "print(1)"]))),
+        },
+        Case {
+            scenario: "C hello, cached",
+            baseline: if bwrap {
+                "the same binary under bubblewrap".into()
+            } else {
+                "the same binary run locally".into()
+            },
+            goal: "≤ 3 ms and ≤ 0.5 × bubblewrap",
+            check: |r, ms| ms <= 3.0 && r <= 0.5,
+            language: "c",
+            source: C_HELLO,
+            fresh: false,
+            comment: "//",
+            expect: HELLO,
+            setup: Box::new(|d| {
+                std::fs::write(d.join("main.c"), C_HELLO)?;
+                run_local(&mut shell(d, "gcc -O2 -o main main.c"), "")?;
+                Ok(())
+            }),
+            base: Box::new(move |d, _| {
+                if bwrap {
+                    Ok(bwrap_cmd(d, &["/box/main"]))
+                } else {
+                    Ok(local(d, &["./main"]))
+                }
+            }),
+        },
+        Case {
+            scenario: "C hello, first run",
+            baseline: "local gcc -O2 main.c && ./main".into(),
+            goal: "≤ 1.1 × local",
+            check: |r, _| r <= 1.1,
+            language: "c",
+            source: C_HELLO,
+            fresh: true,
+            comment: "//",
+            expect: HELLO,
+            setup: Box::new(|_| Ok(())),
+            base: Box::new(|d, i| {
+                std::fs::write(d.join("main.c"), format!("{C_HELLO}// {i}\n"))?;
+                Ok(shell(d, "gcc -O2 -o main main.c -lm && ./main"))
+            }),
+        },
+        Case {
+            scenario: "C++ <bits/stdc++.h> hello, first run",
+            baseline: "local g++ -O2 (no precompiled header) && ./main".into(),
+            goal: "≤ 0.35 × local",
+            check: |r, _| r <= 0.35,
+            language: "cpp",
+            source: CPP_BITS,
+            fresh: true,
+            comment: "//",
+            expect: HELLO,
+            setup: Box::new(|_| Ok(())),
+            base: Box::new(|d, i| {
+                std::fs::write(d.join("main.cpp"), format!("{CPP_BITS}// {i}\n"))?;
+                Ok(shell(d, "g++ -O2 -std=gnu++20 -o main main.cpp && ./main"))
+            }),
+        },
+        Case {
+            scenario: "Rust hello, first run",
+            baseline: "local rustc -O (static std) && ./main".into(),
+            goal: "≤ 0.8 × local",
+            check: |r, _| r <= 0.8,
+            language: "rust",
+            source: RUST_HELLO,
+            fresh: true,
+            comment: "//",
+            expect: HELLO,
+            setup: Box::new(|_| Ok(())),
+            base: Box::new(|d, i| {
+                std::fs::write(d.join("main.rs"), format!("{RUST_HELLO}// {i}\n"))?;
+                let rustc = rustc();
+                Ok(shell(
+                    d,
+                    &format!(
+                        "{} --edition 2021 -O -o main main.rs && ./main",
+                        rustc.display()
+                    ),
+                ))
+            }),
+        },
+        Case {
+            scenario: "Java hello Main, first run",
+            baseline: "local javac Main.java && java Main".into(),
+            goal: "≤ 0.6 × local",
+            check: |r, _| r <= 0.6,
+            language: "java",
+            source: JAVA_HELLO,
+            fresh: true,
+            comment: "//",
+            expect: HELLO,
+            setup: Box::new(|_| Ok(())),
+            base: Box::new(|d, i| {
+                std::fs::write(d.join("Main.java"), format!("{JAVA_HELLO}// {i}\n"))?;
+                Ok(shell(d, "javac Main.java && java Main"))
+            }),
+        },
+        Case {
+            scenario: "JavaScript console.log(1)",
+            baseline: "local node -e 'console.log(1)'".into(),
+            goal: "≤ 0.25 × local",
+            check: |r, _| r <= 0.25,
+            language: "javascript",
+            source: "console.log(1)",
+            fresh: false,
+            comment: "//",
+            expect: "1\n",
+            setup: Box::new(|_| Ok(())),
+            base: Box::new(|d, _| Ok(local(d, &["/usr/bin/node", "-e", "console.log(1)"]))),
+        },
+    ];
+    v.retain(|c| c.language != "c" || Path::new("/usr/bin/gcc").exists());
+    v
+}
+
+/// bubblewrap with cod's isolation, `dir` as `/box`.
+fn bwrap_cmd(dir: &Path, argv: &[&str]) -> Command {
+    let mut c = Command::new("bwrap");
+    c.args([
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+    ])
+    .arg(dir)
+    .args(["/box", "--chdir", "/box", "--"])
+    .args(argv);
+    c
+}
+
+/// Runs the suite; `only` restricts it to these languages (empty: all).
+pub(crate) fn run(
+    runs: usize,
+    seconds: u64,
+    only: &[String],
+    bwrap: bool,
+) -> anyhow::Result<ApiReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(runs, seconds, only, bwrap))
+}
+
+async fn run_async(
+    runs: usize,
+    seconds: u64,
+    only: &[String],
+    bwrap: bool,
+) -> anyhow::Result<ApiReport> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
+    let workers = super::cpus();
+    eprintln!("starting cod serve ({workers} workers, warm runtimes on)...");
+    let server = start_server(&client, workers, 58_000, true).await?;
+    eprintln!("waiting for the prebuilt C++ header and javac archive...");
+    wait_prebuilt(&server).await?;
+    let mut rows = Vec::new();
+    for case in cases(bwrap) {
+        if !only.is_empty() && !only.iter().any(|l| l == case.language) {
+            continue;
+        }
+        eprint!("{}: ", case.scenario);
+        let dir = tempfile::tempdir()?;
+        (case.setup)(dir.path())?;
+        let (mut base, mut cod) = (Vec::new(), Vec::new());
+        let warmup = if case.fresh { 1 } else { 20 };
+        for i in 0..runs + warmup {
+            let src = if case.fresh {
+                format!(
+                    "{}{} run {i} {}\n",
+                    case.source,
+                    case.comment,
+                    std::process::id()
+                )
+            } else {
+                case.source.to_owned()
+            };
+            let body = json!({"language": case.language, "source": src});
+            let (c, v) = post(&client, &server.url, &body, case.expect).await?;
+            if case.fresh && v["compile"]["cached"] == true {
+                bail!("{}: a fresh source came from the cache", case.scenario);
+            }
+            let b = run_local(&mut (case.base)(dir.path(), i)?, case.expect)?;
+            if i >= warmup {
+                cod.push(c);
+                base.push(b);
+            }
+            eprint!(".");
+        }
+        eprintln!();
+        let (base, cod) = (stats(base), stats(cod));
+        let ratio = cod.median_ms / base.median_ms;
+        rows.push(ApiRow {
+            scenario: case.scenario.into(),
+            baseline: case.baseline.clone(),
+            met: (case.check)(ratio, cod.median_ms),
+            goal: case.goal.into(),
+            ratio,
+            base,
+            cod,
+        });
+    }
+    let (rust_static_bytes, rust_dynamic_bytes) = rust_sizes().unwrap_or((0, 0));
+
+    let mut throughput = Vec::new();
+    if only.is_empty() || only.iter().any(|l| l == "python") {
+        eprintln!("starting a second cod serve with warm runtimes off...");
+        let cold = start_server(&client, workers, 58_500, false).await?;
+        // Its prebuilds hold a slot and the CPU for seconds: not during a measurement.
+        wait_prebuilt(&cold).await?;
+        for clients in [2, 4] {
+            eprintln!("throughput with {clients} clients, {seconds} s each...");
+            let warm_per_s = rate(&client, &server.url, clients, seconds).await?;
+            let cold_per_s = rate(&client, &cold.url, clients, seconds).await?;
+            let raw_per_s = raw_rate(clients, seconds)?;
+            throughput.push(Throughput {
+                clients,
+                warm_per_s,
+                cold_per_s,
+                raw_per_s,
+            });
+        }
+    }
+    Ok(ApiReport {
+        rows,
+        throughput,
+        rust_static_bytes,
+        rust_dynamic_bytes,
+    })
+}
+
+/// Completed `print(1)` runs per second with `clients` sequential clients at once.
+async fn rate(
+    client: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let body = json!({"language": "python", "source": "print(1)"});
+    // Warm up: every slot serves a few.
+    for _ in 0..20 {
+        post(client, url, &body, "1\n").await?;
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                post(&client, &url, &body, "1\n").await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Local `python3 -c 'print(1)'` runs per second with `clients` processes at once.
+fn raw_rate(clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(move || {
+                    let dir = tempfile::tempdir()?;
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        run_local(
+                            &mut local(dir.path(), &["/usr/bin/python3", "-c", "print(1)"]),
+                            "1\n",
+                        )?;
+                        n += 1;
+                    }
+                    anyhow::Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .sum::<anyhow::Result<u64>>()
+    })?;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Sizes of Rust hello built by rustc's default (static std) and as cod builds it (std as
+/// a shared library).
+fn rust_sizes() -> anyhow::Result<(u64, u64)> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("main.rs"), RUST_HELLO)?;
+    let rustc = rustc();
+    let build = |out: &str, extra: &[&str]| -> anyhow::Result<u64> {
+        let st = Command::new(&rustc)
+            .args(["--edition", "2021", "-O", "-o", out, "main.rs"])
+            .args(extra)
+            .current_dir(dir.path())
+            .status()?;
+        if !st.success() {
+            bail!("rustc failed");
+        }
+        Ok(std::fs::metadata(dir.path().join(out))?.len())
+    };
+    Ok((
+        build("static", &[])?,
+        build("dynamic", &["-C", "prefer-dynamic", "-C", "rpath"])?,
+    ))
+}
+
+/// Prints the suite as a Markdown table.
+pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "\nThrough the API (`POST /api/v1/run` on loopback), medians (p99) in ms:\n"
+    )?;
+    writeln!(
+        out,
+        "| scenario | baseline | baseline ms | cod ms | cod / baseline | goal | met |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|")?;
+    for row in &r.rows {
+        writeln!(
+            out,
+            "| {} | {} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.2} | {} | {} |",
+            row.scenario,
+            row.baseline,
+            row.base.median_ms,
+            row.base.p99_ms,
+            row.cod.median_ms,
+            row.cod.p99_ms,
+            row.ratio,
+            row.goal,
+            if row.met { "yes" } else { "no" }
+        )?;
+    }
+    if r.rust_static_bytes > 0 {
+        writeln!(
+            out,
+            "\nRust hello binary: {} bytes static (rustc's default), {} bytes as cod builds it \
+             (std shared): {:.0}× smaller.",
+            r.rust_static_bytes,
+            r.rust_dynamic_bytes,
+            r.rust_static_bytes as f64 / r.rust_dynamic_bytes.max(1) as f64
+        )?;
+    }
+    if !r.throughput.is_empty() {
+        writeln!(
+            out,
+            "\nThroughput of Python `print(1)` through the API, runs/s:\n"
+        )?;
+        writeln!(
+            out,
+            "| clients | warm runtimes | cold (pool off) | warm / cold | local python3 |"
+        )?;
+        writeln!(out, "|---|---|---|---|---|")?;
+        for t in &r.throughput {
+            writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.1} | {:.0} |",
+                t.clients,
+                t.warm_per_s,
+                t.cold_per_s,
+                t.warm_per_s / t.cold_per_s.max(1e-9),
+                t.raw_per_s
+            )?;
+        }
+    }
+    out.flush()
+}
