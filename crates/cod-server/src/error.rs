@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cod_core::run::RequestError;
-use cod_sched::Rejected;
+use cod_sched::{RejectReason, Rejected};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -22,6 +22,10 @@ pub enum ApiError {
     TooLarge(String),
     /// No such route or object (404).
     NotFound(String),
+    /// No valid API key (401).
+    Unauthorized(String),
+    /// The run was cancelled before it finished (409).
+    Cancelled(String),
     /// Too many runs are waiting (429, with `Retry-After`).
     Overloaded(Rejected),
     /// cod failed (500); the detail is logged, not sent.
@@ -41,14 +45,9 @@ impl ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-            ApiError::Overloaded(r) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "the server is busy ({} runs waiting); retry after {} s",
-                    r.queued,
-                    retry_secs(r)
-                ),
-            ),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
+            ApiError::Cancelled(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::Overloaded(r) => (StatusCode::TOO_MANY_REQUESTS, overload_message(r)),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error; the server log has the details".to_owned(),
@@ -63,7 +62,11 @@ impl ApiError {
             tracing::error!(error = %detail, "internal error answering a request");
         }
         let (status, message) = self.parts();
-        let mut resp = (status, Json(json!({ key: message }))).into_response();
+        let body = match &self {
+            ApiError::Overloaded(r) => json!({ key: message, "reason": r.reason.as_str() }),
+            _ => json!({ key: message }),
+        };
+        let mut resp = (status, Json(body)).into_response();
         if let ApiError::Overloaded(r) = &self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(r)));
@@ -72,8 +75,36 @@ impl ApiError {
     }
 }
 
-fn retry_secs(r: &Rejected) -> u64 {
-    r.retry_after.as_secs().max(1)
+/// Whole seconds to wait, at least 1, rounded up.
+pub fn retry_secs(r: &Rejected) -> u64 {
+    r.retry_after
+        .as_secs()
+        .saturating_add(u64::from(r.retry_after.subsec_nanos() > 0))
+        .max(1)
+}
+
+fn overload_message(r: &Rejected) -> String {
+    let secs = retry_secs(r);
+    match r.reason {
+        RejectReason::QueueFull => format!(
+            "the server is busy ({} runs waiting); retry after {secs} s",
+            r.queued
+        ),
+        RejectReason::QueueCpu => format!(
+            "the server is busy (the {} runs waiting add up to its limit of expected CPU time); retry after {secs} s",
+            r.queued
+        ),
+        RejectReason::WaitTooLong => format!(
+            "the server is busy: this run would wait too long behind the {} runs waiting; retry after {secs} s",
+            r.queued
+        ),
+        RejectReason::ClientRate => {
+            format!("too many runs from this client (over its rate limit); retry after {secs} s")
+        }
+        RejectReason::ClientConcurrency => format!(
+            "this client already has its limit of runs queued or running; retry after {secs} s"
+        ),
+    }
 }
 
 impl IntoResponse for ApiError {

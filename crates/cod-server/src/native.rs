@@ -7,10 +7,14 @@ use cod_runtime::Job;
 use serde::Serialize;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson};
+use crate::jobs::JobOutput;
+use crate::runner::Submission;
+use crate::worker::WorkItem;
 
 /// One entry of `GET /api/v1/runtimes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RuntimeInfo {
     /// Canonical name to use in requests.
     pub name: String,
@@ -34,6 +38,12 @@ pub struct RuntimeInfo {
 }
 
 /// `GET /api/v1/runtimes`
+#[utoipa::path(
+    get,
+    path = "/api/v1/runtimes",
+    tag = "runs",
+    responses((status = 200, description = "Languages, versions, aliases, availability", body = Vec<RuntimeInfo>))
+)]
 pub async fn runtimes(State(st): State<AppState>) -> Json<Vec<RuntimeInfo>> {
     Json(
         st.executor
@@ -55,24 +65,63 @@ pub async fn runtimes(State(st): State<AppState>) -> Json<Vec<RuntimeInfo>> {
     )
 }
 
-/// Runs a prepared job once a worker slot is free.
-pub(crate) async fn run_job(st: &AppState, job: &Job) -> Result<RunResult, ApiError> {
-    let permit = st.admission.acquire().await.map_err(ApiError::Overloaded)?;
-    Ok(st.executor.execute(job, permit.slot()).await)
+/// Runs a prepared job for `caller` through the scheduler and answers when it is done.
+pub(crate) async fn run_job(
+    st: &AppState,
+    caller: Caller,
+    job: &Job,
+) -> Result<RunResult, ApiError> {
+    let admitted = st.admit(Submission {
+        caller,
+        item: WorkItem::from_job(job),
+        tests: None,
+        callback: None,
+        judge0: None,
+        keep: false,
+    })?;
+    let id = admitted.id().to_owned();
+    match admitted.run().await {
+        Some(JobOutput::Run(r)) => Ok(*r),
+        _ => Err(ApiError::Cancelled(format!(
+            "run {id} was cancelled before it finished (DELETE /api/v1/jobs/{id})"
+        ))),
+    }
 }
 
 /// `POST /api/v1/run`
+#[utoipa::path(
+    post,
+    path = "/api/v1/run",
+    tag = "runs",
+    params(("stream" = Option<bool>, Query, description = "Answer newline-delimited JSON events (`stage`, `out`, then `exit` with the result) as the run goes")),
+    request_body = crate::openapi::RunRequestSchema,
+    responses(
+        (status = 200, description = "The run happened; its verdict is in the body", body = crate::openapi::RunResultSchema),
+        (status = 400, description = "Bad input, naming the field", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid API key (with `[auth]` on)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Cancelled by id before it finished", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Overloaded; see `Retry-After`", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn run(
     State(st): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<Json<RunResult>, ApiError> {
     let job = st.executor.prepare(&req)?;
-    run_job(&st, &job).await.map(Json)
+    run_job(&st, caller, &job).await.map(Json)
 }
 
 /// `GET /healthz`: the service is up; with the worker and queue counts.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\", \"workers\": 2, \"running\": 0, \"queued\": 0}`", body = Object))
+)]
 pub async fn healthz(State(st): State<AppState>) -> Json<serde_json::Value> {
-    let s = st.admission.stats();
+    let s = st.scheduler.stats();
     Json(serde_json::json!({
         "status": "ok",
         "workers": s.workers,

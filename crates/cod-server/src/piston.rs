@@ -18,6 +18,7 @@ use cod_runtime::{Job, JobFile, find_language};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{ApiError, body_error, parse_json};
 use crate::native::run_job;
 
@@ -53,6 +54,12 @@ pub struct PistonRuntime {
 }
 
 /// `GET /api/v2/runtimes`: the available languages.
+#[utoipa::path(
+    get,
+    path = "/api/v2/runtimes",
+    tag = "piston",
+    responses((status = 200, description = "Piston v2's runtime list", body = Object))
+)]
 pub async fn runtimes(State(st): State<AppState>) -> Json<Vec<PistonRuntime>> {
     Json(
         st.executor
@@ -369,14 +376,26 @@ fn job(st: &AppState, req: ExecuteRequest) -> Result<Job, PistonError> {
 }
 
 /// `POST /api/v2/execute`
+#[utoipa::path(
+    post,
+    path = "/api/v2/execute",
+    tag = "piston",
+    request_body(content = Object, description = "Piston v2's execute request"),
+    responses(
+        (status = 200, description = "Piston v2's execute response, plus `cod_status`", body = Object),
+        (status = 400, description = "`{\"message\": \"...\"}`", body = Object),
+        (status = 429, description = "Overloaded; see `Retry-After`", body = Object),
+    )
+)]
 pub async fn execute(
     State(st): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ExecuteResponse>, PistonError> {
     let body = body.map_err(|r| body_error(&r))?;
     let req: ExecuteRequest = parse_json(&body)?;
     let job = job(&st, req)?;
-    let result = run_job(&st, &job).await?;
+    let result = run_job(&st, caller, &job).await?;
     Ok(Json(response(&result)))
 }
 

@@ -115,4 +115,11 @@ pub(crate) struct BenchArgs {
     /// Skip the bubblewrap baseline even when `bwrap` is installed.
     #[arg(long)]
     pub(crate) no_bwrap: bool,
+    /// Which suites (comma-separated): `sandbox` (runs straight through the sandbox) and
+    /// `api` (a real `cod serve` on loopback); default both.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) suite: Vec<String>,
+    /// Seconds of each throughput measurement of the API suite.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) seconds: u64,
 }

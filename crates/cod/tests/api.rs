@@ -225,7 +225,7 @@ async fn overload_gets_429_and_disconnect_cancels_the_run() {
     })
     .await
     .expect("the slow run starts");
-    assert_eq!(st.admission.stats().running, 1);
+    assert_eq!(st.scheduler.stats().running, 1);
 
     let r = post(
         &st,
@@ -241,13 +241,13 @@ async fn overload_gets_429_and_disconnect_cancels_the_run() {
         .unwrap();
     assert!(retry >= 1);
     assert!(r.json["error"].as_str().unwrap().contains("busy"));
-    assert!(st.admission.stats().rejected >= 1);
+    assert!(st.scheduler.stats().rejected >= 1);
 
     // The client goes away: the handler future is dropped with the run's socket.
     slow.abort();
     let _ = slow.await;
     tokio::time::timeout(Duration::from_secs(20), async {
-        while !processes_of(uid_base..uid_base + 1).is_empty() || st.admission.stats().running != 0
+        while !processes_of(uid_base..uid_base + 1).is_empty() || st.scheduler.stats().running != 0
         {
             tokio::task::yield_now().await;
         }

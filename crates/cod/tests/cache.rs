@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use cod_core::limits::LimitsPolicy;
 use cod_runtime::{CompileCache, Executor};
-use cod_sched::Admission;
+use cod_sched::Scheduler;
 use cod_server::AppState;
 use common::*;
 use serde_json::json;
@@ -20,13 +20,11 @@ const HELLO: &str =
 
 fn state_with_cache(cache: Arc<CompileCache>) -> AppState {
     let jail = jail(2);
-    AppState {
-        executor: Arc::new(
-            Executor::new(jail, registry(), LimitsPolicy::default()).with_cache(cache),
-        ),
-        admission: Admission::new(2, 16),
-        max_body: 1 << 20,
-    }
+    AppState::new(
+        Arc::new(Executor::new(jail, registry(), LimitsPolicy::default()).with_cache(cache)),
+        Scheduler::new(2, 16),
+        1 << 20,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

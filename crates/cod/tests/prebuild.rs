@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cod_core::RunRequest;
 use cod_core::limits::LimitsPolicy;
 use cod_runtime::{Executor, Registry};
-use cod_sched::Admission;
+use cod_sched::Scheduler;
 use cod_server::AppState;
 use serde_json::json;
 
@@ -73,11 +73,7 @@ async fn cpp_header_and_javac_archive_are_built_once_and_used() {
         argv.contains(&"-I/opt/cod/prebuilt/cpp".to_owned()),
         "{argv:?}"
     );
-    let st = AppState {
-        executor: executor.clone(),
-        admission: Admission::new(2, 8),
-        max_body: 1 << 20,
-    };
+    let st = AppState::new(executor.clone(), Scheduler::new(2, 8), 1 << 20);
     let v = common::run(&st, "cpp", bits, json!({})).await;
     assert_eq!(v["status"], "ok", "{v:#}");
     assert_eq!(v["stdout"], "2\n");

@@ -1,6 +1,9 @@
 //! One module per subcommand, and the set-up they share.
 
 mod bench;
+mod bench_api;
+pub(crate) mod bench_editor;
+pub(crate) mod bench_sched;
 mod run;
 mod serve;
 
@@ -78,13 +81,55 @@ pub(crate) fn start_jail(
                 .with_languages(registry)
                 .layout(config.limits.default.to_limits().disk.get())
         }),
-        warm: Vec::new(),
+        // The runtimes slots may keep warm; which slots do is the pool's choice.
+        warm: match prepare_for {
+            Some(registry) if config.pool.enabled => cod_runtime::warm_runtimes(
+                registry,
+                &cod_runtime::HostLayout::detect().with_languages(registry),
+                config.limits.default.to_limits().disk.get(),
+            ),
+            _ => Vec::new(),
+        },
     };
     let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
         "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",
     )?;
     self_test(&jail).context("the sandbox does not work on this host (see docs/sandbox.md)")?;
     Ok(Arc::new(jail))
+}
+
+/// The warm runtime pool over `jail` (started with [`start_jail`] for `registry`), which
+/// tells the jail's slots what to keep warm; `None` when there is nothing to keep warm.
+pub(crate) fn start_pool(
+    config: &Config,
+    jail: &Arc<Jail>,
+    registry: &Registry,
+) -> Option<Arc<cod_runtime::Pool>> {
+    if !config.pool.enabled {
+        return None;
+    }
+    let names: Vec<String> = cod_runtime::warm_runtimes(
+        registry,
+        &cod_runtime::HostLayout::detect().with_languages(registry),
+        config.limits.default.to_limits().disk.get(),
+    )
+    .into_iter()
+    .map(|w| w.name)
+    .collect();
+    for l in registry.all() {
+        if let Some(why) = &l.warm_unavailable {
+            tracing::warn!(language = %l.name, reason = %why, "language runs cold");
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    tracing::info!(languages = ?names, budget = %config.pool.memory, "keeping runtimes warm");
+    Some(cod_runtime::Pool::new(
+        jail.clone(),
+        names,
+        config.pool.clone(),
+    ))
 }
 
 /// Runs `/usr/bin/true` in the sandbox once, so that a host without user namespaces,
@@ -137,6 +182,10 @@ pub(crate) fn load_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
     let reg = reg
         .with_prebuilt(&root)
         .with_context(|| format!("creating {}", root.display()))?;
+    let warm = root.join("warm");
+    let reg = reg
+        .with_warm_files(&warm)
+        .with_context(|| format!("writing the warm runtimes' files in {}", warm.display()))?;
     Ok(Arc::new(reg))
 }
 

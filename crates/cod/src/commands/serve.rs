@@ -6,15 +6,40 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cod_core::Config;
+use cod_core::config::SchedulerPolicy;
 use cod_runtime::Executor;
-use cod_sched::Admission;
-use cod_server::AppState;
+use cod_sched::{ClientLimits, Policy, Scheduler, SchedulerConfig, Ticket};
+use cod_server::{AppState, ServerOptions};
 use tracing::info;
 
 use crate::cli::ServeArgs;
 
 /// How long running requests may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often the metrics exporter drains its histograms.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// The scheduler `config` describes, with `workers` slots.
+pub(crate) fn scheduler_config(config: &cod_core::Config, workers: usize) -> SchedulerConfig {
+    let s = &config.scheduler;
+    SchedulerConfig {
+        workers,
+        queue: config.server.queue,
+        queue_cpu: s.queue_cpu,
+        max_wait: s.max_wait,
+        policy: match s.policy {
+            SchedulerPolicy::Sjf => Policy::Sjf,
+            SchedulerPolicy::Fifo => Policy::Fifo,
+        },
+        aging: s.aging,
+        default_expected: s.default_expected,
+        client: ClientLimits {
+            rate: s.client_rate,
+            burst: s.client_burst,
+            concurrency: s.client_concurrency,
+        },
+    }
+}
 
 pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(l) = args.listen {
@@ -45,12 +70,25 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         }
     }
     let cache = super::compile_cache(&config)?;
-    let executor = Arc::new(Executor::new(jail.clone(), registry, config.limits).with_cache(cache));
-    let state = AppState {
+    let pool = super::start_pool(&config, &jail, &registry);
+    let mut executor = Executor::new(jail.clone(), registry, config.limits).with_cache(cache);
+    if let Some(pool) = pool {
+        executor = executor.with_pool(pool);
+    }
+    let executor = Arc::new(executor);
+    let state = AppState::new(
         executor,
-        admission: Admission::new(workers, config.server.queue),
-        max_body: usize::try_from(config.server.max_body.get()).unwrap_or(usize::MAX),
-    };
+        Scheduler::with_config(scheduler_config(&config, workers)),
+        usize::try_from(config.server.max_body.get()).unwrap_or(usize::MAX),
+    )
+    .with_options(&ServerOptions {
+        jobs: config.jobs.clone(),
+        auth: config.auth.clone(),
+    })
+    .with_editor(
+        cod_server::ws::Editor::new(cod_server::ws::EditorConfig::from_config(&config.sessions))
+            .context("sessions")?,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,10 +105,27 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         // Build what makes compiles faster in the background, one worker slot at a time,
         // like any run; compiles use it once it is there.
         let prebuilds = tokio::spawn(prebuild_all(state.clone()));
+        // Purges expired editor sessions and compacts idle ones, until shutdown.
+        let sessions = tokio::spawn(state.editor.clone().maintain());
+        cod_server::metrics::install();
+        let upkeep = tokio::spawn(cod_server::metrics::upkeep(METRICS_UPKEEP));
+        if config.jobs.callback_secret.is_empty() {
+            info!("jobs.callback_secret is not set: callbacks are signed with a random key");
+        }
+        let jobs = state.jobs.clone();
         cod_server::serve(listener, cod_server::app(state), shutdown, SHUTDOWN_GRACE)
             .await
             .context("serving HTTP")?;
+        // Accepted asynchronous jobs (and their callbacks) finish before cod exits.
+        if jobs.active() > 0 {
+            info!(jobs = jobs.active(), "waiting for accepted jobs to finish");
+            if !jobs.drain(SHUTDOWN_GRACE).await {
+                tracing::warn!(jobs = jobs.active(), "shutdown grace period over; jobs left unfinished");
+            }
+        }
         prebuilds.abort();
+        sessions.abort();
+        upkeep.abort();
         info!("stopped");
         anyhow::Ok(())
     })?;
@@ -83,7 +138,8 @@ async fn prebuild_all(state: AppState) {
         if lang.prebuild().is_none() || lang.prebuilt_ready() {
             continue;
         }
-        let Ok(permit) = state.admission.acquire().await else {
+        let ticket = Ticket::new(format!("prebuild-{}", lang.name), "cod", lang.name.clone());
+        let Ok(permit) = state.scheduler.acquire(ticket, &[]).await else {
             continue;
         };
         let started = std::time::Instant::now();
