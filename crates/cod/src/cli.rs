@@ -115,11 +115,16 @@ pub(crate) struct BenchArgs {
     /// Skip the bubblewrap baseline even when `bwrap` is installed.
     #[arg(long)]
     pub(crate) no_bwrap: bool,
-    /// Which suites (comma-separated): `sandbox` (runs straight through the sandbox) and
-    /// `api` (a real `cod serve` on loopback); default both.
+    /// Which suites (comma-separated): `sandbox` (runs straight through the sandbox), `api`
+    /// (a real `cod serve` on loopback), `editor` (keystrokes, session memory, Run to first
+    /// output over the WebSocket) and `sched` (a mixed overload, cod's order against FIFO);
+    /// default all.
     #[arg(long, value_delimiter = ',')]
     pub(crate) suite: Vec<String>,
     /// Seconds of each throughput measurement of the API suite.
     #[arg(long, default_value_t = 5)]
     pub(crate) seconds: u64,
+    /// Seconds of arrivals in the scheduler suite, for each of the two policies.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) sched_seconds: u64,
 }

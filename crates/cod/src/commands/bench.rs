@@ -80,6 +80,10 @@ struct Report {
     warm_idle_memory: Option<u64>,
     /// The API suite, if it ran.
     api: Option<super::bench_api::ApiReport>,
+    /// The editor suite, if it ran.
+    editor: Option<super::bench_editor::EditorReport>,
+    /// The scheduler suite, if it ran.
+    sched: Option<super::bench_sched::Report>,
 }
 
 /// One program to measure: the sandbox spec cod runs, and how to replay it outside.
@@ -300,17 +304,20 @@ fn scenarios(
     Ok(out)
 }
 
+/// The suites of `cod bench`, in the order they run.
+const SUITES: [&str; 4] = ["sandbox", "api", "editor", "sched"];
+
 pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
     let suites: Vec<&str> = if args.suite.is_empty() {
-        vec!["sandbox", "api"]
+        SUITES.to_vec()
     } else {
         args.suite.iter().map(String::as_str).collect()
     };
-    if let Some(bad) = suites.iter().find(|s| !["sandbox", "api"].contains(s)) {
-        bail!("--suite {bad}: the suites are sandbox and api");
+    if let Some(bad) = suites.iter().find(|s| !SUITES.contains(s)) {
+        bail!("--suite {bad}: the suites are {}", SUITES.join(", "));
     }
     let registry = super::load_registry(config)?;
     let jail = super::start_jail(config, 1, Some(&registry))?;
@@ -398,7 +405,24 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
     } else {
         None
     };
+    let editor = if suites.contains(&"editor") {
+        Some(editor_suite(config, &args)?)
+    } else {
+        None
+    };
+    let sched = if suites.contains(&"sched") {
+        let opts = super::bench_sched::Options {
+            duration: std::time::Duration::from_secs(args.sched_seconds),
+            ..Default::default()
+        };
+        println!();
+        Some(super::bench_sched::run(config, &opts, None)?)
+    } else {
+        None
+    };
     let report = Report {
+        editor,
+        sched,
         runs: args.runs,
         cpus: super::cpus(),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -431,6 +455,30 @@ fn print_table(r: &Report) {
     if let Some(api) = &r.api {
         let _ = super::bench_api::print(api, &mut std::io::stdout());
     }
+    if let Some(editor) = &r.editor {
+        editor.print();
+    }
+}
+
+/// The editor suite: keystrokes, session memory and Run-to-output latency, on a server
+/// in this process with every slot the host has.
+fn editor_suite(
+    config: &Config,
+    args: &BenchArgs,
+) -> anyhow::Result<super::bench_editor::EditorReport> {
+    let workers = super::cpus();
+    let registry = super::load_registry(config)?;
+    let jail = super::start_jail(config, workers, Some(&registry))?;
+    let mut executor = Executor::new(jail.clone(), registry.clone(), config.limits)
+        .with_cache(super::compile_cache(config)?);
+    if let Some(pool) = super::start_pool(config, &jail, &registry) {
+        executor = executor.with_pool(pool);
+    }
+    let opts = super::bench_editor::EditorBenchOptions {
+        runs: args.runs,
+        ..Default::default()
+    };
+    super::bench_editor::bench_editor(Arc::new(executor), workers, &opts)
 }
 
 fn print_sandbox(r: &Report) {

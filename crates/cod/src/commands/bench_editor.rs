@@ -17,8 +17,6 @@
 //! How to run: `cod bench` calls [`bench_editor`]; its unit test runs a small version
 //! (`COD_BENCH_EDITOR_FULL=1 cargo test --release -p cod --bin cod editor_bench -- --nocapture`
 //! runs the full one and prints the table).
-// Until `cod bench` calls `bench_editor`, only the unit test does.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -10,7 +10,6 @@ use cod_core::Config;
 use cod_runtime::Executor;
 pub(crate) use cod_server::schedbench::{Options, Report};
 
-#[allow(dead_code, reason = "`cod bench` (bench.rs) calls it")]
 /// Runs the benchmark with `opts` (its `queue` and `aging` taken from `config`), prints
 /// the table, writes the report as JSON to `json` if given, and returns it.
 pub(crate) fn run(config: &Config, opts: &Options, json: Option<&Path>) -> anyhow::Result<Report> {
