@@ -33,9 +33,26 @@ pub(crate) const NODE_BOOTSTRAP_PATH: &str = "/opt/cod/warm/node-bootstrap.js";
 /// How a Node.js started ahead waits for its run: it says it is ready on fd 5, reads the
 /// script and its arguments (NUL-terminated) on fd 4 until end of file, then runs the
 /// script as `node script args` would (`process.argv`, `require.main`, the module's file
-/// name and directory are the same).
+/// name and directory are the same). Its standard streams exist before the run (the
+/// program's first `console.log` does not pay for them), and a program that ends without
+/// an uncaught exception leaves through `process.reallyExit` once every `exit` listener
+/// has run, skipping the runtime's teardown; its output is a pipe, written synchronously.
 pub(crate) const NODE_BOOTSTRAP: &str = r#"'use strict';
 const fs = require('fs');
+// Created now, not by the program's first console.log (both are pipes: writes are synchronous).
+process.stdout;
+process.stderr;
+let clean = true;
+process.on('uncaughtExceptionMonitor', () => {
+  clean = false;
+});
+process.on('exit', function codExit(code) {
+  if (!clean) return;
+  // Run the listeners the program added, then leave without the runtime's slow teardown.
+  const all = process.listeners('exit');
+  for (const l of all.slice(all.indexOf(codExit) + 1)) l.call(process, code);
+  process.reallyExit(process.exitCode === undefined ? code : process.exitCode);
+});
 fs.writeSync(5, 'R');
 fs.closeSync(5);
 const chunks = [];

@@ -99,3 +99,55 @@ async fn a_pool_without_budget_keeps_nothing_warm_and_runs_still_work() {
     assert_eq!(s.hits, 0, "{s:?}");
     assert_eq!(s.misses, 3, "{s:?}");
 }
+
+/// Runs `source` until a warm runtime serves it (they start in the background).
+async fn run_warm(st: &cod_server::AppState, language: &str, source: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let before = stats_of(st, language).hits;
+        let v = run(st, language, source, json!({})).await;
+        if stats_of(st, language).hits > before {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{language} was never served warm"
+        );
+    }
+}
+
+/// A Node.js started ahead ends a program as `node main.js` does: timers run, every `exit`
+/// listener runs and may set the exit code, and an uncaught exception is printed and
+/// exits with 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_node_program_ends_as_node_would() {
+    let st = state();
+    let v = run_warm(
+        &st,
+        "javascript",
+        "process.on('exit', (c) => console.log('bye', c, process.exitCode));\n\
+         process.on('exit', () => { process.exitCode = 4; });\n\
+         process.exitCode = 3;\n\
+         console.log('hi');\n\
+         setTimeout(() => console.log('later'), 20);",
+    )
+    .await;
+    assert_eq!(v["stdout"], "hi\nlater\nbye 3 3\n", "{v:#}");
+    assert_eq!(v["status"], "runtime_error", "{v:#}");
+    assert_eq!(v["exit_code"], 4, "{v:#}");
+
+    let v = run_warm(
+        &st,
+        "javascript",
+        "console.log('a');\nthrow new Error('boom');",
+    )
+    .await;
+    assert_eq!(v["stdout"], "a\n", "{v:#}");
+    assert_eq!(v["exit_code"], 1, "{v:#}");
+    let err = v["stderr"].as_str().unwrap();
+    assert!(err.contains("Error: boom"), "{err}");
+
+    let v = run_warm(&st, "javascript", "process.stdout.write('no newline')").await;
+    assert_eq!(v["stdout"], "no newline", "{v:#}");
+    assert_eq!(v["status"], "ok", "{v:#}");
+}
