@@ -78,8 +78,9 @@ pub struct LanguageFile {
 #[serde(deny_unknown_fields)]
 pub struct WarmFile {
     /// How: `"python"` (CPython loaded from its shared library into a zygote that forks a
-    /// fresh process per run) or `"node"` (Node.js started ahead, once per run, in the
-    /// slot's prepared sandbox).
+    /// fresh process per run), `"node"` (Node.js started ahead, once per run, in the
+    /// slot's prepared sandbox) or `"java"` (a JVM started ahead alike, with the run
+    /// command's options, which loads the run's main class when it comes).
     pub kind: String,
     /// `python`: the interpreter's shared library (placeholders allowed). If it is missing,
     /// the language runs cold.
@@ -456,6 +457,20 @@ impl Registry {
     /// and binds them read-only into the sandboxes of the languages that use them.
     pub fn with_warm_files(mut self, root: &Path) -> std::io::Result<Registry> {
         for lang in &mut self.languages {
+            if lang.warm().is_some_and(|w| w.kind == "java") {
+                match java_boot(lang, root) {
+                    Ok(dir) => Arc::make_mut(lang).binds.push(Bind {
+                        src: dir,
+                        dst: crate::pool::JAVA_BOOT_DIR.into(),
+                    }),
+                    Err(why) => {
+                        let l = Arc::make_mut(lang);
+                        l.warm = None;
+                        l.warm_unavailable = Some(why);
+                    }
+                }
+                continue;
+            }
             if lang.warm().is_none_or(|w| w.kind != "node") {
                 continue;
             }
@@ -695,8 +710,10 @@ fn probe_host(lf: &LanguageFile, lang: &mut Language, version_re: &Regex) -> Res
             "python" if Path::new(&library).is_file() => Ok(()),
             "python" => Err(format!("{library} does not exist on this host")),
             "node" => Ok(()),
+            "java" if lang.compile.is_some() => Ok(()),
+            "java" => Err("warm.kind \"java\" needs a [compile] section (javac)".into()),
             other => Err(format!(
-                "warm.kind {other:?} is not known (\"python\" or \"node\")"
+                "warm.kind {other:?} is not known (\"python\", \"node\" or \"java\")"
             )),
         };
         match usable {
@@ -729,6 +746,50 @@ fn host_path(inside: &str, binds: &[Bind]) -> PathBuf {
         }
     }
     PathBuf::from(inside)
+}
+
+/// Compiles the JVM bootstrap ([`crate::pool::JAVA_BOOT`]) with `lang`'s own compiler into
+/// a directory under `root` named after its source and the compiler, unless it is there;
+/// returns that directory. The bootstrap is cod's code, compiled on the host once.
+fn java_boot(lang: &Language, root: &Path) -> Result<std::path::PathBuf, String> {
+    let javac = lang
+        .compile
+        .as_ref()
+        .and_then(|c| c.command.first())
+        .ok_or("no compiler")?;
+    let code = crate::pool::JAVA_BOOT;
+    let tag = blake3::hash(format!("{code}\0{javac}\0{}", lang.version).as_bytes()).to_hex();
+    let dir = root.join(format!("java-boot-{}", &tag[..16]));
+    if dir.join("CodBoot.class").is_file() {
+        return Ok(dir);
+    }
+    let tmp = root.join(format!(".java-boot-{}.{}", &tag[..16], std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let fail = |e: &dyn std::fmt::Display| format!("building the JVM bootstrap: {e}");
+    std::fs::create_dir_all(&tmp).map_err(|e| fail(&e))?;
+    std::fs::write(tmp.join("CodBoot.java"), code).map_err(|e| fail(&e))?;
+    let out = std::process::Command::new(javac)
+        .args(["-encoding", "UTF-8", "-d", "."])
+        .arg("CodBoot.java")
+        .current_dir(&tmp)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .map_err(|e| fail(&e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(fail(&String::from_utf8_lossy(&out.stderr)));
+    }
+    let _ = std::fs::remove_file(tmp.join("CodBoot.java"));
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => Ok(dir),
+        // Another cod built it at the same time.
+        Err(_) if dir.join("CodBoot.class").is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(dir)
+        }
+        Err(e) => Err(fail(&e)),
+    }
 }
 
 #[cfg(test)]

@@ -19,4 +19,4 @@ pub use executor::{
 };
 pub use job::{HostLayout, Job, JobFile, find_language, new_run_id};
 pub use language::{Language, Registry, RegistryError};
-pub use pool::{Pool, PoolStats, RuntimeStats, warm_runtimes};
+pub use pool::{Pool, PoolStats, RuntimeStats, warm_runtimes, warm_runtimes_with};

@@ -30,6 +30,14 @@ const HEADROOM: f64 = 1.25;
 /// Where the bootstrap is bound in the sandbox (see [`Registry::with_warm_files`]).
 pub(crate) const NODE_BOOTSTRAP_PATH: &str = "/opt/cod/warm/node-bootstrap.js";
 
+/// Where the JVM bootstrap's class is bound in the sandbox (a directory).
+pub(crate) const JAVA_BOOT_DIR: &str = "/opt/cod/warm/java";
+
+/// The JVM's bootstrap, compiled once on the host (see `CodBoot.java`): started ahead with
+/// the run command's JVM options, it reads the run's arguments on fd 4 and runs its main
+/// class from the class path they name, as `java -cp PATH Main args` would.
+pub(crate) const JAVA_BOOT: &str = include_str!("CodBoot.java");
+
 /// How a Node.js started ahead waits for its run: it says it is ready on fd 5, reads the
 /// script and its arguments (NUL-terminated) on fd 4 until end of file, then runs the
 /// script as `node script args` would (`process.argv`, `require.main`, the module's file
@@ -78,6 +86,22 @@ require('module').runMain();
 /// The warm runtimes of `registry`'s languages that have a usable `[warm]` section, for
 /// [`cod_sandbox::JailConfig::warm`], in the order the pool refers to them.
 pub fn warm_runtimes(registry: &Registry, host: &HostLayout, disk: u64) -> Vec<WarmRuntime> {
+    let memory = cod_core::limits::LimitsPolicy::default()
+        .default
+        .to_limits()
+        .memory
+        .get();
+    warm_runtimes_with(registry, host, disk, memory)
+}
+
+/// [`warm_runtimes`] for runs whose default limits are `disk` and `memory` bytes (a JVM
+/// started ahead sizes its heap for `memory`).
+pub fn warm_runtimes_with(
+    registry: &Registry,
+    host: &HostLayout,
+    disk: u64,
+    memory: u64,
+) -> Vec<WarmRuntime> {
     registry
         .all()
         .iter()
@@ -93,7 +117,38 @@ pub fn warm_runtimes(registry: &Registry, host: &HostLayout, disk: u64) -> Vec<W
                 "node" => WarmKind::Prestart {
                     argv: vec![program.clone(), NODE_BOOTSTRAP_PATH.into()],
                     program,
+                    options: Vec::new(),
                 },
+                "java" => {
+                    // The run command's JVM options (before `-cp`), for runs with the
+                    // default limits; a run with other options runs cold.
+                    let argv = crate::template::expand(
+                        &lang.run.command,
+                        &crate::template::Context {
+                            source: "",
+                            sources: &[],
+                            args: &[],
+                            main: "",
+                            memory_bytes: memory,
+                        },
+                    );
+                    let cp = argv.iter().position(|a| a == "-cp" || a == "-classpath")?;
+                    let options = argv[1..cp].to_vec();
+                    let mut start = vec![program.clone()];
+                    start.extend(options.iter().cloned());
+                    start.extend([
+                        // For the bootstrap's own descriptors (fds 4 and 5).
+                        "--add-opens=java.base/java.io=ALL-UNNAMED".into(),
+                        "-cp".into(),
+                        JAVA_BOOT_DIR.into(),
+                        "CodBoot".into(),
+                    ]);
+                    WarmKind::Prestart {
+                        argv: start,
+                        program,
+                        options,
+                    }
+                }
                 _ => return None,
             };
             Some(WarmRuntime {

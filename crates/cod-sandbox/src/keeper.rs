@@ -75,6 +75,9 @@ fn setup(slot: u32, state: &HelperState) -> Result<SlotCgroup, Failure> {
 /// with `EXIT_WARM_DOUBT + i` if the zygote misbehaved (its keeper then replaces it).
 pub(crate) const EXIT_WARM: i32 = 10;
 pub(crate) const EXIT_WARM_DOUBT: i32 = 40;
+/// A cold run of runtime `i`, which is started ahead (not a zygote) and was not: the
+/// slot's next prepared sandbox should start `i`.
+pub(crate) const EXIT_COLD_WANTED: i32 = 70;
 
 /// A child of the keeper: a supervisor running a run, or one waiting with a prepared
 /// sandbox.
@@ -333,6 +336,8 @@ struct Keeper<'a> {
     deaths: Vec<u32>,
     /// The last eight runs, newest in bit 0: 1 for those that used a zygote.
     recent_warm: u8,
+    /// The runtime started ahead that the slot's latest run of one asked for.
+    prefer: Option<usize>,
 }
 
 /// A runtime that died this many times in a row is given up.
@@ -379,9 +384,13 @@ impl Keeper<'_> {
 
     /// The runtime a standby should start ahead, given the mask.
     fn wanted_prestart(&self) -> Option<usize> {
-        (0..self.zygotes.len()).find(|&i| {
+        let usable = |i: usize| {
             self.mask & (1 << i) != 0 && !self.state.config.warm[i].forks() && !self.failed[i]
-        })
+        };
+        // The one the slot's runs asked for last, else the first the caller wants here.
+        self.prefer
+            .filter(|&i| usable(i))
+            .or_else(|| (0..self.zygotes.len()).find(|&i| usable(i)))
     }
 
     fn start_zygotes(&mut self) {
@@ -487,8 +496,15 @@ impl Keeper<'_> {
                 .filter(|&i| i < n)
         };
         self.recent_warm <<= 1;
-        if let Some(i) = warm_index(EXIT_WARM) {
-            self.recent_warm |= 1;
+        let before = self.wanted_prestart();
+        if let Some(i) = warm_index(EXIT_COLD_WANTED) {
+            self.prefer = Some(i);
+        } else if let Some(i) = warm_index(EXIT_WARM) {
+            if self.state.config.warm[i].forks() {
+                self.recent_warm |= 1;
+            } else {
+                self.prefer = Some(i);
+            }
             self.deaths[i] = 0;
         } else if let Some(i) = warm_index(EXIT_WARM_DOUBT) {
             self.recent_warm |= 1;
@@ -498,6 +514,15 @@ impl Keeper<'_> {
             for z in &mut self.zygotes {
                 *z = None;
             }
+        }
+        // A standby that starts the runtime the runs no longer ask for is replaced.
+        if self.wanted_prestart() != before
+            && self
+                .standby
+                .as_ref()
+                .is_some_and(|sb| sb.prestart != self.wanted_prestart())
+        {
+            self.drop_standby();
         }
     }
 
@@ -735,6 +760,7 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
         failed: vec![false; n],
         deaths: vec![0; n],
         recent_warm: 0,
+        prefer: None,
     };
     loop {
         k.refill();

@@ -158,6 +158,10 @@ pub enum WarmKind {
         program: String,
         /// How to start it ahead (e.g. `["/usr/bin/node", "/opt/cod/warm/node.js"]`).
         argv: Vec<String>,
+        /// The runtime's own options it was started with (a JVM's heap sizing, say): a run
+        /// is taken only if its stage repeats them right after `argv[0]`.
+        #[serde(default)]
+        options: Vec<String>,
     },
 }
 

@@ -20,7 +20,7 @@ use rustix::process::Resource;
 use crate::cgroup::{CgroupLimits, CgroupTree, SlotCgroup};
 use crate::client::JailConfig;
 use crate::init;
-use crate::keeper::{EXIT_WARM, EXIT_WARM_DOUBT};
+use crate::keeper::{EXIT_COLD_WANTED, EXIT_WARM, EXIT_WARM_DOUBT};
 use crate::protocol::{self, Event, Failure, Request};
 use crate::sandbox::{Sandbox, ZygoteHandle};
 use crate::seccomp::SeccompPolicy;
@@ -119,6 +119,9 @@ pub(crate) enum Served {
     Warm(i32),
     /// Warm runtime `i` misbehaved; the run went cold.
     WarmDoubt(i32),
+    /// A cold run of warm runtime `i` (one started ahead), which the prepared sandbox did
+    /// not hold: the slot should start that one ahead next.
+    ColdWanted(i32),
 }
 
 impl Served {
@@ -128,6 +131,7 @@ impl Served {
             Served::Nothing | Served::Cold => 0,
             Served::Warm(i) | Served::Prestarted(i) => EXIT_WARM + i,
             Served::WarmDoubt(i) => EXIT_WARM_DOUBT + i,
+            Served::ColdWanted(i) => EXIT_COLD_WANTED + i,
         }
     }
 }
@@ -204,9 +208,13 @@ pub(crate) fn supervise_one(
             None => {
                 // (A prepared sandbox that does not fit is dropped here, killing its init.)
                 let fitting = prepared.take().filter(|p| p.fits(&spec));
+                let served = match started_ahead_kind(&spec, state) {
+                    Some(i) => Served::ColdWanted(i32::try_from(i).unwrap_or(0)),
+                    None => Served::Cold,
+                };
                 (
                     run(&spec, state, slot, &mut sock, fitting, &mut used),
-                    Served::Cold,
+                    served,
                 )
             }
         },
@@ -274,11 +282,28 @@ fn prestarted_for(
     let [stage] = spec.stages.as_slice() else {
         return None;
     };
+    let options = match &w.kind {
+        crate::spec::WarmKind::Prestart { options, .. } => options.as_slice(),
+        crate::spec::WarmKind::Python { .. } => &[],
+    };
     let fits = stage.warm.as_deref() == Some(w.name.as_str())
         && stage.argv.first().map(String::as_str) == Some(w.program())
+        && stage.argv.get(1..=options.len()) == Some(options)
         && stage.env == w.env
         && p.layout_fits(spec);
     fits.then_some((pre.index, pre.idle_memory))
+}
+
+/// The warm runtime started ahead (not a zygote) that `spec`'s single stage names, if any.
+fn started_ahead_kind(spec: &SandboxSpec, st: &HelperState) -> Option<usize> {
+    let [stage] = spec.stages.as_slice() else {
+        return None;
+    };
+    let name = stage.warm.as_deref()?;
+    st.config
+        .warm
+        .iter()
+        .position(|w| w.name == name && !w.forks())
 }
 
 /// The zygote that can take `spec`, if any.

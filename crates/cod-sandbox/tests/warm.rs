@@ -424,6 +424,7 @@ fn node_runtime() -> WarmRuntime {
         kind: WarmKind::Prestart {
             program: "/usr/bin/node".into(),
             argv: vec!["/usr/bin/node".into(), NODE_BOOT.into()],
+            options: Vec::new(),
         },
     }
 }
@@ -514,6 +515,7 @@ fn a_program_started_ahead_that_died_does_not_lose_the_run() {
     broken.kind = WarmKind::Prestart {
         program: "/usr/bin/node".into(),
         argv: vec!["/usr/bin/node".into(), "/opt/cod/warm/missing.js".into()],
+        options: Vec::new(),
     };
     let config = JailConfig {
         slots: common::SLOTS,

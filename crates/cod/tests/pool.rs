@@ -151,3 +151,89 @@ async fn a_warm_node_program_ends_as_node_would() {
     assert_eq!(v["stdout"], "no newline", "{v:#}");
     assert_eq!(v["status"], "ok", "{v:#}");
 }
+
+/// A JVM started ahead runs a compiled (cached) Java program as `java -cp . Main args`
+/// does: arguments, stdin, `System.exit` codes, and an uncaught exception printed with the
+/// program's own stack frames only, exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_jvm_runs_a_program_as_java_would() {
+    let st = state();
+    let source = "import java.util.Scanner;\n\
+        public class Main {\n\
+            public static void main(String[] args) {\n\
+                String line = new Scanner(System.in).nextLine();\n\
+                System.out.println(String.join(\",\", args) + \" \" + line);\n\
+                if (args[0].equals(\"exit\")) System.exit(3);\n\
+                if (args[0].equals(\"throw\")) { int[] a = new int[1]; a[2] = 1; }\n\
+            }\n\
+        }\n";
+    let run_java = |args: &'static [&'static str]| {
+        let st = st.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let before = stats_of(&st, "java").hits;
+                let v = run(
+                    &st,
+                    "java",
+                    source,
+                    json!({"args": args, "stdin": "typed\n"}),
+                )
+                .await;
+                if stats_of(&st, "java").hits > before {
+                    return v;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "java was never served warm: {v:#}"
+                );
+            }
+        }
+    };
+    let v = run_java(&["a", "b"]).await;
+    assert_eq!(v["status"], "ok", "{v:#}");
+    assert_eq!(v["stdout"], "a,b typed\n", "{v:#}");
+    assert_eq!(v["compile"]["cached"], true, "{v:#}");
+
+    let v = run_java(&["exit"]).await;
+    assert_eq!(v["stdout"], "exit typed\n", "{v:#}");
+    assert_eq!(v["exit_code"], 3, "{v:#}");
+
+    let v = run_java(&["throw"]).await;
+    assert_eq!(v["exit_code"], 1, "{v:#}");
+    let err = v["stderr"].as_str().unwrap();
+    assert_eq!(
+        err,
+        "Exception in thread \"main\" java.lang.ArrayIndexOutOfBoundsException: \
+         Index 2 out of bounds for length 1\n\tat Main.main(Main.java:7)\n",
+        "{v:#}"
+    );
+}
+
+/// Two runtimes started ahead share the slots: when the runs switch from Java to
+/// JavaScript, the slots start Node.js ahead instead, after a single cold run per slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_start_ahead_the_runtime_their_runs_ask_for() {
+    let st = state();
+    let java =
+        "public class Main { public static void main(String[] a) { System.out.println(7); } }";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // Java until both slots served it warm.
+    let mut warm_java = 0;
+    while warm_java < 2 {
+        let before = stats_of(&st, "java").hits;
+        let v = run(&st, "java", java, json!({})).await;
+        assert_eq!(v["stdout"], "7\n", "{v:#}");
+        warm_java += usize::from(stats_of(&st, "java").hits > before);
+        assert!(Instant::now() < deadline, "java was never served warm");
+    }
+    // Then JavaScript: each slot runs at most one cold before it keeps Node.js ahead.
+    let mut cold = 0;
+    for _ in 0..6 {
+        let before = stats_of(&st, "javascript").hits;
+        let v = run(&st, "javascript", "console.log(8)", json!({})).await;
+        assert_eq!(v["stdout"], "8\n", "{v:#}");
+        cold += usize::from(stats_of(&st, "javascript").hits == before);
+    }
+    assert!(cold <= 2, "{cold} of 6 JavaScript runs were cold");
+}
