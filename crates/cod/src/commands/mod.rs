@@ -83,11 +83,7 @@ pub(crate) fn start_jail(
         }),
         // The runtimes slots may keep warm; which slots do is the pool's choice.
         warm: match prepare_for {
-            Some(registry) if config.pool.enabled => cod_runtime::warm_runtimes(
-                registry,
-                &cod_runtime::HostLayout::detect().with_languages(registry),
-                config.limits.default.to_limits().disk.get(),
-            ),
+            Some(registry) if config.pool.enabled => warm_runtimes(config, registry),
             _ => Vec::new(),
         },
     };
@@ -96,6 +92,17 @@ pub(crate) fn start_jail(
     )?;
     self_test(&jail).context("the sandbox does not work on this host (see docs/sandbox.md)")?;
     Ok(Arc::new(jail))
+}
+
+/// The runtimes a slot may keep warm, for runs with the configured default limits.
+fn warm_runtimes(config: &Config, registry: &Registry) -> Vec<cod_sandbox::WarmRuntime> {
+    let defaults = config.limits.default.to_limits();
+    cod_runtime::warm_runtimes_with(
+        registry,
+        &cod_runtime::HostLayout::detect().with_languages(registry),
+        defaults.disk.get(),
+        defaults.memory.get(),
+    )
 }
 
 /// The warm runtime pool over `jail` (started with [`start_jail`] for `registry`), which
@@ -108,14 +115,10 @@ pub(crate) fn start_pool(
     if !config.pool.enabled {
         return None;
     }
-    let names: Vec<String> = cod_runtime::warm_runtimes(
-        registry,
-        &cod_runtime::HostLayout::detect().with_languages(registry),
-        config.limits.default.to_limits().disk.get(),
-    )
-    .into_iter()
-    .map(|w| w.name)
-    .collect();
+    let names: Vec<String> = warm_runtimes(config, registry)
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
     for l in registry.all() {
         if let Some(why) = &l.warm_unavailable {
             tracing::warn!(language = %l.name, reason = %why, "language runs cold");
