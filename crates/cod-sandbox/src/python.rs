@@ -282,7 +282,10 @@ impl Python {
             }
             (self.incref)(runner);
             self.runner = runner;
-            let code = c"import sys\ndel sys._cod_run\ndel sys\nimport gc\ngc.collect()\ndel gc\n";
+            // Frozen, the zygote's objects are left out of every collection in a run: a
+            // full collection would otherwise write to each of them and so copy most of
+            // the zygote's memory into the run.
+            let code = c"import sys\ndel sys._cod_run\ndel sys\nimport gc\ngc.collect()\ngc.freeze()\ndel gc\n";
             if (self.run_string)(code.as_ptr(), std::ptr::null_mut()) != 0 {
                 return Err(PythonError("cleaning up after the runner failed".into()));
             }
