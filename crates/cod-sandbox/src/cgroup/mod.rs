@@ -278,15 +278,30 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
+/// Reads a control file: one `open`, reads into a buffer sized for control files, one
+/// `close` (not `read_to_string`'s size probing, which cgroupfs cannot answer anyway:
+/// these files are read on every run).
 fn read_string(path: &Path) -> Result<String, CgroupError> {
-    let mut s = String::new();
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_string(&mut s))
-        .map_err(|source| CgroupError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(s)
+    let err = |source| CgroupError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = fs::File::open(path).map_err(err)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 fn read_u64(path: &Path) -> Result<u64, CgroupError> {
