@@ -237,3 +237,37 @@ async fn slots_start_ahead_the_runtime_their_runs_ask_for() {
     }
     assert!(cold <= 2, "{cold} of 6 JavaScript runs were cold");
 }
+
+/// After a burst of concurrent runs (more than there are slots, so that runs queue and the
+/// slots never idle), every slot keeps Python warm again: consecutive runs that follow are
+/// all served warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_refills_after_a_burst() {
+    let st = state();
+    run_warm(&st, "python", "print(0)").await;
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            let st = st.clone();
+            tokio::spawn(async move {
+                let src = format!("import os\nprint({i}, len(os.listdir('.')))");
+                (i, run(&st, "python", &src, json!({})).await)
+            })
+        })
+        .collect();
+    for h in burst {
+        let (i, v) = h.await.unwrap();
+        assert_eq!(v["stdout"], format!("{i} 1\n"), "{v:#}");
+    }
+    // Refilled: within a bounded time, a run is warm, and so are the four after it.
+    run_warm(&st, "python", "print(1)").await;
+    for _ in 0..4 {
+        let before = stats_of(&st, "python").hits;
+        let v = run(&st, "python", "print(2)", json!({})).await;
+        assert_eq!(v["stdout"], "2\n", "{v:#}");
+        assert_eq!(
+            stats_of(&st, "python").hits,
+            before + 1,
+            "a run after the burst was cold"
+        );
+    }
+}
