@@ -18,9 +18,11 @@
 //!
 //! Admission happens before queueing: a per-client concurrency limit and rate limit, a
 //! bounded queue (by count and by expected CPU time), and a bound on how long the run
-//! would wait behind the work ahead of it. A refused run gets a reason and when to retry;
-//! an admitted run is never dropped by the scheduler: it waits until it gets a slot or its
-//! owner stops waiting (dropping the [`Waiter`] leaves the queue).
+//! would wait: for the waiting runs that go before it and for what the running runs have
+//! left of their expected lengths (at least half of it), spread over the slots. A refused
+//! run gets a reason and when to retry; an admitted run is never dropped by the scheduler:
+//! it waits until it gets a slot or its owner stops waiting (dropping the [`Waiter`]
+//! leaves the queue).
 //!
 //! `Policy::Fifo` turns all of this into a plain first-come-first-served queue (for
 //! comparisons).
@@ -60,8 +62,9 @@ pub struct SchedulerConfig {
     pub queue: usize,
     /// Expected CPU time of all waiting runs together; zero means no bound.
     pub queue_cpu: Duration,
-    /// Longest a run may be expected to wait behind the work ahead of it (the bound is
-    /// `max(max_wait, aging × its expected time)`); zero means no bound.
+    /// Longest a run may be expected to wait behind the work ahead of it (the waiting runs
+    /// that go first and the rest of the running ones); the bound is
+    /// `max(max_wait, aging × its expected time)`; zero means no bound.
     pub max_wait: Duration,
     /// The order.
     pub policy: Policy,
@@ -222,6 +225,8 @@ impl Client {
 #[derive(Debug)]
 struct State {
     free: Vec<u32>,
+    /// Per slot, while a run holds it: the run's expected length and when it started.
+    busy: Vec<Option<(Duration, Instant)>>,
     running: usize,
     queued: usize,
     queued_cpu: Duration,
@@ -273,6 +278,7 @@ impl Scheduler {
                 epoch: Instant::now(),
                 state: Mutex::new(State {
                     free: (0..slots).rev().collect(),
+                    busy: vec![None; config.workers],
                     running: 0,
                     queued: 0,
                     queued_cpu: Duration::ZERO,
@@ -392,7 +398,10 @@ impl Scheduler {
         let limits = ticket.limits.unwrap_or(cfg.client);
         let workers = u32::try_from(cfg.workers).unwrap_or(u32::MAX);
         let must_wait = s.free.is_empty() || s.queued > 0;
-        let mean_wait = s.queued_cpu / workers;
+        // What the running runs are expected to hold their slots for still: a run that
+        // waits waits for them too.
+        let left = s.running_left(now);
+        let mean_wait = (s.queued_cpu + left) / workers;
         if must_wait {
             if s.queued >= cfg.queue {
                 return Err((RejectReason::QueueFull, mean_wait + expected));
@@ -412,7 +421,7 @@ impl Scheduler {
                     .filter(|((k, _), _)| *k <= key)
                     .map(|(_, e)| e.expected)
                     .sum();
-                let wait = ahead / workers;
+                let wait = (ahead + left) / workers;
                 let allowed = cfg
                     .max_wait
                     .max(Duration::from_secs_f64(expected.as_secs_f64() * cfg.aging));
@@ -463,6 +472,7 @@ impl Scheduler {
             .find_map(|p| s.free.iter().position(|f| f == p))
             .unwrap_or(s.free.len() - 1);
         let slot = s.free.remove(idx);
+        s.occupy(slot, expected, now);
         s.running += 1;
         s.started += 1;
         Some(Permit {
@@ -581,6 +591,7 @@ fn dispatch(inner: &Inner, s: &mut State, now: Instant) {
             .find_map(|p| s.free.iter().position(|f| f == p))
             .unwrap_or(s.free.len() - 1);
         let slot = s.free.remove(idx);
+        s.occupy(slot, entry.expected, now);
         s.running += 1;
         s.started += 1;
         let grant = Grant {
@@ -594,7 +605,7 @@ fn dispatch(inner: &Inner, s: &mut State, now: Instant) {
                 c.running -= 1;
             }
             s.running -= 1;
-            s.free.push(slot);
+            s.vacate(slot);
         }
     }
 }
@@ -692,7 +703,42 @@ fn release(s: &mut State, client: &ClientId, slot: u32) {
         c.running = c.running.saturating_sub(1);
     }
     s.running = s.running.saturating_sub(1);
-    s.free.push(slot);
+    s.vacate(slot);
+}
+
+impl State {
+    /// `slot` is taken by a run expected to hold it for `expected`.
+    fn occupy(&mut self, slot: u32, expected: Duration, now: Instant) {
+        if let Some(b) = self.busy.get_mut(slot as usize) {
+            *b = Some((expected, now));
+        }
+    }
+
+    /// `slot` is free again.
+    fn vacate(&mut self, slot: u32) {
+        if let Some(b) = self.busy.get_mut(slot as usize) {
+            *b = None;
+        }
+        self.free.push(slot);
+    }
+
+    /// The expected time the running runs still hold their slots, all together. Each
+    /// counts for what is left of its expected length, but for at least half of it (what
+    /// is left, on average, of a run seen at a random moment): a run past its expected
+    /// end is late, not done. Counting late runs as done admits long runs into waits that
+    /// overrun when lengths vary, and overdue long runs go before every short run that
+    /// arrives after them.
+    fn running_left(&self, now: Instant) -> Duration {
+        self.busy
+            .iter()
+            .flatten()
+            .map(|(expected, since)| {
+                expected
+                    .saturating_sub(now.saturating_duration_since(*since))
+                    .max(*expected / 2)
+            })
+            .sum()
+    }
 }
 
 /// A held worker slot; dropping it frees the slot for the next run.

@@ -5,7 +5,7 @@
 //!
 //! A job's state only moves forward: `queued` → `running` → `done`, or `cancelled` from
 //! either of the first two. An accepted job always reaches `done` or `cancelled`: its task
-//! holds a [`Finisher`] whose drop records an internal error if the task ended otherwise.
+//! holds a `Finisher` whose drop records an internal error if the task ended otherwise.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -579,6 +579,32 @@ mod tests {
         assert!(jobs.get("b", None).is_some());
         // Another client does not see it.
         assert!(jobs.get("b", Some(&ClientId("y".into()))).is_none());
+    }
+
+    #[test]
+    fn finished_jobs_are_kept_for_the_retention_only() {
+        // A retention of zero: a finished job is gone at the next look; an unfinished
+        // one stays whatever its age.
+        let jobs = Jobs::new(JobsConfig {
+            retention: Duration::ZERO,
+            ..JobsConfig::default()
+        });
+        jobs.insert(record("done", "x", true));
+        jobs.insert(record("waiting", "x", true));
+        jobs.finish("done", JobState::Done, None);
+        assert!(jobs.get("done", None).is_none());
+        assert_eq!(
+            jobs.get("waiting", None).map(|v| v.state),
+            Some(JobState::Queued)
+        );
+        // The default keeps it.
+        let jobs = Jobs::new(JobsConfig::default());
+        jobs.insert(record("done", "x", true));
+        jobs.finish("done", JobState::Done, None);
+        assert_eq!(
+            jobs.get("done", None).map(|v| v.state),
+            Some(JobState::Done)
+        );
     }
 
     #[test]

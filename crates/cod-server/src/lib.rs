@@ -1,8 +1,10 @@
-//! The HTTP side of cod: the native API, Piston v2 compatibility and the web page.
+//! The HTTP side of cod: the native API (runs, asynchronous jobs, the editor's WebSocket),
+//! Piston v2 and Judge0 compatibility, metrics, the OpenAPI document and the web page.
 //!
 //! Build the router with [`app`] (tests drive it with `oneshot`); [`serve`] runs it on a
 //! listener until a shutdown signal. This crate never runs programs itself: it admits runs
-//! through [`cod_sched::Admission`] and hands them to a [`cod_runtime::Executor`].
+//! through a [`cod_sched::Scheduler`] and hands them to a [`cod_runtime::Executor`]
+//! through the [`worker::LocalWorker`].
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -124,12 +124,21 @@ impl AppState {
     }
 }
 
-/// Removes a synchronous job's record if its caller goes away before the end.
-struct SyncGuard(AppState, String);
+/// Cancels a synchronous job if its caller goes away before the end (the future is
+/// dropped: the run has left the queue or been killed), and removes its record.
+struct SyncGuard {
+    st: AppState,
+    id: String,
+    armed: bool,
+}
 
 impl Drop for SyncGuard {
     fn drop(&mut self) {
-        self.0.jobs.finish(&self.1, JobState::Cancelled, None);
+        if self.armed {
+            metrics::cancelled();
+            tracing::info!(job = %self.id, "job cancelled: its client went away");
+            self.st.jobs.finish(&self.id, JobState::Cancelled, None);
+        }
     }
 }
 
@@ -139,8 +148,13 @@ impl Admitted {
         let id = self.sub.item.id.clone();
         let jobs = self.st.jobs.clone();
         // Dropped before the end (the caller went away): recorded as cancelled.
-        let _guard = SyncGuard(self.st.clone(), id.clone());
+        let mut guard = SyncGuard {
+            st: self.st.clone(),
+            id: id.clone(),
+            armed: true,
+        };
         let (state, output) = self.execute().await;
+        guard.armed = false;
         jobs.finish(&id, state, output)
     }
 
@@ -153,7 +167,8 @@ impl Admitted {
         let callback = self.sub.callback.clone();
         let judge0 = self.sub.judge0.clone();
         let job_id = id.clone();
-        tokio::spawn(async move {
+        // In the request's span: the job's log lines carry the request that made it.
+        let task = async move {
             let _tracked = tracked;
             let (state, output) = self.execute().await;
             st.jobs.finish(&job_id, state, output);
@@ -172,7 +187,8 @@ impl Admitted {
                         .await;
                 }
             }
-        });
+        };
+        tokio::spawn(task.in_current_span());
         id
     }
 

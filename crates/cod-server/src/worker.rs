@@ -177,3 +177,81 @@ pub(crate) fn internal_error(item: &WorkItem, message: &str) -> RunResult {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item() -> WorkItem {
+        WorkItem {
+            id: "j1".into(),
+            language: "python".into(),
+            files: vec![
+                ("main.py".into(), b"import helper\nprint(input())".to_vec()),
+                ("helper.py".into(), vec![0xff, 0x00, b'x']),
+            ],
+            stdin: b"hi\n".to_vec(),
+            args: vec!["-v".into()],
+            limits: LimitsSpec::DEFAULT,
+            compile_limits: LimitsSpec::DEFAULT,
+        }
+    }
+
+    /// What crosses the scheduler–worker seam survives a trip through a broker's bytes:
+    /// the job (binary files included), the events and the result.
+    #[test]
+    fn jobs_events_and_results_cross_the_wire() {
+        let it = item();
+        let json = serde_json::to_vec(&it).expect("serializes");
+        let back: WorkItem = serde_json::from_slice(&json).expect("deserializes");
+        assert_eq!(back, it);
+        assert_eq!(back.content_key(), it.content_key());
+
+        let events = [
+            WorkerEvent::Started { slot: 3 },
+            WorkerEvent::Usage(Usage {
+                cpu_ms: 12,
+                memory_kb: 2048,
+                wall_ms: 30,
+            }),
+        ];
+        for e in events {
+            let json = serde_json::to_string(&e).expect("serializes");
+            assert!(json.contains("\"event\":"), "{json}");
+            let back: WorkerEvent = serde_json::from_str(&json).expect("deserializes");
+            assert_eq!(back, e);
+        }
+
+        let mut result = internal_error(&it, "lost");
+        result.run.stdout = "partial".into();
+        let json = serde_json::to_string(&result).expect("serializes");
+        let back: RunResult = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, result);
+    }
+
+    /// The history key: the same run gives the same key; anything that changes what the
+    /// run does gives another, and a test case (other stdin) is a run of its own.
+    #[test]
+    fn the_content_key_covers_what_decides_the_run() {
+        let base = item();
+        let key = base.content_key();
+        assert_eq!(key, item().content_key());
+        assert_eq!(key.len(), 32);
+        let case = base.with_stdin("j1.1".into(), b"other\n".to_vec());
+        assert_eq!(case.id, "j1.1");
+        assert_eq!(case.files, base.files);
+        let mut limits = base.clone();
+        limits.limits.cpu_ms /= 2;
+        let mut args = base.clone();
+        args.args.push("-q".into());
+        let mut file = base.clone();
+        file.files[1].1.push(b'!');
+        // The id is not part of it: the same program under another id is the same run.
+        let mut renamed = base.clone();
+        renamed.id = "j2".into();
+        assert_eq!(renamed.content_key(), key);
+        for other in [case, limits, args, file] {
+            assert_ne!(other.content_key(), key, "{other:?}");
+        }
+    }
+}

@@ -36,7 +36,7 @@ const SLEEPER: &str = "import time\nprint('up', flush=True)\ntime.sleep(30)";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_answers_202_then_its_result_by_id() {
-    let st = state();
+    let st = state_at(65_400);
     let r = post_json(
         &st,
         "/api/v1/jobs",
@@ -321,7 +321,7 @@ async fn callbacks_are_signed_retried_and_their_failures_shown() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batches_and_test_cases_compiled_once() {
-    let st = state();
+    let st = state_at(65_450);
     let r = post_json(
         &st,
         "/api/v1/jobs/batch",
@@ -550,4 +550,133 @@ async fn a_disconnected_client_leaves_the_queue() {
         run(&st, "python", "print(3)", json!({})).await["stdout"],
         "3\n"
     );
+}
+
+/// Over a real connection to a real `cod serve`: a client that closes its connection while
+/// its synchronous run runs has the run killed (its processes die, its slot frees), and one
+/// that closes while its run waits takes it out of the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_connection_kills_the_run_or_leaves_the_queue() {
+    use tokio::io::AsyncWriteExt;
+
+    let uid_base = 65_800;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::server::Server::start(
+        &["--workers", "1"],
+        &format!("[sandbox]\nuid_base = {uid_base}\n"),
+        &[],
+        dir.path(),
+    );
+    let http = common::server::client();
+    // Sends a synchronous run on a connection of its own, which is returned open.
+    let send_run = |body: Value| {
+        let addr = server.addr.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let body = body.to_string();
+            let req = format!(
+                "POST /api/v1/run HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            tcp
+        }
+    };
+    let health = || {
+        let (http, url) = (http.clone(), server.url("/healthz"));
+        async move {
+            let v: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            (
+                v["running"].as_u64().unwrap(),
+                v["queued"].as_u64().unwrap(),
+            )
+        }
+    };
+    let running = send_run(json!({"language": "python", "source": SLEEPER,
+        "limits": {"wall_ms": 40000, "cpu_ms": 1000}}))
+    .await;
+    tokio::time::timeout(TIMEOUT, async {
+        while processes_of(uid_base..uid_base + 1).is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the sleeper starts");
+    let queued = send_run(json!({"language": "python", "source": "print('never')"})).await;
+    tokio::time::timeout(TIMEOUT, async {
+        while health().await != (1, 1) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("one run runs and one waits");
+    let listed: Value = http
+        .get(server.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["running", "queued"], "{listed}");
+
+    // The waiting run's client goes away: the run leaves the queue; the other still runs.
+    drop(queued);
+    tokio::time::timeout(TIMEOUT, async {
+        while health().await != (1, 0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the waiting run leaves the queue");
+    assert!(!processes_of(uid_base..uid_base + 1).is_empty());
+
+    // The running run's client goes away: its program is killed and the slot frees, long
+    // before the program's 30 s.
+    drop(running);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !processes_of(uid_base..uid_base + 1).is_empty() || health().await != (0, 0) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the run is killed and its slot freed");
+    let listed: Value = http
+        .get(server.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 0, "{listed}");
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "cod_cancelled_total 2"),
+        "both runs count as cancelled:\n{metrics}"
+    );
+    // And the slot runs the next program.
+    let v: Value = http
+        .post(server.url("/api/v1/run"))
+        .json(&json!({"language": "python", "source": "print('next')"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["stdout"], "next\n", "{v}");
 }

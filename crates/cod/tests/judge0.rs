@@ -164,7 +164,7 @@ async fn submit(st: &cod_server::AppState, query: &str, body: &Value) -> Resp {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verdicts_map_to_judge0_statuses() {
-    let st = state();
+    let st = common::jobs::state_at(65_500);
     let wait = "wait=true&fields=*";
     let cases: &[(&str, i64, &str, Value, i64)] = &[
         // (language id, ..., source, extra, status)
@@ -255,7 +255,7 @@ async fn verdicts_map_to_judge0_statuses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn base64_fields_and_errors_follow_judge0() {
-    let st = state();
+    let st = common::jobs::state_at(65_550);
     let body = json!({"source_code": B64.encode("print(input() + '!')"), "language_id": 71,
                       "stdin": B64.encode("hé"), "command_line_arguments": "a 'b c'"});
     let r = submit(&st, "base64_encoded=true&wait=true", &body).await;
@@ -321,7 +321,7 @@ async fn base64_fields_and_errors_follow_judge0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn languages_statuses_about_and_config() {
-    let st = state();
+    let st = common::jobs::state_at(65_600);
     let langs = get(&st, "/languages").await.json;
     let ids: Vec<i64> = langs
         .as_array()

@@ -144,23 +144,63 @@ async fn json_logs_carry_the_job_id_from_http_to_the_sandbox() {
         .unwrap();
     assert_eq!(v["stdout"], "logged\n");
     let id = v["id"].as_str().unwrap().to_owned();
+    // And an asynchronous job, which runs in a task of its own.
+    let job: Value = server::client()
+        .post(server.url("/api/v1/jobs"))
+        .json(&json!({"language": "python", "source": "print('later')"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
     let lines = server.take_lines();
-    let found = tokio::task::spawn_blocking(move || {
+    let ids = [id.clone(), job_id.clone()];
+    let mut found = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut found = std::collections::HashMap::new();
         while let Ok(line) =
             lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
         {
             let j: Value =
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             if j["message"] == "run finished" {
-                return Some(j);
+                let run_id = j["spans"]
+                    .as_array()
+                    .and_then(|s| s.iter().find(|s| s["name"] == "run"))
+                    .and_then(|s| s["id"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                if ids.contains(&run_id) {
+                    found.insert(run_id, j);
+                }
+                if found.len() == ids.len() {
+                    break;
+                }
             }
         }
-        None
+        found
     })
     .await
-    .unwrap()
-    .expect("a `run finished` line");
+    .unwrap();
+    // The asynchronous job's lines carry the request that made it, then the job and run.
+    let later = found
+        .remove(&job_id)
+        .expect("a `run finished` line of the job");
+    let spans = later["spans"].as_array().expect("the span list");
+    let http = spans
+        .iter()
+        .find(|s| s["name"] == "http")
+        .expect("the request's span");
+    assert_eq!(http["path"], "/api/v1/jobs", "{later}");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "job" && s["id"] == job_id.as_str()),
+        "{later}"
+    );
+    let found = found.remove(&id).expect("a `run finished` line");
     let spans = found["spans"].as_array().expect("the span list");
     let job = spans
         .iter()

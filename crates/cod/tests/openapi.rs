@@ -26,7 +26,7 @@ fn routes_in_source() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route_is_documented_and_every_documented_route_answers() {
-    let st = state();
+    let st = common::jobs::state_at(65_650);
     let r = get(&st, "/api/openapi.json").await;
     assert_eq!(r.status, StatusCode::OK);
     let doc = r.json;
@@ -115,7 +115,7 @@ async fn fetch(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swagger_ui_is_served_without_any_cdn() {
-    let st = state();
+    let st = common::jobs::state_at(65_700);
     let (status, _, page) = fetch(&st, "/api/docs", false).await;
     assert_eq!(status, StatusCode::OK);
     let page = String::from_utf8(page).unwrap();

@@ -374,18 +374,51 @@ async fn queue_is_bounded_by_expected_cpu_and_wait() {
     seed(&s, "long", ms(2000)).await;
     let _h = s.acquire(Ticket::new("h", "c", "py"), &[]).await.unwrap();
     let mut held = Vec::new();
-    for i in 0..5 {
+    for i in 0..4 {
         held.push(
             s.enqueue(Ticket::new(format!("{i}"), "c", "py"), &[])
                 .unwrap(),
         );
         tokio::time::advance(ms(1)).await;
     }
-    // 5 × 250 ms ahead of a sixth short run: more than a second.
-    let e = s.enqueue(Ticket::new("6", "c", "py"), &[]).unwrap_err();
+    // 4 × 250 ms waiting and what is left of the running 250 ms, ahead of a fifth short
+    // run: more than a second.
+    let e = s.enqueue(Ticket::new("4", "c", "py"), &[]).unwrap_err();
     assert_eq!(e.reason, RejectReason::WaitTooLong);
+    // Once the running run is past its expected length, only the waiting ones count.
+    tokio::time::advance(ms(300)).await;
+    drop(held.pop());
+    held.push(s.enqueue(Ticket::new("4", "c", "py"), &[]).unwrap());
     // A long run may wait up to twice its 2 s.
     assert!(s.enqueue(ticket("7", "c", "long"), &[]).is_ok());
+}
+
+/// The wait a run is admitted for counts what the running runs have left: a short run
+/// that would wait behind two long running ones is refused, and its `Retry-After` says
+/// when they are expected to be done. A run past its expected end still counts.
+#[tokio::test(start_paused = true)]
+async fn the_running_runs_count_in_the_wait() {
+    let mut cfg = SchedulerConfig::new(2, 64);
+    cfg.max_wait = ms(1000);
+    let s = Scheduler::with_config(cfg);
+    seed(&s, "long", ms(3000)).await;
+    seed(&s, "short", ms(10)).await;
+    let l1 = s.acquire(ticket("l1", "a", "long"), &[]).await.unwrap();
+    let l2 = s.acquire(ticket("l2", "b", "long"), &[]).await.unwrap();
+    assert_eq!((l1.expected(), l2.expected()), (ms(3000), ms(3000)));
+    // Nothing waits, but both slots are busy for 3 s more: a short run would wait 3 s.
+    let e = s.enqueue(ticket("s", "c", "short"), &[]).unwrap_err();
+    assert_eq!(e.reason, RejectReason::WaitTooLong);
+    assert_eq!(e.retry_after, ms(2000));
+    // Past their expected end, the long runs are late, not done: still refused.
+    tokio::time::advance(ms(3500)).await;
+    let e = s.enqueue(ticket("s", "c", "short"), &[]).unwrap_err();
+    assert_eq!(e.reason, RejectReason::WaitTooLong);
+    // One ends: a slot is free and nobody waits, so the short run starts at once.
+    drop(l1);
+    let mut w = s.enqueue(ticket("s", "c", "short"), &[]).expect("admitted");
+    assert!(try_take(&mut w).is_some());
+    drop(l2);
 }
 
 /// A worker that answers with the slot it ran in, after `len` of virtual time.

@@ -10,7 +10,20 @@ use cod_server::AppState;
 use cod_server::jobs::JobState;
 use serde_json::Value;
 
-use super::{Resp, TIMEOUT, call};
+use super::{Resp, TIMEOUT, call, jail_with, state_on};
+
+/// State like `common::state()` (two slots, warm runtimes, room for 16 waiting runs) whose
+/// programs run as host uids from `uid_base`: these suites keep to 64000–66000 so that
+/// other suites' searches for leftover processes never see their programs.
+pub fn state_at(uid_base: u32) -> AppState {
+    state_on(
+        jail_with(2, uid_base),
+        2,
+        16,
+        1 << 20,
+        cod_core::limits::LimitsPolicy::default(),
+    )
+}
 
 /// A request as if from `remote` (the client's identity when auth is off).
 pub fn from(remote: &str, mut req: Request<Body>) -> Request<Body> {
