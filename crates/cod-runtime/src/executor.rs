@@ -436,6 +436,8 @@ impl Executor {
     }
 
     /// Slots that keep `language` warm: the scheduler places its runs there when it can.
+    /// Call it once per run as it is queued: the pool counts the run then (see
+    /// [`crate::Pool::warm_slots`]).
     pub fn warm_slots(&self, language: &str) -> Vec<u32> {
         self.pool
             .as_ref()

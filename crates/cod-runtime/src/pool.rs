@@ -253,18 +253,12 @@ impl Pool {
         self.languages.iter().position(|l| l == language)
     }
 
-    /// Takes note of a run of `language` in `slot` that `warm` served (or not), and re-balances
-    /// every few runs.
+    /// Takes note of a run of `language` in `slot` that `warm` served (or not).
     pub fn record(&self, language: &str, slot: u32, warm: Option<&WarmUse>) {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        for d in &mut st.demand {
-            *d *= DECAY;
-        }
-        st.total = st.total * DECAY + 1.0;
         if let Some(i) = self.index(language) {
-            st.demand[i] += 1.0;
             match warm {
                 Some(w) => {
                     st.hits[i] += 1;
@@ -282,15 +276,29 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Slots told to keep `language` warm (its runs should go there). Asked once for each
+    /// run as it is queued, which is when the pool counts it: the mix of runtimes it
+    /// follows is that of the runs arriving, queued ones included, not of those already
+    /// served. Re-balances every few runs.
+    pub fn warm_slots(&self, language: &str) -> Vec<u32> {
+        let Ok(mut st) = self.state.lock() else {
+            return Vec::new();
+        };
+        for d in &mut st.demand {
+            *d *= DECAY;
+        }
+        st.total = st.total * DECAY + 1.0;
+        let index = self.index(language);
+        if let Some(i) = index {
+            st.demand[i] += 1.0;
+        }
         st.since_rebalance += 1;
         if st.since_rebalance >= REBALANCE_EVERY {
             self.rebalance(&mut st);
         }
-    }
-
-    /// Slots told to keep `language` warm (its runs should go there).
-    pub fn warm_slots(&self, language: &str) -> Vec<u32> {
-        let (Some(i), Ok(st)) = (self.index(language), self.state.lock()) else {
+        let Some(i) = index else {
             return Vec::new();
         };
         (0..)

@@ -271,3 +271,49 @@ async fn the_pool_refills_after_a_burst() {
         );
     }
 }
+
+/// The pool follows the runs as they arrive, not as they finish: with both slots held by
+/// long C runs, a queue of JavaScript runs turns the slots over to JavaScript (and away from
+/// Python) before any of those runs has started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_follows_the_queue_not_the_finished_runs() {
+    let st = state();
+    let hold = "#include <unistd.h>\nint main(void){sleep(3);return 0;}";
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let st = st.clone();
+            tokio::spawn(async move { run(&st, "c", hold, json!({})).await })
+        })
+        .collect();
+    let queued: Vec<_> = (0..10)
+        .map(|i| {
+            let st = st.clone();
+            tokio::spawn(async move {
+                run(&st, "javascript", &format!("console.log({i})"), json!({})).await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (js, py) = (stats_of(&st, "javascript"), stats_of(&st, "python"));
+        if js.slots == 2 && py.slots == 0 {
+            assert_eq!(
+                js.hits + js.misses,
+                0,
+                "the JavaScript runs started already"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not follow the queue: {js:?} {py:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    for h in busy {
+        assert_eq!(h.await.unwrap()["status"], "ok");
+    }
+    for (i, h) in queued.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap()["stdout"], format!("{i}\n"));
+    }
+}
