@@ -71,12 +71,12 @@ pub fn stage_report(o: &StageOutcome, limits: &LimitsSpec, what: &str) -> StageR
         )),
         (Status::InternalError, _) => Some(match o.exec_errno {
             Some(e) => format!(
-                "cod could not start the {what}: {}",
+                "cod could not start {what}: {}",
                 std::io::Error::from_raw_os_error(e)
             ),
-            None => format!("the {what} ended without reporting how"),
+            None => format!("{what} ended without reporting how"),
         }),
-        (_, _) if o.cancelled => Some(format!("the {what} was cancelled")),
+        (_, _) if o.cancelled => Some(format!("{what} was cancelled")),
         (Status::RuntimeError, _) => Some(match o.exit {
             Exit::Code(c) => format!("{what} exited with code {c}"),
             Exit::Signal(s) => format!(
@@ -213,6 +213,14 @@ mod tests {
         assert_eq!(r.stdout, "hi\u{fffd}");
         assert_eq!((r.cpu_ms, r.wall_ms, r.memory_kb), (12, 20, 2048));
         assert!(r.message.unwrap().contains("segmentation fault"));
+    }
+
+    #[test]
+    fn a_cancelled_run_says_so_in_words() {
+        let mut o = outcome(Exit::Signal(9), None);
+        o.cancelled = true;
+        let r = stage_report(&o, &LimitsSpec::DEFAULT, "the program");
+        assert_eq!(r.message.as_deref(), Some("the program was cancelled"));
     }
 
     #[test]
