@@ -4,7 +4,7 @@
 
 import { createEditor } from "./editor.js";
 import { syntaxFor } from "./languages.js";
-import { Output, Status } from "./output.js";
+import { Output, Status, fmtMs } from "./output.js";
 import { Session } from "./session.js";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +15,7 @@ const stopButton = $("stop");
 const stdinInput = $("stdin");
 const eofButton = $("eof");
 const conn = $("conn");
+const build = $("build");
 const output = new Output($("output"));
 const status = new Status($("status"));
 
@@ -115,10 +116,29 @@ picker.addEventListener("change", () => {
   const untouched = trimEnd(text) === "" || (runtimes.has(prev) && trimEnd(text) === trimEnd(template(prev)));
   showLanguage(next);
   session.setLanguage(next);
+  showBuild(null);
   try { localStorage.setItem("cod.language", next); } catch (e) { /* storage disabled */ }
   if (untouched && template(next) !== text) editor.setLocalText(template(next));
   editor.focus();
 });
+
+// ---- compile-ahead --------------------------------------------------------------------------
+
+/** What the server's compile-ahead said of the text as it is (nothing once it changes). */
+function showBuild(msg) {
+  if (!msg) {
+    build.hidden = true;
+    delete build.dataset.status;
+    return;
+  }
+  const status = msg.status === "ok" || msg.status === "compile_error" ? msg.status : "failed";
+  build.dataset.status = status;
+  build.textContent = status === "ok" ? "compiled, ready to run"
+    : status === "compile_error" ? "does not compile: Run shows why" : "could not compile ahead";
+  build.title = msg.cached ? "built before (from the compile cache)"
+    : typeof msg.wall_ms === "number" ? `compiled in ${fmtMs(msg.wall_ms)} while you paused` : "";
+  build.hidden = false;
+}
 
 // ---- runs -----------------------------------------------------------------------------------
 
@@ -225,6 +245,11 @@ function onServerMessage(msg) {
     }
     case "exit":
       return finishRun(msg);
+    case "compiled":
+      // Of the text as the editor has it, and its language: a compile-ahead of an older
+      // version or another language says nothing of it.
+      if (msg.version === session.version && resolveLanguage(msg.language) === current) showBuild(msg);
+      return;
     case "error":
       status.set("error", "bad", [String(msg.error ?? "unknown error")], "error");
       // A rejected run request (nothing started): the page is no longer waiting for it.
@@ -299,16 +324,23 @@ async function boot() {
     doc: template(current),
     syntax: syntaxFor(runtimes.get(current)),
     editable: !resume, // the server's text replaces this one on a resume
-    onLocalChange: (changes) => session.localChange(changes),
+    onLocalChange: (changes) => {
+      session.localChange(changes);
+      showBuild(null);
+    },
     onRun: startRun,
   });
   session = new Session(socketUrl(), resume, {
     text: () => editor.text(),
     language: () => current,
-    setServerText: (text) => editor.setServerText(text),
+    setServerText: (text) => {
+      editor.setServerText(text);
+      showBuild(null);
+    },
     opened: onOpened,
     connection: onConnection,
     message: onServerMessage,
+    unanswered: (n) => { body.dataset.unanswered = String(n); },
   });
   session.connect();
   if (!resume) editor.focus();

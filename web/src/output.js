@@ -111,7 +111,7 @@ export class Status {
   }
 }
 
-function fmtMs(ms) {
+export function fmtMs(ms) {
   return ms < 10000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 

@@ -6,6 +6,15 @@
 // (edits are pipelined; the socket keeps them in order). `acked` is the last version the server
 // confirmed. Nothing is sent before the server's "opened"; the text typed meanwhile is
 // reconciled when it arrives.
+//
+// The server answers every edit, in order, with "ack" or "resync" (an "error" comes before the
+// resync of a refused edit). So the page pairs each answer with its edit (`pending`). A resync
+// replaces the text, which makes the edits still in flight moot: they were made on text that
+// is gone. While edits made after the resync are on their way, the answers to the moot ones
+// are ignored (a later resync would otherwise wipe out what was typed since the first). Should
+// a moot edit have been applied (its version happened to be the server's), the page asks for
+// the server's text again with an empty edit against its own version, which the server has
+// passed.
 
 import { ChangeSet } from "@codemirror/state";
 
@@ -40,6 +49,7 @@ export class Session {
    *  - opened({session, language, resumed}): a session is established on this socket
    *  - connection(state, detail): "connecting" | "open" | "closed" (detail: retry delay in ms)
    *  - message(msg): every other server message (stage, out, exit, error, ...)
+   *  - unanswered(n): the number of edits sent and not answered yet changed
    */
   constructor(url, sessionId, hooks) {
     this.url = url;
@@ -50,6 +60,9 @@ export class Session {
     this.established = false; // a session was opened at least once on this page
     this.version = 0;
     this.acked = 0;
+    // One entry per edit sent on this socket and not answered yet: true when it was made on a
+    // text a resync has replaced since (its answer no longer concerns the editor).
+    this.pending = [];
     this.languageDirty = false; // the language changed while no session was open
     this.attempts = 0;
     this.retryTimer = null;
@@ -69,6 +82,7 @@ export class Session {
       return;
     }
     this.ws = ws;
+    this.setPending([]);
     ws.onopen = () => this.sendOpen();
     ws.onmessage = (ev) => {
       if (ws !== this.ws) return;
@@ -119,7 +133,28 @@ export class Session {
   /** The editor changed the text (called once per transaction, in order). */
   localChange(changes) {
     if (!this.opened) return; // reconciled on the next "opened"
-    if (this.sendRaw({ type: "edit", version: this.version, changes: changes.toJSON() })) this.version++;
+    this.sendEdit(changes.toJSON());
+  }
+
+  /** Sends an edit against `version` (the text as the editor has it). */
+  sendEdit(changesJson) {
+    if (!this.sendRaw({ type: "edit", version: this.version, changes: changesJson })) return false;
+    this.version++;
+    this.setPending([...this.pending, false]);
+    return true;
+  }
+
+  /** The edits on their way (see `pending`), and who wants to know how many. */
+  setPending(pending) {
+    this.pending = pending;
+    if (this.hooks.unanswered) this.hooks.unanswered(pending.length);
+  }
+
+  /** The answer to the oldest edit on its way arrived: whether that edit was moot. */
+  answered() {
+    const [moot, ...rest] = this.pending;
+    this.setPending(rest);
+    return !!moot;
   }
 
   setLanguage(language) {
@@ -129,13 +164,26 @@ export class Session {
   receive(msg) {
     switch (msg.type) {
       case "opened": return this.onOpened(msg);
-      case "ack":
+      case "ack": {
+        if (this.answered()) {
+          // An edit made on replaced text was applied: the server's text is not the editor's.
+          // Unless an edit made since will be answered with it, ask for it: an empty edit
+          // against the editor's version, which the server has passed, gets a resync.
+          if (!this.pending.some((moot) => !moot)) this.sendEdit(ChangeSet.empty(this.hooks.text().length).toJSON());
+          return;
+        }
         if (typeof msg.version === "number") this.acked = msg.version;
         return;
+      }
       case "resync":
+        // The answer to an edit made on replaced text, while edits made since are on their
+        // way: their answers will tell. (With none on its way, the editor's text is still the
+        // one of the resync before, and this one is as new or newer.)
+        if (this.answered() && this.pending.some((moot) => !moot)) return;
         if (typeof msg.text === "string" && typeof msg.version === "number") {
           this.hooks.setServerText(msg.text);
           this.version = this.acked = msg.version;
+          this.setPending(this.pending.map(() => true));
         }
         return;
       case "error":
@@ -171,13 +219,11 @@ export class Session {
 
     this.id = msg.session;
     this.version = this.acked = serverVersion;
+    this.setPending([]);
     this.opened = true;
     this.attempts = 0;
     if (keepLocal) {
-      if (local !== serverText) {
-        this.sendRaw({ type: "edit", version: this.version, changes: diffChanges(serverText, local) });
-        this.version++;
-      }
+      if (local !== serverText) this.sendEdit(diffChanges(serverText, local));
     } else {
       this.hooks.setServerText(serverText);
     }

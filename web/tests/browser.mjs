@@ -1,17 +1,25 @@
 // End-to-end test of the web editor in Debian's Chromium (playwright-core, no downloaded
 // browser). Needs a running server: the real `cod serve`, or tests/mock-server.mjs.
 //
+// Types programs into the editor as a person would and checks: output streamed while the
+// program runs (Run by Ctrl+Enter), stdout and stderr apart, the status line's figures, an
+// input() prompt answered in the input line, Ctrl+D as end of input, Stop ending an endless
+// loop (killed, well before its time limit), a reload finding the program and its language,
+// the language picker's templates and syntax colours, C++ compiled ahead of Run (the server's
+// "compiled", then "compiled (cached)" in the status), and that the page uses nothing but cod.
+//
 //   COD_URL=http://127.0.0.1:2000/ node web/tests/browser.mjs
 //
-// Env: COD_URL (required), CHROMIUM (default /usr/bin/chromium), COD_MOCK=1 adds a reconnect
-// check that needs the mock's /__mock/* routes, COD_SCREENSHOT=FILE saves a picture at the end.
+// Env: COD_URL (required), CHROMIUM (default /usr/bin/chromium), COD_MOCK=1 adds checks that
+// need the mock's /__mock/* routes (reconnecting, a resync, edits crossing another editor's
+// change), COD_SCREENSHOT=FILE saves a picture at the end.
 // Exits 0 when every check passed; prints "N passed, M failed" last.
 
 import { chromium } from "playwright-core";
 
 const url = process.env.COD_URL;
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-const OVERALL_MS = 60000;
+const OVERALL_MS = 120000;
 const STEP_MS = 15000;
 
 let passed = 0;
@@ -51,6 +59,37 @@ async function waitFor(what, fn, arg, timeout = STEP_MS) {
   }
 }
 
+/** Waits until `fn(arg)` returns a truthy value in the page, and returns that value. */
+async function waitForValue(what, fn, arg, timeout = STEP_MS) {
+  try {
+    const handle = await page.waitForFunction(fn, arg, { timeout, polling: 50 });
+    return await handle.jsonValue();
+  } catch (e) {
+    throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+  }
+}
+
+const received = []; // every JSON message the server sent the page
+const frameWaiters = new Set();
+
+/** The first message from the server (already received or to come) that `pred` accepts. */
+function waitForFrame(what, pred, timeout = STEP_MS) {
+  const had = received.find(pred);
+  if (had) return Promise.resolve(had);
+  return new Promise((resolve, reject) => {
+    const w = {
+      pred,
+      resolve: (m) => { clearTimeout(timer); frameWaiters.delete(w); resolve(m); },
+    };
+    const timer = setTimeout(() => {
+      frameWaiters.delete(w);
+      const seen = received.filter((m) => m.type !== "ack").slice(-10);
+      reject(new Error(`timed out after ${timeout} ms waiting for ${what}; last messages: ${JSON.stringify(seen)}`));
+    }, timeout);
+    frameWaiters.add(w);
+  });
+}
+
 /** Replaces the editor's text by typing, as a person would. */
 async function typeProgram(text) {
   await page.click(".cm-content");
@@ -70,6 +109,22 @@ async function main() {
       "--disable-component-update", "--disable-sync", "--no-first-run"],
   });
   page = await browser.newPage({ viewport: { width: 1366, height: 768 } });
+  // The page works without any external network: everything it uses comes from cod.
+  const foreign = [];
+  page.on("request", (r) => {
+    const u = new URL(r.url());
+    if (["http:", "https:"].includes(u.protocol) && u.host !== new URL(url).host) foreign.push(r.url());
+  });
+  page.on("websocket", (ws) => {
+    if (new URL(ws.url()).host !== new URL(url).host) foreign.push(ws.url());
+    // What the server sends the page, for checks the page does not show (compile-ahead).
+    ws.on("framereceived", ({ payload }) => {
+      let m;
+      try { m = JSON.parse(String(payload)); } catch (e) { return; }
+      received.push(m);
+      for (const w of [...frameWaiters]) if (w.pred(m)) w.resolve(m);
+    });
+  });
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e)));
   page.on("console", (m) => { if (m.type() === "error") console.error(`browser console: ${m.text()}`); });
@@ -85,6 +140,30 @@ async function main() {
     const python = options.find(([v]) => v === "python");
     assert(python && !python[1], `no usable python in the picker: ${JSON.stringify(options)}`);
     await page.selectOption("#language", "python");
+    assert(await page.$eval("#build", (b) => b.hidden), "the build note stays after the language changed");
+  });
+
+  await check("a typed program's output streams while it runs (Ctrl+Enter runs)", async () => {
+    await typeProgram('import time\nprint("first", flush=True)\ntime.sleep(2)\nprint("second")');
+    await page.keyboard.press("ControlOrMeta+Enter");
+    // Seen while the program still sleeps: not at the end, and before "second" is printed.
+    const seen = await waitForValue('"first" in the output', () => {
+      const out = document.querySelector("#output").textContent;
+      return out.includes("first") && { running: document.body.dataset.running === "1", out };
+    });
+    assert(seen.running && !seen.out.includes("second"),
+      `"first" was shown only at the end: ${JSON.stringify(seen)}`);
+    await waitFor("the run to end", () => !document.body.dataset.running);
+    const out = await outputText();
+    assert(out === "first\nsecond\n", `output ${JSON.stringify(out)}`);
+    const inStdout = await page.$$eval("#output span.stdout", (ss) => ss.map((s) => s.textContent).join(""));
+    assert(inStdout === out, `stdout spans hold ${JSON.stringify(inStdout)}`);
+    // The status line: verdict, exit code, CPU and wall time, peak memory.
+    const st = await statusOf();
+    assert(st.status === "ok", `status is ${JSON.stringify(st)}, expected ok`);
+    for (const want of [/^ok\b/, /\bexit 0\b/, /\bcpu \d+ ms\b/, /\bwall \d+(\.\d)? (ms|s)\b/, /\d+(\.\d)? (KiB|MiB)\b/]) {
+      assert(want.test(st.text), `the status line ${JSON.stringify(st.text)} lacks ${want}`);
+    }
   });
 
   await check("an interactive program reads a typed line", async () => {
@@ -115,30 +194,76 @@ async function main() {
   });
 
   await check("Stop ends an endless program", async () => {
-    await typeProgram("while True: pass");
+    await typeProgram('print("spinning", flush=True)\nwhile True: pass');
     await page.click("#run");
-    await waitFor("body[data-running=1]", () => document.body.dataset.running === "1");
-    // Give the server a moment to start it, bounded; a server that sends no "stage" is fine too.
-    await page.waitForFunction(() => /running/.test(document.querySelector("#status").textContent), null, { timeout: 5000 })
-      .catch(() => {});
+    // The program is running once its first line is out.
+    await waitFor('"spinning" in the output', () => document.querySelector("#output").textContent.includes("spinning"));
+    assert(await page.evaluate(() => document.body.dataset.running === "1"), "the run ended by itself");
+    const stopped = Date.now();
     await page.click("#stop");
-    await waitFor("the run to end after Stop", () => !document.body.dataset.running);
+    // Well before the run's 10 s wall-clock limit would end it.
+    await waitFor("the run to end after Stop", () => !document.body.dataset.running, null, 5000);
     const st = await statusOf();
-    assert(st.status && !["ok", "running", "ready", "loading"].includes(st.status),
-      `after Stop the status is ${JSON.stringify(st)}`);
-    console.log(`   status after Stop: ${st.text}`);
+    console.log(`   status after Stop (${Date.now() - stopped} ms): ${st.text}`);
+    assert(st.status === "runtime_error" && /\bsignal SIGKILL\b/.test(st.text),
+      `after Stop the status is ${JSON.stringify(st)}, expected runtime_error with signal SIGKILL`);
+    assert(!await page.$eval("#run", (b) => b.disabled), "Run stays disabled after Stop");
   });
 
   await check("a reload resumes the session", async () => {
+    const want = await editorText();
     const before = page.url();
     await page.reload({ timeout: STEP_MS });
     await waitFor("body[data-ready=1] after the reload", () => document.body.dataset.ready === "1");
     assert(page.url() === before, `the URL changed from ${before} to ${page.url()}`);
     await waitFor("the endless program in the editor",
-      () => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n") === "while True: pass")
+      (w) => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n") === w, want)
       .catch(async (e) => { throw new Error(`${e.message}; the editor holds ${JSON.stringify(await editorText())}`); });
+    assert(want === 'print("spinning", flush=True)\nwhile True: pass', `the program before the reload was ${JSON.stringify(want)}`);
     const lang = await page.$eval("#language", (s) => s.value);
     assert(lang === "python", `the picker shows ${lang} after the reload`);
+  });
+
+  await check("C++ starts from its template, is compiled ahead and runs interactively", async () => {
+    const runtimes = await page.evaluate(async () => (await fetch("/api/v1/runtimes")).json());
+    const cpp = runtimes.find((r) => r.name === "cpp");
+    assert(cpp && cpp.available !== false, `C++ is not available: ${JSON.stringify(cpp)}`);
+    // An empty buffer takes the new language's hello-world template.
+    await typeProgram("");
+    await page.selectOption("#language", "cpp");
+    await waitFor("the C++ template in the editor",
+      (t) => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n") === t, cpp.template)
+      .catch(async (e) => { throw new Error(`${e.message}; the editor holds ${JSON.stringify(await editorText())}`); });
+    // Its syntax mode colours it.
+    const tokens = await page.$$eval(".cm-content [class*='tok-']", (ts) => ts.length);
+    assert(tokens > 3, `${tokens} highlighted tokens in the C++ template`);
+    if (process.env.COD_MOCK !== "1") {
+      // Left alone, the buffer is compiled in the background (the server says "compiled").
+      await waitForFrame("a compile-ahead of the template",
+        (m) => m.type === "compiled" && m.language === "cpp" && m.status === "ok", 30000);
+      // The page says so.
+      await waitFor("the page to show the program is built",
+        () => { const b = document.querySelector("#build"); return !b.hidden && b.dataset.status === "ok"; });
+    }
+    await page.click("#run");
+    await waitFor('the template\'s prompt in the output', () => document.querySelector("#output").textContent.includes("What is your name? "));
+    if (process.env.COD_MOCK !== "1") {
+      await page.locator("#stdin").pressSequentially("Ada");
+      await page.locator("#stdin").press("Enter");
+    }
+    await waitFor("the run to end", () => !document.body.dataset.running);
+    const out = await outputText();
+    const st = await statusOf();
+    assert(st.status === "ok", `status is ${JSON.stringify(st)}, expected ok (output ${JSON.stringify(out)})`);
+    if (process.env.COD_MOCK !== "1") {
+      assert(out.includes("Hello, Ada!"), `output ${JSON.stringify(out)} lacks "Hello, Ada!"`);
+      // Compiled ahead: Run found the program built.
+      assert(/\bcompiled \(cached\)/.test(st.text), `the status line ${JSON.stringify(st.text)} does not say "compiled (cached)"`);
+    } else {
+      assert(/\bcompiled\b/.test(st.text), `the status line ${JSON.stringify(st.text)} does not say "compiled"`);
+    }
+    await page.selectOption("#language", "python");
+    assert(await page.$eval("#build", (b) => b.hidden), "the build note stays after the language changed");
   });
 
   if (process.env.COD_MOCK === "1") {
@@ -183,10 +308,63 @@ async function main() {
       }
       assert(got === want, `server text ${JSON.stringify(got)} != editor text ${JSON.stringify(want)}`);
     });
+
+    /** The server's and the editor's text once no edit is on its way either way. */
+    const settled = async (id) => {
+      const mock = async (path) => (await fetch(new URL(path, new URL(url)))).json();
+      for (const deadline = Date.now() + 10000; ;) {
+        const st = await mock("/__mock/state");
+        const unanswered = await page.evaluate(() => document.body.dataset.unanswered);
+        if (st.queued === 0 && unanswered === "0") {
+          return { server: st.sessions.find((s) => s.id === id)?.text, editor: await editorText() };
+        }
+        assert(Date.now() < deadline, `still ${st.queued} messages at the mock, ${unanswered} edits unanswered`);
+        await page.waitForTimeout(50);
+      }
+    };
+
+    await check("(mock) edits on their way when another editor's change lands are not applied unseen", async () => {
+      const mock = async (path) => (await fetch(new URL(path, new URL(url)))).json();
+      const id = new URLSearchParams(new URL(page.url()).hash.slice(1)).get("s");
+      await page.click(".cm-content");
+      await page.keyboard.press("ControlOrMeta+End");
+      // One unit longer than the editor's text: the page's second edit matches the server's
+      // version and length, so the server applies it although it was made on the old text.
+      const other = "#" + await editorText();
+      await mock("/__mock/lag?ms=100");
+      await mock(`/__mock/edit?session=${id}&text=${encodeURIComponent(other)}`);
+      await page.keyboard.type("abc");
+      const { server, editor } = await settled(id);
+      await mock("/__mock/lag?ms=0");
+      assert(server === editor, `server text ${JSON.stringify(server)} != editor text ${JSON.stringify(editor)}`);
+      assert(editor.startsWith("#print('server')"), `the other editor's change is not in ${JSON.stringify(editor)}`);
+    });
+
+    await check("(mock) answers to edits made before a resync do not undo what was typed after it", async () => {
+      const mock = async (path) => (await fetch(new URL(path, new URL(url)))).json();
+      const id = new URLSearchParams(new URL(page.url()).hash.slice(1)).get("s");
+      await page.click(".cm-content");
+      await page.keyboard.press("ControlOrMeta+End");
+      const other = "# from another tab\n" + await editorText();
+      await mock("/__mock/lag?ms=200");
+      await mock(`/__mock/edit?session=${id}&text=${encodeURIComponent(other)}`);
+      await page.keyboard.type("xyz");
+      // The first edit's resync brings the other tab's text; the answers to the two edits
+      // after it are still on their way when the user types on.
+      await waitFor("the other tab's text in the editor",
+        (t) => [...document.querySelectorAll(".cm-content .cm-line")].map((l) => l.textContent).join("\n") === t, other);
+      await page.keyboard.press("ControlOrMeta+End");
+      await page.keyboard.type("de");
+      const { server, editor } = await settled(id);
+      await mock("/__mock/lag?ms=0");
+      assert(server === editor, `server text ${JSON.stringify(server)} != editor text ${JSON.stringify(editor)}`);
+      assert(editor === other + "de", `the editor holds ${JSON.stringify(editor)}, expected the other tab's text and "de"`);
+    });
   }
 
   if (process.env.COD_SCREENSHOT) await page.screenshot({ path: process.env.COD_SCREENSHOT });
   assert(pageErrors.length === 0, `errors in the page: ${pageErrors.join("; ")}`);
+  assert(foreign.length === 0, `the page loaded from elsewhere than cod: ${foreign.join(", ")}`);
 }
 
 let failed = 0;

@@ -11,11 +11,15 @@
 //   X = input("prompt")      writes the prompt, reads a line of stdin (EOF: EOFError)
 //   print(a, b, file=sys.stderr)   string literals, f-strings with {var}, variables
 //   while True:              runs until killed (or the 10 s wall limit)
+//   time.sleep(S)            waits S seconds (`import` lines are ignored)
 // Other languages compile first (cached by text) and print what their "hello" prints.
 //
-// Test-only routes: GET /__mock/state (sessions, protocol violations), GET /__mock/drop
-// (close every socket; ?refuse=1 also refuses new ones), GET /__mock/accept (accept again),
-// GET /__mock/resync?session=ID&text=T (replace a session's text and send "resync").
+// Test-only routes: GET /__mock/state (sessions, protocol violations, messages waiting),
+// GET /__mock/drop (close every socket; ?refuse=1 also refuses new ones), GET /__mock/accept
+// (accept again), GET /__mock/resync?session=ID&text=T (replace a session's text and send
+// "resync"), GET /__mock/edit?session=ID&text=T (replace it silently, as another editor of
+// the session would: the page's next edit is stale), GET /__mock/lag?ms=N (handle each
+// socket's messages N ms apart, in order, so that edits pile up on their way).
 
 import http from "node:http";
 import { createHash, randomBytes } from "node:crypto";
@@ -35,7 +39,7 @@ const runtimes = [
   { name: "c", title: "C", version: "12.2.0", aliases: ["gcc"], extensions: ["c", "h"], compiled: true, available: true,
     template: '#include <stdio.h>\n\nint main(void) {\n    printf("Hello, world!\\n");\n    return 0;\n}\n' },
   { name: "cpp", title: "C++", version: "12.2.0", aliases: ["c++", "g++"], extensions: ["cpp", "cc"], compiled: true, available: true,
-    template: '#include <bits/stdc++.h>\nusing namespace std;\n\nint main() {\n    cout << "Hello, world!" << endl;\n}\n' },
+    template: '#include <iostream>\n#include <string>\n\nint main() {\n    std::string name;\n    std::cout << "What is your name? " << std::flush;\n    std::cin >> name;\n    std::cout << "Hello, " << name << "!\\n";\n}\n' },
   { name: "rust", title: "Rust", version: "1.85.0", aliases: ["rs"], extensions: ["rs"], compiled: true, available: true,
     template: 'fn main() {\n    println!("Hello, world!");\n}\n' },
   { name: "javascript", title: "JavaScript", version: "20.20.2", aliases: ["js", "node"], extensions: ["js"], compiled: false, available: true,
@@ -52,6 +56,8 @@ const sessions = new Map(); // id -> {id, doc: Text, version, language, run}
 const compiled = new Set(); // compile cache keys
 const sockets = new Set();
 let refuse = false;
+let lag = 0; // ms before each message of a socket is handled
+let queued = 0; // messages received and not handled yet
 const violations = [];
 const stats = { edits: 0, acks: 0, resyncs: 0, runs: 0, opens: 0, resumes: 0 };
 
@@ -71,7 +77,7 @@ const server = http.createServer(async (req, res) => {
   if (url.pathname === "/api/v1/runtimes") return json(200, runtimes);
   if (url.pathname === "/__mock/state") {
     return json(200, {
-      violations, stats,
+      violations, stats, queued,
       sessions: [...sessions.values()].map((s) => ({ id: s.id, version: s.version, language: s.language, text: s.doc.toString() })),
     });
   }
@@ -94,6 +100,18 @@ const server = http.createServer(async (req, res) => {
       told++;
     }
     return json(200, { version: session.version, told });
+  }
+  if (url.pathname === "/__mock/edit") {
+    const session = sessions.get(url.searchParams.get("session"));
+    if (!session) return json(404, { error: "no such session" });
+    session.doc = Text.of((url.searchParams.get("text") ?? "").split("\n"));
+    session.version++;
+    session.external = true; // stale edits from the page are expected now
+    return json(200, { version: session.version });
+  }
+  if (url.pathname === "/__mock/lag") {
+    lag = Number(url.searchParams.get("ms") || 0);
+    return json(200, { lag });
   }
   if (url.pathname === "/__mock/accept") {
     refuse = false;
@@ -132,7 +150,16 @@ function connection(ws) {
     // As the real server: a run dies with the socket that started it.
     if (session && session.run && session.run.ws === ws) session.run.kill("disconnected");
   });
+  // Messages are handled in order, each `lag` ms after the one before.
+  let chain = Promise.resolve();
   ws.on("message", (data, isBinary) => {
+    queued++;
+    chain = chain.then(async () => {
+      if (lag) await new Promise((r) => setTimeout(r, lag));
+      try { handle(data, isBinary); } finally { queued--; }
+    });
+  });
+  const handle = (data, isBinary) => {
     if (isBinary) return error("binary frames are not part of the protocol");
     let msg;
     try { msg = JSON.parse(data.toString()); } catch (e) { return error(`bad JSON: ${e.message}`); }
@@ -159,14 +186,14 @@ function connection(ws) {
         stats.edits++;
         if (msg.version !== session.version) {
           stats.resyncs++;
-          violation(`edit at version ${msg.version}, current is ${session.version}`);
+          if (!session.external) violation(`edit at version ${msg.version}, current is ${session.version}`);
           return send({ type: "resync", version: session.version, text: session.doc.toString() });
         }
         let changes;
         try { changes = ChangeSet.fromJSON(msg.changes); } catch (e) { return error(`edit: bad changes: ${e.message}`); }
         if (changes.length !== session.doc.length) {
           stats.resyncs++;
-          violation(`edit for a document of ${changes.length} chars, it has ${session.doc.length}`);
+          if (!session.external) violation(`edit for a document of ${changes.length} chars, it has ${session.doc.length}`);
           return send({ type: "resync", version: session.version, text: session.doc.toString() });
         }
         session.doc = changes.apply(session.doc);
@@ -202,7 +229,7 @@ function connection(ws) {
       default:
         return error(`unknown message type ${JSON.stringify(msg.type)}`);
     }
-  });
+  };
 }
 
 // ---- fake runs ------------------------------------------------------------------------------
@@ -241,10 +268,10 @@ function startRun(session, ws, send, initialStdin) {
     stdin(data) { input += data; if (wakeReader) wakeReader(); },
     closeStdin() { inputClosed = true; if (wakeReader) wakeReader(); },
     kill(why) {
-      finish({ status: "runtime_error", exit_code: null, signal: 9, message: why === "killed" ? "killed" : "killed: the client went away" });
+      finish({ status: "runtime_error", exit_code: null, signal: "SIGKILL", message: why === "killed" ? "killed" : "killed: the client went away" });
     },
   };
-  wallTimer = setTimeout(() => finish({ status: "time_limit", reason: "wall", exit_code: null, signal: 9, message: "wall time limit of 10 s exceeded" }), 10000);
+  wallTimer = setTimeout(() => finish({ status: "time_limit", reason: "wall", exit_code: null, signal: "SIGKILL", message: "wall time limit of 10 s exceeded" }), 10000);
 
   const readLine = async () => {
     for (;;) {
@@ -318,10 +345,12 @@ async function python(source, { emit, readLine, isDone, finish }) {
           return finish({ status: "runtime_error", exit_code: 1, message: "exited with code 1" });
         }
         vars.set(m[1], got);
+      } else if ((m = /^time\.sleep\(([\d.]+)\)$/.exec(line))) {
+        await new Promise((r) => setTimeout(r, Number(m[1]) * 1000));
       } else if ((m = /^print\((.*)\)$/.exec(line))) {
         let args = splitArgs(m[1]);
         const toStderr = args.includes("file=sys.stderr");
-        args = args.filter((a) => !a.startsWith("file="));
+        args = args.filter((a) => !a.startsWith("file=") && !a.startsWith("flush="));
         emit(toStderr ? "stderr" : "stdout", args.map(value).join(" ") + "\n");
       } else if ((m = /^(\w+)\s*=\s*(.+)$/.exec(line))) {
         vars.set(m[1], value(m[2]));

@@ -13,6 +13,8 @@ web="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 root="$(cd "$web/.." && pwd)"
 cod="${1:-$root/target/debug/cod}"
 [[ -x $cod ]] || { echo "run-real.sh: $cod not found: build it first (cargo build)" >&2; exit 1; }
+# Made absolute: the script changes directory below (scripts/test passes a relative path).
+cod="$(cd "$(dirname "$cod")" && pwd)/$(basename "$cod")"
 chromium="${CHROMIUM:-/usr/bin/chromium}"
 [[ -x $chromium ]] || { echo "run-real.sh: $chromium not found: apt-get install -y chromium" >&2; exit 1; }
 cd "$web"

@@ -1,6 +1,7 @@
-//! Runs from the editor's WebSocket, in the real sandbox: output streamed as it is written,
-//! interactive stdin, kill, a disconnect during a run, a slow reader, compile-ahead, and
-//! `POST /api/v1/run?stream=true`. The protocol without runs is in `ws.rs`.
+//! Runs from the editor's WebSocket, in the real sandbox: output streamed as it is written
+//! (and cut at the output limit), interactive stdin, kill, a disconnect during a run, a slow
+//! reader, compile-ahead, and `POST /api/v1/run?stream=true` (its events, and a client that
+//! hangs up). The protocol without runs is in `ws.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 #![allow(clippy::cast_precision_loss)] // clock readings as f64 seconds
 
@@ -246,6 +247,25 @@ async fn a_slow_reader_holds_the_program_back_not_server_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_output_stops_at_the_output_limit() {
+    let server = serve(common::state()).await;
+    let mut c = Client::connect(server.addr).await;
+    // 1 MiB to stdout against a limit of 16 KiB.
+    let src = "import sys\nfor i in range(1024):\n    sys.stdout.write('y' * 1023 + '\\n')\n    sys.stdout.flush()\n";
+    c.open("python", src, None).await;
+    let (events, exit) = c.run(0, json!({"limits": {"output_kb": 16}})).await;
+    assert_eq!(exit["status"], "output_limit", "{}", exit["message"]);
+    assert_eq!(exit["stdout_truncated"], true);
+    let streamed = output(&events, "stdout");
+    assert!(
+        !streamed.is_empty() && streamed.len() <= 16 * 1024,
+        "{} bytes streamed",
+        streamed.len()
+    );
+    assert_eq!(streamed, exit["stdout"].as_str().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compile_ahead_builds_an_idle_buffer_so_run_only_starts_it() {
     let st = common::state().with_editor(editor(true, 50));
     let server = serve(st).await;
@@ -460,6 +480,54 @@ async fn stream_true_answers_newline_delimited_events() {
         .await
         .unwrap();
     assert_eq!(plain["stdout"], "42\n", "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_true_client_that_goes_away_cancels_its_run() {
+    // One worker: the next run can only start once the abandoned one is gone.
+    let st = common::state_with(1, 4, 1 << 20, LimitsPolicy::default());
+    let server = serve(st).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/run?stream=true", server.addr);
+    let src = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.05)\n";
+    let mut resp = within(
+        "the response to start",
+        client
+            .post(&url)
+            .json(&json!({"language": "python", "source": src}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Read until the program has printed, then hang up.
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("tick") {
+        let chunk = within("a tick", resp.chunk()).await.unwrap();
+        got.extend_from_slice(&chunk.expect("the stream goes on while the program runs"));
+    }
+    drop(resp);
+    let gone = Instant::now();
+    let next: Value = within(
+        "the next run",
+        client
+            .post(format!("http://{}/api/v1/run", server.addr))
+            .json(&json!({"language": "python", "source": "print('next')"}))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(next["stdout"], "next\n", "{next}");
+    // Well before the abandoned run's 10 s wall limit would have freed the worker.
+    assert!(
+        gone.elapsed() < Duration::from_secs(5),
+        "the worker was busy for {:?} after the client left",
+        gone.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

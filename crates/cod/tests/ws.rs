@@ -1,6 +1,6 @@
 //! The editor's WebSocket protocol over a real socket, against the router on a loopback
 //! port: changesets (made by the real CodeMirror, and generated here), resync, resume,
-//! limits, expiry, and bad messages. Runs are in `editor.rs`.
+//! limits (text, sessions, message size), expiry, and bad messages. Runs are in `editor.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
@@ -243,6 +243,59 @@ async fn a_stale_edit_gets_the_servers_text_and_editing_goes_on_from_its_version
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_edit_gets_one_answer_in_order_so_moot_edits_can_be_told_apart() {
+    let server = serve(common::state()).await;
+    let mut a = Client::connect(server.addr).await;
+    let opened = a.open("python", "abc", None).await;
+    let session = opened["session"].as_str().unwrap().to_owned();
+    let mut b = Client::connect(server.addr).await;
+    b.open("python", "", Some(&session)).await;
+    a.send(json!({"type": "edit", "version": 0, "changes": [[0, "X"], 3]}))
+        .await;
+    assert_eq!(a.expect("ack").await["version"], 1);
+    // B types on its copy ("abc", version 0) without waiting: three edits, and a fourth
+    // that does not fit any text (an error, then its resync).
+    for (version, edit) in [
+        (0, json!([3, [0, "1"]])),
+        (1, json!([4, [0, "2"]])),
+        (2, json!([5, [0, "3"]])),
+        (3, json!([99, [0, "4"]])),
+    ] {
+        b.send(json!({"type": "edit", "version": version, "changes": edit}))
+            .await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 4 {
+        let v = b.next().await;
+        match v["type"].as_str().unwrap() {
+            "ack" => answers.push(format!("ack {}", v["version"])),
+            "resync" => answers.push(format!("resync {} {}", v["version"], v["text"])),
+            "error" => {}
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    // The first is stale. The second and third were made on B's text, which the resync
+    // replaced, but their versions and lengths happen to fit the server's: they are applied
+    // (B must take them as moot and ask again); the fourth fits nothing.
+    assert_eq!(
+        answers,
+        [
+            r#"resync 1 "Xabc""#,
+            "ack 2",
+            "ack 3",
+            r#"resync 3 "Xabc23""#
+        ]
+    );
+    // An empty edit against a version the server has passed brings its text.
+    b.send(json!({"type": "edit", "version": 1, "changes": [4]}))
+        .await;
+    assert_eq!(
+        b.expect("resync").await,
+        json!({"type": "resync", "version": 3, "text": "Xabc23"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_survives_a_disconnect_and_is_resumed_by_id() {
     let server = serve(common::state()).await;
     let mut a = Client::connect(server.addr).await;
@@ -343,6 +396,41 @@ async fn text_size_and_session_count_are_limited() {
         Event::Closed(Some(frame)) => assert_eq!(u16::from(frame.code), CLOSE_SESSION_GONE),
         other => panic!("expected a close frame, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_closes_the_connection_not_the_session() {
+    let ed = editor(1024, 10, None);
+    let max_message = ed.config().max_message();
+    let server = serve(common::state().with_editor(ed)).await;
+    let mut c = Client::connect(server.addr).await;
+    let opened = c.open("python", "print(1)\n", None).await;
+    let session = opened["session"].as_str().unwrap().to_owned();
+    c.send(json!({"type": "edit", "version": 0, "changes": [9, [0, "x"]]}))
+        .await;
+    c.expect("ack").await;
+    // One byte over: the server reads no further and ends the connection.
+    let pad = max_message + 1 - r#"{"type":"stdin","data":""}"#.len();
+    let _ =
+        c.ws.send(Message::text(
+            json!({"type": "stdin", "data": "x".repeat(pad)}).to_string(),
+        ))
+        .await;
+    match c.event().await {
+        Event::Closed(_) => {}
+        Event::Json(v) => panic!("expected the connection to end, got {v}"),
+    }
+    // The session is untouched and resumes from another connection.
+    assert_eq!(
+        server_text(server.addr, &session).await,
+        ("print(1)\nx".to_owned(), 1)
+    );
+    // A message just under the limit is read (and answered: no run is active).
+    let mut d = Client::connect(server.addr).await;
+    let pad = max_message - r#"{"type":"stdin","data":""}"#.len();
+    d.send_text(&json!({"type": "stdin", "data": "x".repeat(pad)}).to_string())
+        .await;
+    assert_eq!(d.expect("error").await["error"], "stdin: no run is active");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
