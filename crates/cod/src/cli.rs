@@ -36,6 +36,9 @@ pub(crate) enum Command {
     /// Measure run latency against running the same programs without a sandbox and under
     /// bubblewrap.
     Bench(BenchArgs),
+    /// Simulate a day of the full load through the real scheduler and autoscaling policy:
+    /// machine-hours against a peak-sized fleet, waits, a CSV and a plot (docs/simulate.md).
+    Simulate(SimulateArgs),
     /// List languages and whether this host can run them.
     Runtimes,
     /// Print the configuration in effect, every key written out.
@@ -127,4 +130,24 @@ pub(crate) struct BenchArgs {
     /// Seconds of arrivals in the scheduler suite, for each of the two policies.
     #[arg(long, default_value_t = 60)]
     pub(crate) sched_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// The simulation's parameters (TOML; every key optional, see docs/simulate.toml);
+    /// default: the design's day (1M users, ~2,220 runs/s at the peak, 64-core machines).
+    #[arg(long, value_name = "FILE.toml")]
+    pub(crate) config_file: Option<PathBuf>,
+    /// Print the report as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write the timeline (machines and load, one row per sample) as CSV here.
+    #[arg(long, value_name = "FILE.csv", default_value = "cod-simulate.csv")]
+    pub(crate) csv: PathBuf,
+    /// Write the plot of the timeline (SVG) here.
+    #[arg(long, value_name = "FILE.svg", default_value = "cod-simulate.svg")]
+    pub(crate) plot: PathBuf,
+    /// Seed of the random numbers, instead of the file's.
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
 }

@@ -1,7 +1,8 @@
-//! The simulation's parameters: a TOML file (`cod simulate --params FILE`), every key with a
-//! default from the figures in the design (1M daily users, 80% of the activity in a 4-hour
-//! peak, 10–20 runs per sitting, ~2,220 runs/s at the peak, heavy-tailed run times with a
-//! 10 s mean, 64-core machines that boot in minutes). `docs/simulate.toml` lists them all.
+//! The simulation's parameters: a TOML file (`cod simulate --config-file FILE`), every key
+//! with a default from the figures in the design (1M daily users, 80% of the activity in a
+//! 4-hour peak, 10–20 runs per sitting, ~2,220 runs/s at the peak, heavy-tailed run times
+//! with a 10 s mean, 64-core machines that boot in minutes). `docs/simulate.toml` lists them
+//! all; `docs/simulate.md` explains them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -242,9 +243,15 @@ impl Default for GatewayConfig {
 /// Parameters the simulation cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// The TOML does not parse or has unknown keys.
-    #[error("simulation parameters")]
-    Toml(#[from] toml::de::Error),
+    /// The TOML does not parse, or a key is unknown or has a value of the wrong type.
+    #[error("{}", place(.key))]
+    Toml {
+        /// Where the fault is, as a dotted path (`load.think`); empty for a syntax error.
+        key: String,
+        /// What is wrong, with the line.
+        #[source]
+        source: toml::de::Error,
+    },
     /// The policy's configuration is invalid.
     #[error("simulation parameters: policy")]
     Policy(#[from] PolicyError),
@@ -261,6 +268,15 @@ pub enum SimError {
     },
 }
 
+/// Where a TOML fault is, for its message.
+fn place(key: &str) -> String {
+    if key.is_empty() {
+        "simulation parameters".to_owned()
+    } else {
+        format!("simulation parameter {key}")
+    }
+}
+
 fn check(ok: bool, key: &'static str, why: &'static str) -> Result<(), SimError> {
     if ok {
         Ok(())
@@ -272,7 +288,12 @@ fn check(ok: bool, key: &'static str, why: &'static str) -> Result<(), SimError>
 impl SimConfig {
     /// Reads parameters from TOML (missing keys take their defaults) and checks them.
     pub fn from_toml(text: &str) -> Result<SimConfig, SimError> {
-        let c: SimConfig = toml::from_str(text)?;
+        let toml_error = |key: String, source| SimError::Toml { key, source };
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(String::new(), e))?;
+        let c: SimConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            toml_error(if key == "." { String::new() } else { key }, e.into_inner())
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -444,10 +465,24 @@ mod tests {
             bad("[policy]\nslots_per_worker = 32\n"),
             "policy.slots_per_worker"
         );
-        assert!(matches!(
-            SimConfig::from_toml("[load]\nusers = 3\n"),
-            Err(SimError::Toml(_))
-        ));
+        let toml_key = |text: &str| match SimConfig::from_toml(text) {
+            Err(SimError::Toml { key, source }) => (key, source.to_string()),
+            other => panic!("{text}: {other:?}"),
+        };
+        let (key, why) = toml_key("[load]\nusers = 3\n");
+        assert_eq!(key, "load.users");
+        assert!(
+            why.contains("unknown field `users`") && why.contains("line 2"),
+            "{why}"
+        );
+        let (key, why) = toml_key("[load]\nthink = 3\n");
+        assert_eq!(key, "load.think");
+        assert!(why.contains("line 2"), "{why}");
+        let (key, _) = toml_key("[runs.languages.python]\nshare = \"a lot\"\n");
+        assert_eq!(key, "runs.languages.python.share");
+        let (key, why) = toml_key("[load\n");
+        assert_eq!(key, "");
+        assert!(why.contains("line 1"), "{why}");
         assert!(matches!(
             SimConfig::from_toml("[policy]\ntarget_utilization = 0\n"),
             Err(SimError::Policy(_))

@@ -16,8 +16,10 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::Duration;
 
+use super::Progress;
 use super::config::{SimConfig, SimError};
 use super::load::{ArrivalCurve, RunLengths};
+use super::measure::{self, Ewma};
 use super::queue::{RunQueue, RunSpec, Started};
 use super::report::{Report, Sample, Waits};
 use super::rng::Rng;
@@ -141,7 +143,10 @@ pub(super) struct Engine<'a, Q> {
     arrivals_since_decision: u64,
     finished_len: f64,
     finished: u64,
-    mean_run: f64,
+    /// The fleet's arrival rate, averaged (see [`super::measure`]).
+    arrival_rate: Ewma,
+    /// The mean run time, averaged.
+    mean_run: Ewma,
     last_decision: Duration,
     target: u32,
     // Measurements between samples.
@@ -211,7 +216,8 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             arrivals_since_decision: 0,
             finished_len: 0.0,
             finished: 0,
-            mean_run: 0.0,
+            arrival_rate: Ewma::new(measure::ARRIVALS_TAU),
+            mean_run: Ewma::new(measure::MEAN_RUN_TAU),
             last_decision: Duration::ZERO,
             target: cfg.fleet.initial_machines,
             arrivals_since_sample: 0,
@@ -237,8 +243,11 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
         self.now >= self.start
     }
 
-    /// Runs the simulation to its end and reports.
-    pub(super) async fn run(mut self) -> Report {
+    /// Runs the simulation to its end and reports, telling `progress` about once per
+    /// simulated minute.
+    pub(super) async fn run(mut self, progress: &mut dyn FnMut(Progress)) -> Report {
+        const TICK: Duration = Duration::from_secs(60);
+        let mut next_tick = Duration::ZERO;
         for _ in 0..self.cfg.fleet.initial_machines {
             let m = self.add_machine();
             self.machines[m as usize].state = MachineState::Ready;
@@ -254,6 +263,18 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
                 break;
             }
             self.now = t;
+            if t >= next_tick {
+                progress(Progress {
+                    done: t,
+                    total: self.end,
+                });
+                // Past the end once the end is told: it is told once.
+                next_tick = if t == self.end {
+                    t + TICK
+                } else {
+                    (t + TICK).min(self.end)
+                };
+            }
             self.queue.advance_to(t).await;
             match e {
                 Event::Sitting => self.sitting(),
@@ -264,6 +285,12 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
                 Event::Sample => self.sample(),
             }
             self.start_granted();
+        }
+        if next_tick <= self.end {
+            progress(Progress {
+                done: self.end,
+                total: self.end,
+            });
         }
         self.now = self.end;
         self.report()
@@ -489,7 +516,6 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
 
     fn observe(&self) -> Observation {
         let g = self.gateways;
-        let dt = (self.now - self.last_decision).as_secs_f64();
         let backlog = self.queue.backlog();
         let mut runtimes: BTreeMap<String, RuntimeLoad> = BTreeMap::new();
         for (i, l) in self.languages.iter().enumerate() {
@@ -506,12 +532,6 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
                 );
             }
         }
-        #[allow(clippy::cast_precision_loss)]
-        let arrival_rate = if dt > 0.0 {
-            self.arrivals_since_decision as f64 * f64::from(g) / dt
-        } else {
-            0.0
-        };
         let workers = self
             .machines
             .iter()
@@ -537,8 +557,8 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
         Observation {
             now: self.now,
             runtimes,
-            arrival_rate,
-            mean_run: Duration::from_secs_f64(self.mean_run),
+            arrival_rate: self.arrival_rate.value().unwrap_or(0.0),
+            mean_run: Duration::from_secs_f64(self.mean_run.value().unwrap_or(0.0)),
             queued_cpu: backlog.cpu.map(|c| c * g),
             busy_slots: self.busy * g,
             total_slots: u32::try_from(ready).unwrap_or(u32::MAX)
@@ -549,14 +569,14 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
     }
 
     fn decide(&mut self) {
-        if self.finished > 0 {
-            #[allow(clippy::cast_precision_loss)]
-            let recent = self.finished_len / self.finished as f64;
-            self.mean_run = if self.mean_run > 0.0 {
-                self.mean_run + (recent - self.mean_run) * 0.2
-            } else {
-                recent
-            };
+        let elapsed = self.now - self.last_decision;
+        #[allow(clippy::cast_precision_loss)]
+        {
+            let arrivals = self.arrivals_since_decision as f64 * f64::from(self.gateways);
+            self.arrival_rate
+                .add(elapsed, arrivals, elapsed.as_secs_f64());
+            self.mean_run
+                .add(elapsed, self.finished_len, self.finished as f64);
         }
         let obs = self.observe();
         let d = self.policy.decide(&obs);
@@ -660,6 +680,11 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             long_slowdown: self.waits.slowdown(),
             rejected: self.rejected * g,
             peak_machines: self.peak_machines,
+            peak_load_machines: self
+                .timeline
+                .iter()
+                .map(|s| s.busy_slots / f64::from(self.cfg.fleet.cores_per_machine))
+                .fold(0.0, f64::max),
             runs: self.arrivals * g,
             simulated_runs: self.arrivals,
             peak_runs_per_s: peak_rate,

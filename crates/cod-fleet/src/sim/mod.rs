@@ -12,6 +12,7 @@
 mod config;
 mod engine;
 mod load;
+mod measure;
 mod plot;
 mod queue;
 mod report;
@@ -28,6 +29,8 @@ pub use report::{Percentiles, Report, Sample};
 pub use rng::Rng;
 pub use sched::SchedQueue;
 
+use std::time::Duration;
+
 use cod_sched::{ClientLimits, SchedulerConfig};
 
 /// Simulates `config`'s day through the real scheduler (one gateway's, in full) and policy.
@@ -35,6 +38,24 @@ use cod_sched::{ClientLimits, SchedulerConfig};
 /// Runs on a tokio runtime of its own whose clock is paused (the scheduler reads tokio's
 /// clock): call it from outside any runtime (or from `spawn_blocking`).
 pub fn simulate(config: &SimConfig) -> Result<Report, SimError> {
+    simulate_with_progress(config, &mut |_| {})
+}
+
+/// How far a simulation has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Simulated time done, warm-up days included.
+    pub done: Duration,
+    /// Simulated time in all: the warm-up days and the reported duration.
+    pub total: Duration,
+}
+
+/// [`simulate`], calling `progress` as simulated time passes: about once per simulated
+/// minute, and once at the end (`done == total`).
+pub fn simulate_with_progress(
+    config: &SimConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, SimError> {
     config.validate()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -60,7 +81,7 @@ pub fn simulate(config: &SimConfig) -> Result<Report, SimError> {
             client: ClientLimits::default(),
         });
         let engine = engine::Engine::new(config, &mut queue)?;
-        Ok(engine.run().await)
+        Ok(engine.run(progress).await)
     }))
 }
 

@@ -297,6 +297,7 @@ mod tests {
             long_slowdown: Percentiles::default(),
             rejected: 0,
             peak_machines: 350,
+            peak_load_machines: 300.0,
             runs: 40_000_000,
             simulated_runs: 1_250_000,
             peak_runs_per_s: 2000.0,

@@ -131,6 +131,8 @@ pub struct Report {
     pub rejected: u64,
     /// The most machines at once.
     pub peak_machines: u32,
+    /// The highest load of a timeline row, in machines: busy slots over cores per machine.
+    pub peak_load_machines: f64,
     /// Runs in the reported time, fleet-wide.
     pub runs: u64,
     /// Runs simulated in full (one gateway's).

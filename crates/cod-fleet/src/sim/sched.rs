@@ -11,7 +11,7 @@
 //! held by permits of a pseudo-client (`offline`) that never queues. Bringing a slot online
 //! drops its permit (the scheduler hands it to the best waiting run); taking a free slot
 //! offline takes a permit for exactly that slot. What this costs, and what in `cod-sched`
-//! would remove the need: see `docs/fleet.md`.
+//! would remove the need: see `docs/simulate.md`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;

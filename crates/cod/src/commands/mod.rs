@@ -6,6 +6,7 @@ pub(crate) mod bench_editor;
 pub(crate) mod bench_sched;
 mod run;
 mod serve;
+mod simulate;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -32,6 +33,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(config, args),
         Command::Run(args) => run::run(&config, args),
         Command::Bench(args) => bench::bench(&config, args),
+        Command::Simulate(args) => simulate::simulate(&args),
         Command::Runtimes => runtimes(&config),
         Command::Config => {
             print!("{}", config.to_toml());
