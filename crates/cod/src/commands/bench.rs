@@ -94,6 +94,8 @@ struct Scenario {
     host_stages: Vec<(Vec<String>, Vec<String>, Vec<u8>)>,
     /// (host path, sandbox path) read-only binds besides the base layout.
     extra_binds: Vec<(PathBuf, PathBuf)>,
+    /// (host path, sandbox path) of every bind of the run, to rewrite paths for the host.
+    binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Rewrites sandbox paths in `s` to host paths (`/box` to `work`, bind targets to sources).
@@ -148,17 +150,14 @@ fn time_stages(
 /// Runs the stages on the host, sandbox paths rewritten to host ones.
 fn run_raw(sc: &Scenario) -> anyhow::Result<Duration> {
     time_stages(sc, "without a sandbox", |dir, argv, env| {
-        let argv: Vec<String> = argv
-            .iter()
-            .map(|a| to_host(a, dir, &sc.extra_binds))
-            .collect();
+        let argv: Vec<String> = argv.iter().map(|a| to_host(a, dir, &sc.binds)).collect();
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env_clear().current_dir(dir);
         for (k, v) in env.iter().filter_map(|kv| kv.split_once('=')) {
             let v = if k == "HOME" || k == "TMPDIR" {
                 dir.display().to_string()
             } else {
-                to_host(v, dir, &sc.extra_binds)
+                to_host(v, dir, &sc.binds)
             };
             cmd.env(k, v);
         }
@@ -270,6 +269,7 @@ fn scenarios(
                 vec![],
             )],
             extra_binds: vec![],
+            binds: vec![],
         });
     }
     for lang in executor.registry().all() {
@@ -289,6 +289,11 @@ fn scenarios(
             .filter(|b| !host.binds().contains(b))
             .map(|b| (b.src.clone(), b.dst.clone()))
             .collect();
+        let binds = spec
+            .binds
+            .iter()
+            .map(|b| (b.src.clone(), b.dst.clone()))
+            .collect();
         let host_stages = spec
             .stages
             .iter()
@@ -299,6 +304,7 @@ fn scenarios(
             spec,
             host_stages,
             extra_binds,
+            binds,
         });
     }
     Ok(out)
