@@ -139,6 +139,9 @@ pub fn warm_runtimes_with(
                     start.extend([
                         // For the bootstrap's own descriptors (fds 4 and 5).
                         "--add-opens=java.base/java.io=ALL-UNNAMED".into(),
+                        // No /tmp/hsperfdata file: a JVM ended unused (the run was not
+                        // Java) leaves nothing in the sandbox.
+                        "-XX:-UsePerfData".into(),
                         "-cp".into(),
                         JAVA_BOOT_DIR.into(),
                         "CodBoot".into(),

@@ -44,6 +44,8 @@ pub(crate) const REPORT_WARM_READY: u32 = 5;
 pub(crate) const REPORT_WARM_FAILED: u32 = 6;
 /// The program of a [`CMD_PRESTART`] runs (or did not start): `(exec errno or 0, 0, 0)`.
 pub(crate) const REPORT_PRESTARTED: u32 = 7;
+/// The program started ahead is gone (killed and reaped, or there was none): `(0, 0, 0)`.
+pub(crate) const REPORT_DROPPED: u32 = 8;
 pub(crate) const REPORT_LEN: usize = 16;
 
 /// Why a stage did not start.
@@ -74,6 +76,9 @@ pub(crate) const CMD_PRESTART: u8 = b'Q';
 /// `A`, rlimits (as in a plan): the prestarted program's run begins; set its limits and
 /// wait for it like a stage. Reports [`REPORT_STAGE_DONE`].
 pub(crate) const CMD_AWAIT: u8 = b'A';
+/// `X`: the run is not for the program started ahead: kill and reap it, so that the sandbox
+/// serves the run like any prepared one. Reports [`REPORT_DROPPED`].
+pub(crate) const CMD_DROP: u8 = b'X';
 
 /// Largest command message (the socket's own limit is about 200 KiB).
 pub(crate) const MAX_MESSAGE: usize = 160 * 1024;
@@ -374,6 +379,15 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     }
                     Err(e) => report(p.report, REPORT_PRESTARTED, e.raw_os_error(), 0, 0),
                 }
+            }
+            CMD_DROP => {
+                if let Some(child) = prestarted.take() {
+                    if let Some(pid) = rustix::process::Pid::from_raw(child) {
+                        let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    }
+                    let _ = finish_stage(child);
+                }
+                report(p.report, REPORT_DROPPED, 0, 0, 0);
             }
             CMD_AWAIT => {
                 let Some(child) = prestarted.take() else {

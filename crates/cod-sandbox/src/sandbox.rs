@@ -355,6 +355,25 @@ impl Sandbox {
         self.layout.binds == spec.binds && self.layout.symlinks == spec.symlinks
     }
 
+    /// Ends the program started ahead in this sandbox, if any (killed and reaped), so that
+    /// it serves a run of something else as any prepared sandbox would: the program is
+    /// cod's bootstrap, which has run no one's code and written no file.
+    pub(crate) fn drop_prestarted(&mut self) -> Result<(), Failure> {
+        if self.prestarted.take().is_none() {
+            return Ok(());
+        }
+        self.send(&[init::CMD_DROP], &[])
+            .map_err(io_failure("ending a program started ahead"))?;
+        match self.wait_report(SETUP_TIMEOUT, "ending a program started ahead")? {
+            (init::REPORT_DROPPED, ..) => Ok(()),
+            other => Err(failure(
+                "ending a program started ahead",
+                None,
+                format!("unexpected report {other:?}"),
+            )),
+        }
+    }
+
     /// Starts `warm` (a [`WarmKind::Prestart`] runtime, index `index`) ahead in this sandbox
     /// with `rlimits` (the largest a run may have; the run's own are set when it comes), and
     /// waits until its exec happened.

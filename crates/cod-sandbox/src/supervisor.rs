@@ -206,8 +206,14 @@ pub(crate) fn supervise_one(
                 )
             }
             None => {
-                // (A prepared sandbox that does not fit is dropped here, killing its init.)
-                let fitting = prepared.take().filter(|p| p.fits(&spec));
+                // A program started ahead for another run is ended: the sandbox is still
+                // ready for this one. (A prepared sandbox that does not fit is dropped here,
+                // killing its init.)
+                let fitting = prepared
+                    .take()
+                    .filter(|p| p.layout_fits(&spec))
+                    .and_then(|mut p| p.drop_prestarted().ok().map(|()| p))
+                    .filter(|p| p.fits(&spec));
                 let served = match started_ahead_kind(&spec, state) {
                     Some(i) => Served::ColdWanted(i32::try_from(i).unwrap_or(0)),
                     None => Served::Cold,

@@ -578,3 +578,35 @@ fn throughput() {
     });
     eprintln!("{} runs/s", total / secs);
 }
+
+/// A run of another program in a slot that started Node.js ahead for its next run takes the
+/// prepared sandbox once Node.js is ended: it sees no Node.js and an empty /tmp.
+#[test]
+fn a_run_of_another_program_ends_the_one_started_ahead() {
+    if !std::path::Path::new("/usr/bin/node").exists() {
+        eprintln!("no /usr/bin/node here; nothing to test");
+        return;
+    }
+    let slot = 16;
+    let jail = node_jail(UID_BASE + 120, slot);
+    // Node.js serves a run, so the slot keeps starting it ahead.
+    run_warm(&jail, &js(slot, "console.log(1)", &[]));
+    for _ in 0..3 {
+        let mut run = Run::cmd(
+            slot,
+            &[
+                "/bin/sh",
+                "-c",
+                "ls -A /tmp; for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null",
+            ],
+        );
+        run.spec.binds.push(node_boot_bind());
+        let o = run.run_on(&jail);
+        assert_eq!(o.exit, cod_sandbox::Exit::Code(0), "{}", describe(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("node"), "{out}");
+        assert!(out.contains("sh"), "{out}");
+        // And the next JavaScript run is warm again.
+        run_warm(&jail, &js(slot, "console.log(2)", &[]));
+    }
+}
