@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(quantile(&[3.0, 1.0, 2.0, 4.0], 0.99), Some(4.0));
     }
 
-    /// The benchmark in virtual time: 80 % runs of 20 ms, 20 % of 1 s, at 1.5× the
+    /// The scheduler benchmark in virtual time: 80 % runs of 20 ms, 20 % of 1 s, at 1.5× the
     /// capacity of 2 slots. Shortest-first with aging and a bounded wait beats FIFO.
     #[tokio::test(start_paused = true)]
     async fn sjf_with_aging_beats_fifo_on_the_mixed_overload() {

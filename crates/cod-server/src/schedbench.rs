@@ -5,7 +5,7 @@
 //!
 //! Reported: p50/p99 completion time (arrival to result) of the short runs, the slowdown
 //! of the long runs (completion ÷ their own time in a slot), how many runs each refused,
-//! and the ratios. Goals (issue 5): short p99 at most 1/5 of FIFO's; long slowdown at
+//! and the ratios. Goals: short p99 at most 1/5 of FIFO's; long slowdown at
 //! most 3×.
 
 use std::sync::Arc;

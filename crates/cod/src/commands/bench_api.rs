@@ -30,7 +30,7 @@ pub(crate) struct ApiRow {
     pub(crate) cod: Stats,
     /// cod median / baseline median.
     pub(crate) ratio: f64,
-    /// The goal, in words.
+    /// The goal, in words.
     pub(crate) goal: String,
     /// Whether the goal is met in this run.
     pub(crate) met: bool,

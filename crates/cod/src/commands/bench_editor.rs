@@ -643,7 +643,7 @@ impl Scenario {
 }
 
 impl EditorReport {
-    /// Prints the figures with the goals of issue 4.
+    /// Prints the figures with their goals.
     pub(crate) fn print(&self) {
         let k = &self.keystroke;
         println!(
