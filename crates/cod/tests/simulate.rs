@@ -141,7 +141,7 @@ fn a_small_day_reports_its_figures_and_writes_the_timeline_and_plot() {
     let day = Day::new(SMALL);
     let r = day.json(&[]);
 
-    // The fields the issue asks for, and their invariants.
+    // The report's documented fields, and their invariants.
     let machine_hours = num(&r, "machine_hours");
     let peak_hours = num(&r, "peak_provisioned_machine_hours");
     let ratio = num(&r, "ratio");
