@@ -338,6 +338,9 @@ struct Keeper<'a> {
     recent_warm: u8,
     /// The runtime started ahead that the slot's latest run of one asked for.
     prefer: Option<usize>,
+    /// The last eight runs, newest in bit 0: 1 for those of a runtime started ahead. None
+    /// of them: nothing is started ahead (ending an unused JVM costs the next run ~2 ms).
+    recent_prestart: u8,
 }
 
 /// A runtime that died this many times in a row is given up.
@@ -387,10 +390,9 @@ impl Keeper<'_> {
         let usable = |i: usize| {
             self.mask & (1 << i) != 0 && !self.state.config.warm[i].forks() && !self.failed[i]
         };
-        // The one the slot's runs asked for last, else the first the caller wants here.
+        // The one the slot's runs asked for last, while they still ask for one.
         self.prefer
-            .filter(|&i| usable(i))
-            .or_else(|| (0..self.zygotes.len()).find(|&i| usable(i)))
+            .filter(|&i| usable(i) && self.recent_prestart != 0)
     }
 
     fn start_zygotes(&mut self) {
@@ -496,14 +498,17 @@ impl Keeper<'_> {
                 .filter(|&i| i < n)
         };
         self.recent_warm <<= 1;
+        self.recent_prestart <<= 1;
         let before = self.wanted_prestart();
         if let Some(i) = warm_index(EXIT_COLD_WANTED) {
             self.prefer = Some(i);
+            self.recent_prestart |= 1;
         } else if let Some(i) = warm_index(EXIT_WARM) {
             if self.state.config.warm[i].forks() {
                 self.recent_warm |= 1;
             } else {
                 self.prefer = Some(i);
+                self.recent_prestart |= 1;
             }
             self.deaths[i] = 0;
         } else if let Some(i) = warm_index(EXIT_WARM_DOUBT) {
@@ -761,6 +766,7 @@ pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
         deaths: vec![0; n],
         recent_warm: 0,
         prefer: None,
+        recent_prestart: 0,
     };
     loop {
         k.refill();
