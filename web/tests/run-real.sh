@@ -59,6 +59,17 @@ done
 [[ -n $url ]] || { echo "run-real.sh: cod serve did not answer /healthz within 60 s:" >&2; cat "$log" >&2; exit 1; }
 echo "run-real.sh: cod serve at $url"
 
+# The C++ check expects a run to find its compile-ahead cached; a compile that starts before
+# the precompiled header is built has other flags (so another cache key) than a run after it.
+# Wait (at most 180 s) until cod reports the C++ prebuild done, either way.
+for _ in $(seq 1800); do
+  grep -Eq 'prebuild (ready|failed).*language=c(pp|\+\+)' "$log" && break
+  kill -0 "$server" 2>/dev/null || { echo "run-real.sh: cod serve exited:" >&2; cat "$log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -Eq 'prebuild (ready|failed).*language=c(pp|\+\+)' "$log" \
+  || { echo "run-real.sh: the C++ prebuild did not finish within 180 s" >&2; tail -n 50 "$log" >&2; exit 1; }
+
 status=0
 COD_URL="$url" node tests/browser.mjs || status=$?
 if (( status )); then
