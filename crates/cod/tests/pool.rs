@@ -69,14 +69,7 @@ async fn warm_runs_are_served_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_without_budget_keeps_nothing_warm_and_runs_still_work() {
     let jail = jail(2);
-    let names: Vec<String> = cod_runtime::warm_runtimes(
-        &registry(),
-        &cod_runtime::HostLayout::detect().with_languages(&registry()),
-        cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get(),
-    )
-    .into_iter()
-    .map(|w| w.name)
-    .collect();
+    let names: Vec<String> = warm_runtime_names();
     let pool = Pool::new(
         jail.clone(),
         names,

@@ -361,14 +361,7 @@ fn series(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_goes_to_a_slot_where_its_runtime_is_warm() {
     let jail = jail_with(2, 64_950);
-    let names: Vec<String> = cod_runtime::warm_runtimes(
-        &registry(),
-        &cod_runtime::HostLayout::detect().with_languages(&registry()),
-        cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get(),
-    )
-    .into_iter()
-    .map(|w| w.name)
-    .collect();
+    let names: Vec<String> = warm_runtime_names();
     let mut pool_config = PoolConfig::default();
     pool_config.languages.insert(
         "python".into(),

@@ -76,6 +76,18 @@ pub fn state_with(workers: usize, queue: usize, max_body: usize, policy: LimitsP
     )
 }
 
+/// The languages a slot may keep warm here, as `cod serve` computes them.
+pub fn warm_runtime_names() -> Vec<String> {
+    cod_runtime::warm_runtimes(
+        &registry(),
+        &cod_runtime::HostLayout::detect().with_languages(&registry()),
+        cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get(),
+    )
+    .into_iter()
+    .map(|w| w.name)
+    .collect()
+}
+
 pub fn state_on(
     jail: Arc<Jail>,
     workers: usize,
@@ -84,14 +96,7 @@ pub fn state_on(
     policy: LimitsPolicy,
 ) -> AppState {
     // As `cod serve` does: warm runtimes in every slot.
-    let names = cod_runtime::warm_runtimes(
-        &registry(),
-        &cod_runtime::HostLayout::detect().with_languages(&registry()),
-        cod_core::limits::LimitsSpec::DEFAULT.to_limits().disk.get(),
-    )
-    .into_iter()
-    .map(|w| w.name)
-    .collect();
+    let names = warm_runtime_names();
     let pool = cod_runtime::Pool::new(jail.clone(), names, Default::default());
     AppState::new(
         Arc::new(Executor::new(jail, registry(), policy).with_pool(pool)),
