@@ -98,9 +98,10 @@ struct Scenario {
     binds: Vec<(PathBuf, PathBuf)>,
 }
 
-/// Rewrites sandbox paths in `s` to host paths (`/box` to `work`, bind targets to sources).
+/// Rewrites sandbox paths in `s` to host paths (`/box` to `work`, bind targets to sources),
+/// also after an `=` (`-J-XX:SharedArchiveFile=/opt/...`).
 fn to_host(s: &str, work: &Path, binds: &[(PathBuf, PathBuf)]) -> String {
-    let map_one = |tok: &str| -> String {
+    let map_path = |tok: &str| -> String {
         if tok == "/box" || tok.starts_with("/box/") {
             return format!("{}{}", work.display(), &tok[4..]);
         }
@@ -111,6 +112,12 @@ fn to_host(s: &str, work: &Path, binds: &[(PathBuf, PathBuf)]) -> String {
             }
         }
         tok.to_owned()
+    };
+    let map_one = |tok: &str| -> String {
+        match tok.split_once('=') {
+            Some((key, path)) if path.starts_with('/') => format!("{key}={}", map_path(path)),
+            _ => map_path(tok),
+        }
     };
     // PATH-like values are lists.
     s.split(':').map(map_one).collect::<Vec<_>>().join(":")
@@ -512,5 +519,27 @@ fn print_sandbox(r: &Report) {
             row.bwrap_overhead_ms
                 .map_or("–".to_owned(), |v| format!("{v:+.2} ms")),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_paths_become_host_paths_in_arguments_lists_and_options() {
+        let binds = [(PathBuf::from("/host/rust"), PathBuf::from("/opt/rust"))];
+        let work = Path::new("/tmp/w");
+        assert_eq!(to_host("/box/main", work, &binds), "/tmp/w/main");
+        assert_eq!(
+            to_host("/opt/rust/bin:/usr/bin", work, &binds),
+            "/host/rust/bin:/usr/bin"
+        );
+        assert_eq!(
+            to_host("-J-XX:SharedArchiveFile=/opt/rust/javac.jsa", work, &binds),
+            "-J-XX:SharedArchiveFile=/host/rust/javac.jsa"
+        );
+        assert_eq!(to_host("-O2", work, &binds), "-O2");
+        assert_eq!(to_host("/optional", work, &binds), "/optional");
     }
 }
