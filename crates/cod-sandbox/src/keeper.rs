@@ -497,9 +497,9 @@ impl Keeper<'_> {
             code.and_then(|c| usize::try_from(c - base).ok())
                 .filter(|&i| i < n)
         };
+        let before = self.wanted_prestart();
         self.recent_warm <<= 1;
         self.recent_prestart <<= 1;
-        let before = self.wanted_prestart();
         if let Some(i) = warm_index(EXIT_COLD_WANTED) {
             self.prefer = Some(i);
             self.recent_prestart |= 1;
