@@ -315,10 +315,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
     };
     report(p.report, REPORT_READY, 0, 0, 0);
 
-    // The file being written, and the first error before the next stage: (what, index, errno).
-    let mut file: Option<OwnedFd> = None;
-    let mut file_index: i32 = -1;
-    let mut pending: Option<(i32, i32, Errno)> = None;
+    let mut incoming = Incoming::new();
     // The program started ahead by CMD_PRESTART, waiting for its run.
     let mut prestarted: Option<i32> = None;
     loop {
@@ -330,33 +327,12 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
         match kind {
             CMD_DISK => {
                 if let Err(e) = resize_work(body) {
-                    pending = pending.or(Some((NOT_STARTED_DISK, -1, e)));
+                    incoming.fail(NOT_STARTED_DISK, -1, e);
                 }
             }
-            CMD_FILE => {
-                file_index += 1;
-                file = None;
-                if pending.is_none() {
-                    match create_file(&work, body) {
-                        Ok(f) => file = Some(f),
-                        Err(e) => pending = Some((NOT_STARTED_FILE, file_index, e)),
-                    }
-                }
-            }
-            CMD_DATA => {
-                if let Some(Err(e)) = file.as_ref().map(|f| write_all(f, body)) {
-                    pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
-                    file = None;
-                }
-            }
-            CMD_END => {
-                if let Some(f) = file.take() {
-                    let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
-                    if let Err(e) = rustix::fs::fchown(&f, Some(id.0), Some(id.1)) {
-                        pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
-                    }
-                }
-            }
+            CMD_FILE => incoming.begin(|| create_file(&work, body)),
+            CMD_DATA => incoming.data(body),
+            CMD_END => incoming.end(),
             CMD_PRESTART if nfds == 5 && prestarted.is_none() => {
                 let stdio = [fds[0], fds[1], fds[2]];
                 let extra = [fds[3], fds[4]];
@@ -418,7 +394,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     );
                     continue;
                 }
-                if let Some((what, index, e)) = pending.take() {
+                if let Some((what, index, e)) = incoming.stage() {
                     let _ = rustix::process::kill_process(
                         rustix::process::Pid::from_raw(child).expect("a child's pid"),
                         Signal::KILL,
@@ -427,7 +403,6 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
                     continue;
                 }
-                file_index = -1;
                 // The run's own limits (the program started with the largest ones).
                 for chunk in body.chunks_exact(12) {
                     let res = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -452,14 +427,13 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
             }
             CMD_STAGE if nfds == 3 => {
                 let stdio = [fds[0], fds[1], fds[2]];
-                if let Some((what, index, e)) = pending.take() {
+                if let Some((what, index, e)) = incoming.stage() {
                     for f in stdio {
                         sys::close(f);
                     }
                     report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
                     continue;
                 }
-                file_index = -1;
                 let InitBuffers { message, argv, env } = &mut *bufs;
                 let Some(plan) = decode_plan(&message[1..len], argv, env) else {
                     for f in stdio {
@@ -489,7 +463,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     }
                 }
             }
-            CMD_WARM if file_index == -1 && pending.is_none() => {
+            CMD_WARM if incoming.is_idle() => {
                 drop(work);
                 match postcard::from_bytes::<WarmRuntime>(body) {
                     // The zygote allocates (the interpreter does): this process is a copy
@@ -545,6 +519,72 @@ fn resize_work(body: &[u8]) -> Result<(), Errno> {
     )?;
     rustix::mount::fsconfig_set_string(&fs, c"size", value)?;
     rustix::mount::fsconfig_reconfigure(&fs)
+}
+
+/// A run's files as they arrive (`CMD_FILE`, `CMD_DATA`, `CMD_END`), and the first error
+/// before its next stage: `(what, file index or -1, errno)`, reported when the stage comes.
+pub(crate) struct Incoming {
+    file: Option<OwnedFd>,
+    index: i32,
+    pending: Option<(i32, i32, Errno)>,
+}
+
+impl Incoming {
+    pub(crate) const fn new() -> Incoming {
+        Incoming {
+            file: None,
+            index: -1,
+            pending: None,
+        }
+    }
+
+    /// `CMD_FILE`: the next file, made by `create` unless an error came first.
+    pub(crate) fn begin(&mut self, create: impl FnOnce() -> Result<OwnedFd, Errno>) {
+        self.index += 1;
+        self.file = None;
+        if self.pending.is_none() {
+            match create() {
+                Ok(f) => self.file = Some(f),
+                Err(e) => self.pending = Some((NOT_STARTED_FILE, self.index, e)),
+            }
+        }
+    }
+
+    /// `CMD_DATA`: more of the current file.
+    pub(crate) fn data(&mut self, body: &[u8]) {
+        if let Some(Err(e)) = self.file.as_ref().map(|f| write_all(f, body)) {
+            self.fail(NOT_STARTED_FILE, self.index, e);
+            self.file = None;
+        }
+    }
+
+    /// `CMD_END`: the current file is complete; it becomes the sandbox user's.
+    pub(crate) fn end(&mut self) {
+        if let Some(f) = self.file.take() {
+            let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
+            if let Err(e) = rustix::fs::fchown(&f, Some(id.0), Some(id.1)) {
+                self.fail(NOT_STARTED_FILE, self.index, e);
+            }
+        }
+    }
+
+    /// Notes an error, unless one came first.
+    pub(crate) fn fail(&mut self, what: i32, index: i32, e: Errno) {
+        self.pending = self.pending.or(Some((what, index, e)));
+    }
+
+    /// A stage begins: the first error since the last one, if any; the next file is the
+    /// first of the next stage.
+    pub(crate) fn stage(&mut self) -> Option<(i32, i32, Errno)> {
+        self.index = -1;
+        self.file = None;
+        self.pending.take()
+    }
+
+    /// No file and no error since the last stage.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.index == -1 && self.pending.is_none()
+    }
 }
 
 /// Creates `/box/<name>` from a [`CMD_FILE`] body: mode (u32) then the name.
@@ -654,6 +694,13 @@ fn start_program(
     for f in stdio {
         sys::close(f);
     }
+    let exec_errno = read_exec_errno(err_r);
+    Ok((child, exec_errno))
+}
+
+/// Reads the errno a failed `execve` wrote on its close-on-exec pipe; 0 when the pipe
+/// closed empty (the exec happened).
+pub(crate) fn read_exec_errno(err_r: OwnedFd) -> i32 {
     let mut errno_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -664,13 +711,11 @@ fn start_program(
             Err(_) => break,
         }
     }
-    let exec_errno = if got == 4 {
+    if got == 4 {
         i32::from_le_bytes(errno_buf)
     } else {
         0
-    };
-    drop(err_r);
-    Ok((child, exec_errno))
+    }
 }
 
 /// The program child: wire up stdio, drop every privilege, install seccomp, exec.

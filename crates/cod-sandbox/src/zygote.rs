@@ -40,8 +40,8 @@ use rustix::process::{Signal, WaitOptions};
 
 use crate::init::{
     self, CMD_DATA, CMD_DISK, CMD_END, CMD_FILE, CMD_STAGE, InitBuffers, InitPlan,
-    NOT_STARTED_FILE, NOT_STARTED_FORK, NOT_STARTED_PLAN, Plan, REPORT_NOT_STARTED,
-    REPORT_STAGE_DONE, REPORT_WARM_FAILED, REPORT_WARM_READY,
+    NOT_STARTED_FORK, NOT_STARTED_PLAN, Plan, REPORT_NOT_STARTED, REPORT_STAGE_DONE,
+    REPORT_WARM_FAILED, REPORT_WARM_READY,
 };
 use crate::python::Python;
 use crate::spec::{SANDBOX_ID, WarmKind, WarmRuntime};
@@ -180,9 +180,7 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
 
     let mut disk: u64 = 16 << 20;
     let mut scratch: Option<Scratch> = None;
-    let mut file: Option<OwnedFd> = None;
-    let mut file_index: i32 = -1;
-    let mut pending: Option<(i32, i32, Errno)> = None;
+    let mut incoming = init::Incoming::new();
     let Some(stack) = Stack::new() else {
         init::report(p.report, REPORT_WARM_FAILED, WARM_SETUP, libc::ENOMEM, 0);
         sys::exit_now(1);
@@ -205,48 +203,29 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
             CMD_DISK => {
                 match body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
                     Some(b) => disk = u64::from_le_bytes(b),
-                    None => pending = pending.or(Some((init::NOT_STARTED_DISK, -1, Errno::INVAL))),
+                    None => incoming.fail(init::NOT_STARTED_DISK, -1, Errno::INVAL),
                 }
                 // Sent before the run's first file: the next one makes the tmpfs.
                 scratch = None;
             }
-            CMD_FILE => {
-                file_index += 1;
-                file = None;
-                if pending.is_none() {
-                    let made = match &scratch {
-                        Some(s) => Ok(s),
-                        None => new_scratch(disk).map(|s| &*scratch.insert(s)),
-                    };
-                    match made.and_then(|s| init::create_file(&s.work, body)) {
-                        Ok(f) => file = Some(f),
-                        Err(e) => pending = Some((NOT_STARTED_FILE, file_index, e)),
-                    }
-                }
-            }
-            CMD_DATA => {
-                if let Some(Err(e)) = file.as_ref().map(|f| init::write_all(f, body)) {
-                    pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
-                    file = None;
-                }
-            }
-            CMD_END => {
-                if let Some(f) = file.take() {
-                    let id = (Uid::from_raw(SANDBOX_ID), Gid::from_raw(SANDBOX_ID));
-                    if let Err(e) = rustix::fs::fchown(&f, Some(id.0), Some(id.1)) {
-                        pending = pending.or(Some((NOT_STARTED_FILE, file_index, e)));
-                    }
-                }
-            }
+            CMD_FILE => incoming.begin(|| {
+                // The run's first file makes its tmpfs.
+                let made = match &scratch {
+                    Some(s) => Ok(s),
+                    None => new_scratch(disk).map(|s| &*scratch.insert(s)),
+                };
+                made.and_then(|s| init::create_file(&s.work, body))
+            }),
+            CMD_DATA => incoming.data(body),
+            CMD_END => incoming.end(),
             CMD_STAGE if nfds == 3 => {
                 let stdio = [fds[0], fds[1], fds[2]];
-                file_index = -1;
+                let pending = incoming.stage();
                 let run_scratch = match scratch.take() {
                     Some(s) => Ok(s),
                     None => new_scratch(disk),
                 };
-                let not_started: Result<(), (i32, i32, Errno)> = match (pending.take(), run_scratch)
-                {
+                let not_started: Result<(), (i32, i32, Errno)> = match (pending, run_scratch) {
                     (Some(p), _) => Err(p),
                     (None, Err(e)) => Err((init::NOT_STARTED_DISK, -1, e)),
                     (None, Ok(s)) => {
@@ -544,22 +523,7 @@ impl Zygote<'_> {
             tell(0, sys::errno().raw_os_error(), 0);
             sys::exit_now(1);
         }
-        let mut errno_buf = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            match rustix::io::read(&err_r, &mut errno_buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(_) => break,
-            }
-        }
-        let errno = if got == 4 {
-            i32::from_le_bytes(errno_buf)
-        } else {
-            0
-        };
-        drop(err_r);
+        let errno = init::read_exec_errno(err_r);
         // Whatever the program leaves behind (daemons, double forks) dies too, and is reaped
         // before the status goes out: when the zygote reports, the run is over.
         let (status, peak) = init::finish_stage(h);
