@@ -195,90 +195,57 @@ fn spawn_keeper(slot: u32, state: &HelperState, others: &[RawFd]) -> Result<Keep
 
 /// Hands `conn` to the keeper of `slot`, starting (or restarting) it as needed.
 fn hand_over(keepers: &mut [Option<Keeper>], slot: u32, conn: OwnedFd, state: &HelperState) {
-    let others: Vec<RawFd> = keepers
-        .iter()
-        .flatten()
-        .map(|k| k.sock.as_raw_fd())
-        .collect();
-    let Some(entry) = usize::try_from(slot).ok().and_then(|i| keepers.get_mut(i)) else {
-        keeper::refuse(
-            conn,
-            Failure {
-                step: "validating the run".into(),
-                errno: Some(libc::EINVAL),
-                message: format!("slot {slot} is not below {}", state.config.slots),
-            },
-        );
-        return;
-    };
-    // One retry: a keeper that died (killed by an operator, say) is replaced.
-    for _ in 0..2 {
-        if entry.is_none() {
-            match spawn_keeper(slot, state, &others) {
-                Ok(k) => *entry = Some(k),
-                Err(f) => {
-                    keeper::refuse(conn, f);
-                    return;
-                }
-            }
-        }
-        let k = entry.as_ref().expect("set above");
+    let sent = to_keeper(keepers, slot, state, |sock| {
         let fds = [conn.as_fd()];
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut anc = SendAncillaryBuffer::new(&mut space);
         anc.push(SendAncillaryMessage::ScmRights(&fds));
-        match sendmsg(
-            &k.sock,
-            &[IoSlice::new(b"r")],
-            &mut anc,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(_) => return,
-            Err(_) => {
-                if let Some(pid) = entry
-                    .take()
-                    .and_then(|k| rustix::process::Pid::from_raw(k.pid))
-                {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-                }
-            }
-        }
+        sendmsg(sock, &[IoSlice::new(b"r")], &mut anc, SendFlags::NOSIGNAL)
+    });
+    if let Err(f) = sent {
+        keeper::refuse(conn, f);
     }
-    keeper::refuse(
-        conn,
-        Failure {
-            step: "handing the run to the slot's keeper".into(),
-            errno: None,
-            message: "the keeper could not be reached".into(),
-        },
-    );
 }
 
 /// Gives the keeper of `slot` its warm mask, starting the keeper if needed (so that its
 /// runtimes warm up before its first run).
 fn set_warm(keepers: &mut [Option<Keeper>], slot: u32, mask: u32, state: &HelperState) {
+    let mut msg = [0u8; 5];
+    msg[0] = b'w';
+    msg[1..].copy_from_slice(&mask.to_le_bytes());
+    // A keeper that cannot be started is reported by the slot's next run.
+    let _ = to_keeper(keepers, slot, state, |sock| {
+        send(sock, &msg, SendFlags::NOSIGNAL)
+    });
+}
+
+/// Sends to the keeper of `slot` with `send`, starting it if needed. One retry: a keeper
+/// that could not be reached (killed by an operator, say) is killed, reaped and replaced.
+fn to_keeper(
+    keepers: &mut [Option<Keeper>],
+    slot: u32,
+    state: &HelperState,
+    mut send: impl FnMut(&OwnedFd) -> rustix::io::Result<usize>,
+) -> Result<(), Failure> {
     let others: Vec<RawFd> = keepers
         .iter()
         .flatten()
         .map(|k| k.sock.as_raw_fd())
         .collect();
     let Some(entry) = usize::try_from(slot).ok().and_then(|i| keepers.get_mut(i)) else {
-        return;
+        return Err(Failure {
+            step: "validating the run".into(),
+            errno: Some(libc::EINVAL),
+            message: format!("slot {slot} is not below {}", state.config.slots),
+        });
     };
-    let mut msg = [0u8; 5];
-    msg[0] = b'w';
-    msg[1..].copy_from_slice(&mask.to_le_bytes());
     for _ in 0..2 {
         if entry.is_none() {
-            match spawn_keeper(slot, state, &others) {
-                Ok(k) => *entry = Some(k),
-                Err(_) => return,
-            }
+            *entry = Some(spawn_keeper(slot, state, &others)?);
         }
         let k = entry.as_ref().expect("set above");
-        if send(&k.sock, &msg, SendFlags::NOSIGNAL).is_ok() {
-            return;
+        if send(&k.sock).is_ok() {
+            return Ok(());
         }
         if let Some(pid) = entry
             .take()
@@ -288,6 +255,11 @@ fn set_warm(keepers: &mut [Option<Keeper>], slot: u32, mask: u32, state: &Helper
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
         }
     }
+    Err(Failure {
+        step: "handing the run to the slot's keeper".into(),
+        errno: None,
+        message: "the keeper could not be reached".into(),
+    })
 }
 
 /// Receives control messages until the caller closes the control socket. Each message is
