@@ -58,6 +58,82 @@ pub struct Config {
     /// API keys.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The distributed mode's broker settings (`cod serve --nats`, `cod worker`).
+    #[serde(default)]
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: how gateways and workers use NATS JetStream. Every process of a fleet must
+/// have the same values (the first to start creates the stream and consumers with them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// A delivered job not reported in progress for this long goes to another worker
+    /// (workers report every third of it while they run it).
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: std::time::Duration,
+    /// Deliveries of one job (its workers lost each time) before it ends `internal_error`.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
+    /// How long results stay readable from any gateway.
+    #[serde(default = "default_result_ttl", with = "humantime_serde")]
+    pub result_ttl: std::time::Duration,
+    /// Interval of worker heartbeats.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: std::time::Duration,
+    /// A worker silent for this long is listed dead.
+    #[serde(default = "default_dead_after", with = "humantime_serde")]
+    pub dead_after: std::time::Duration,
+}
+
+fn default_ack_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn default_max_deliveries() -> u32 {
+    3
+}
+fn default_result_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+fn default_heartbeat() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+fn default_dead_after() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            ack_wait: default_ack_wait(),
+            max_deliveries: default_max_deliveries(),
+            result_ttl: default_result_ttl(),
+            heartbeat: default_heartbeat(),
+            dead_after: default_dead_after(),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Checks values that parse but cannot work; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ack_wait < std::time::Duration::from_millis(300) {
+            return Err("fleet.ack_wait must be at least 300ms".into());
+        }
+        if !(1..=100).contains(&self.max_deliveries) {
+            return Err(format!(
+                "fleet.max_deliveries = {} must be between 1 and 100",
+                self.max_deliveries
+            ));
+        }
+        if self.result_ttl < std::time::Duration::from_secs(1) {
+            return Err("fleet.result_ttl must be at least 1s".into());
+        }
+        if self.heartbeat.is_zero() || self.dead_after <= self.heartbeat {
+            return Err("fleet.dead_after must be longer than fleet.heartbeat (> 0)".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[server]`
@@ -697,6 +773,7 @@ impl Config {
         self.sessions.validate().map_err(ConfigError::Value)?;
         self.scheduler.validate().map_err(ConfigError::Value)?;
         self.jobs.validate().map_err(ConfigError::Value)?;
+        self.fleet.validate().map_err(ConfigError::Value)?;
         self.auth.validate().map_err(ConfigError::Value)?;
         Ok(())
     }

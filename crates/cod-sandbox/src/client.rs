@@ -258,6 +258,22 @@ impl Jail {
         })
     }
 
+    /// A jail whose helper starts with its first run, for a process that may never run
+    /// anything itself (a fleet gateway without a local worker): it needs no privileges
+    /// until then. [`Jail::cgroup_mode`] reports the configured mode until the helper
+    /// has started.
+    pub fn deferred(program: &Path, args: &[&OsStr], config: &JailConfig) -> Jail {
+        Jail {
+            program: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            config: config.clone(),
+            helper: Mutex::new(None),
+            cgroup: config.cgroup,
+            slots: config.slots,
+            warm_masks: Mutex::new(vec![0; config.slots as usize]),
+        }
+    }
+
     /// The cgroup hierarchy the helper uses.
     pub fn cgroup_mode(&self) -> CgroupMode {
         self.cgroup

@@ -131,6 +131,12 @@ pub struct JobView {
     pub tests: Option<TestsResult>,
     /// The callback, if the job has one.
     pub callback: Option<CallbackView>,
+    /// In the distributed mode, read from the results bucket: the worker that ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// In the distributed mode: which delivery of the job gave the result (1: the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// A job's record.
@@ -188,6 +194,8 @@ impl Record {
             result,
             tests,
             callback: self.callback.clone(),
+            worker: None,
+            attempt: None,
         }
     }
 }

@@ -171,7 +171,7 @@ pub(crate) fn check(
 
 /// Starts `admitted`, answering at once (202) or when done (200).
 async fn answer(st: &AppState, admitted: Admitted, wait: bool) -> (StatusCode, Json<JobView>) {
-    let id = admitted.spawn();
+    let id = admitted.spawn().await;
     if wait {
         // The job runs in its own task: a client that goes away does not cancel it.
         let view = st.jobs.wait_finished(&id, None).await;
@@ -257,10 +257,12 @@ pub async fn batch(
             }
         }
     }
-    let jobs = admitted
-        .into_iter()
-        .map(|a| JobId { id: a.spawn() })
-        .collect();
+    let mut jobs = Vec::with_capacity(admitted.len());
+    for a in admitted {
+        jobs.push(JobId {
+            id: a.spawn().await,
+        });
+    }
     Ok((StatusCode::ACCEPTED, Json(BatchResponse { jobs })))
 }
 
@@ -280,10 +282,26 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    st.jobs
-        .get(&id, caller.scope())
-        .map(Json)
-        .ok_or_else(|| not_found(&id))
+    if let Some(mut v) = st.jobs.get(&id, caller.scope()) {
+        // In the distributed mode a finished run also says who ran it.
+        if let Some(remote) = st.worker.remote()
+            && v.state == JobState::Done
+            && v.result.is_some()
+            && let Some(env) = remote.lookup(&id).await
+        {
+            v.worker = Some(env.worker);
+            v.attempt = Some(env.attempt);
+        }
+        return Ok(Json(v));
+    }
+    // Accepted by another gateway (or by one that has since stopped): its stored result.
+    if let Some(remote) = st.worker.remote()
+        && let Some(env) = remote.lookup(&id).await
+        && caller.scope().is_none_or(|c| c.0 == env.client)
+    {
+        return Ok(Json(crate::fleet::view_of(&id, env)));
+    }
+    Err(not_found(&id))
 }
 
 fn not_found(id: &str) -> ApiError {

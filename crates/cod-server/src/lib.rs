@@ -11,6 +11,7 @@ pub mod auth;
 pub mod callback;
 pub mod cases;
 pub mod error;
+pub mod fleet;
 pub mod jobs;
 pub mod jobs_api;
 pub mod judge0;
@@ -45,7 +46,7 @@ use crate::auth::Auth;
 use crate::callback::Callbacks;
 use crate::error::ApiError;
 use crate::jobs::Jobs;
-use crate::worker::LocalWorker;
+use crate::worker::{Backend, LocalWorker};
 
 /// Everything the handlers share.
 #[derive(Clone, Debug)]
@@ -64,8 +65,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Sends callbacks of finished jobs.
     pub callbacks: Callbacks,
-    /// Runs scheduled jobs on this machine.
-    pub worker: LocalWorker,
+    /// Runs scheduled jobs: on this machine, or on the fleet's workers.
+    pub worker: Backend,
 }
 
 /// Settings of the job table and of authentication (`[jobs]`, `[auth]`).
@@ -84,7 +85,7 @@ impl AppState {
         metrics::install();
         let jobs = JobsConfig::default();
         AppState {
-            worker: LocalWorker::new(executor.clone()),
+            worker: Backend::Local(LocalWorker::new(executor.clone())),
             executor,
             scheduler,
             max_body,
@@ -101,6 +102,12 @@ impl AppState {
         self.jobs = Arc::new(Jobs::new(options.jobs.clone()));
         self.callbacks = Callbacks::new(&options.jobs);
         self.auth = Arc::new(Auth::new(&options.auth, self.scheduler.config().client));
+        self
+    }
+
+    /// Sends runs to the fleet's workers through `remote` instead of running them here.
+    pub fn with_remote(mut self, remote: fleet::RemoteWorker) -> AppState {
+        self.worker = Backend::Remote(remote);
         self
     }
 
@@ -138,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/v1/ws", get(ws::upgrade))
         .route("/api/v1/runtimes", get(native::runtimes))
+        .route("/api/v1/workers", get(fleet::list_workers))
         .route("/api/v1/jobs", post(jobs_api::create).get(jobs_api::list))
         .route("/api/v1/jobs/batch", post(jobs_api::batch))
         .route(

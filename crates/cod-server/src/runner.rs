@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cod_core::{RunResult, Status};
-use cod_sched::{Ticket, Waiter, Worker, WorkerEvent};
+use cod_sched::{Ticket, Waiter, WorkerEvent};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,9 @@ use crate::jobs::{CallbackState, CallbackView, Finisher, JobOutput, JobState, Re
 use crate::judge0::Stored as Judge0Stored;
 use crate::metrics;
 use crate::worker::WorkItem;
+
+/// Told when a job is stored durably (see [`Admitted::spawn`]).
+pub(crate) type Stored = tokio::sync::oneshot::Sender<()>;
 
 /// Where and how to call back when an asynchronous job finishes.
 #[derive(Clone, Debug)]
@@ -80,6 +83,13 @@ impl AppState {
     /// Admits `sub` (or refuses it with a 429) and records it as queued.
     pub(crate) fn admit(&self, sub: Submission) -> Result<Admitted, ApiError> {
         let ticket = ticket(&sub.caller, &sub.item);
+        if let Some(remote) = self.worker.remote() {
+            remote.admit().map_err(|r| {
+                metrics::rejected(r.reason);
+                tracing::info!(job = %sub.item.id, client = %sub.caller.client, reason = r.reason.as_str(), "run refused: the fleet is full");
+                ApiError::Overloaded(r)
+            })?;
+        }
         let prefer = self.worker.warm_slots(&sub.item.language);
         let waiter = self
             .scheduler
@@ -153,13 +163,23 @@ impl Admitted {
             id: id.clone(),
             armed: true,
         };
-        let (state, output) = self.execute().await;
+        let (state, output) = self.execute(None).await;
         guard.armed = false;
         jobs.finish(&id, state, output)
     }
 
-    /// Runs the job in a task of its own; returns its id.
-    pub(crate) fn spawn(self) -> String {
+    /// Runs the job in a task of its own; returns its id once the job is stored where it
+    /// survives this process (in the distributed mode: in the job stream), so that an
+    /// accepted job is never lost.
+    pub(crate) async fn spawn(self) -> String {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = self.spawn_with(Some(tx));
+        // Dropped unsent (the local backend, or a failure the job's result reports): go on.
+        let _ = rx.await;
+        id
+    }
+
+    fn spawn_with(self, stored: Option<Stored>) -> String {
         let id = self.sub.item.id.clone();
         let st = self.st.clone();
         let tracked = st.jobs.track();
@@ -170,7 +190,7 @@ impl Admitted {
         // In the request's span: the job's log lines carry the request that made it.
         let task = async move {
             let _tracked = tracked;
-            let (state, output) = self.execute().await;
+            let (state, output) = self.execute(stored).await;
             st.jobs.finish(&job_id, state, output);
             finisher.done();
             if let Some(cb) = callback {
@@ -192,7 +212,7 @@ impl Admitted {
         id
     }
 
-    async fn execute(self) -> (JobState, Option<JobOutput>) {
+    async fn execute(self, stored: Option<Stored>) -> (JobState, Option<JobOutput>) {
         let Admitted {
             st,
             sub,
@@ -203,10 +223,18 @@ impl Admitted {
         let span = info_span!("job", id = %sub.item.id, client = %sub.caller.client, language = %sub.item.language);
         async move {
             let out = match &sub.tests {
-                None => run_one(&st, &sub.item.id, &ticket, &sub.item, waiter, &cancel)
-                    .await
-                    .map(|r| JobOutput::Run(Box::new(r))),
-                Some(cases) => run_cases(&st, &ticket, &sub.item, cases, waiter, &cancel)
+                None => run_one(
+                    &st,
+                    &sub.item.id,
+                    &ticket,
+                    &sub.item,
+                    waiter,
+                    &cancel,
+                    stored,
+                )
+                .await
+                .map(|r| JobOutput::Run(Box::new(r))),
+                Some(cases) => run_cases(&st, &ticket, &sub.item, cases, waiter, &cancel, stored)
                     .await
                     .map(|t| JobOutput::Tests(Box::new(t))),
             };
@@ -232,6 +260,7 @@ async fn run_one(
     item: &WorkItem,
     waiter: Waiter,
     cancel: &CancellationToken,
+    stored: Option<Stored>,
 ) -> Option<RunResult> {
     let mut permit = tokio::select! {
         p = waiter => p,
@@ -240,7 +269,14 @@ async fn run_one(
     st.jobs.started(record, permit.slot(), permit.waited());
     metrics::started(&item.language, permit.waited());
     let (tx, mut rx) = mpsc::channel(16);
-    let run = st.worker.run(item, permit.slot(), tx);
+    let run = st.worker.run(
+        item,
+        &ticket.client.0,
+        permit.slot(),
+        permit.expected(),
+        tx,
+        stored,
+    );
     tokio::pin!(run);
     let result = loop {
         tokio::select! {
@@ -269,6 +305,7 @@ async fn run_cases(
     cases: &[TestCase],
     waiter: Waiter,
     cancel: &CancellationToken,
+    stored: Option<Stored>,
 ) -> Option<TestsResult> {
     let record = item.id.clone();
     let case_item = |i: usize, c: &TestCase| {
@@ -283,7 +320,16 @@ async fn run_cases(
         content: Some(first_item.content_key()),
         ..ticket.clone()
     };
-    let first = run_one(st, &record, &first_ticket, &first_item, waiter, cancel).await?;
+    let first = run_one(
+        st,
+        &record,
+        &first_ticket,
+        &first_item,
+        waiter,
+        cancel,
+        stored,
+    )
+    .await?;
     let mut results = vec![first.clone()];
     if first.run.status == Status::CompileError {
         // The program does not compile: every case has the same answer.
@@ -308,7 +354,8 @@ async fn run_cases(
             .enqueue_admitted(t.clone(), &st.worker.warm_slots(&it.language));
         let (st, record, cancel) = (st.clone(), record.clone(), cancel.clone());
         set.spawn(
-            async move { (i, run_one(&st, &record, &t, &it, w, &cancel).await) }.in_current_span(),
+            async move { (i, run_one(&st, &record, &t, &it, w, &cancel, None).await) }
+                .in_current_span(),
         );
     }
     let mut rest: Vec<(usize, RunResult)> = Vec::with_capacity(cases.len() - 1);

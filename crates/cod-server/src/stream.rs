@@ -233,11 +233,12 @@ pub(crate) fn start(
 ) -> RunDriver {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let executor = st.executor.clone();
+    let backend = st.worker.clone();
     let run = async move {
         permit.started();
         let mut io = RunIo { events: tx, input };
-        let result = executor
-            .execute_streaming(&job, permit.slot(), &mut io)
+        let result = backend
+            .run_streaming(&executor, &job, permit.client(), permit.slot(), &mut io)
             .await;
         drop(io);
         permit.finished(&result);

@@ -164,6 +164,90 @@ impl Worker for LocalWorker {
     }
 }
 
+/// Where this gateway's runs go: the sandbox of this process, or the fleet's workers.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// This machine's executor (the embedded single-node mode).
+    Local(LocalWorker),
+    /// Workers on the fleet's bus (`cod serve --nats`).
+    Remote(crate::fleet::RemoteWorker),
+}
+
+impl Backend {
+    /// Slots whose warm runtime for `runtime` is ready (none are known remotely).
+    pub fn warm_slots(&self, runtime: &str) -> Vec<u32> {
+        match self {
+            Backend::Local(w) => w.warm_slots(runtime),
+            Backend::Remote(_) => Vec::new(),
+        }
+    }
+
+    /// The fleet's side, in the distributed mode.
+    pub fn remote(&self) -> Option<&crate::fleet::RemoteWorker> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote(r) => Some(r),
+        }
+    }
+
+    /// Runs `item` in `slot` (a slot of this process, or a place in the fleet's flow),
+    /// passing live usage to `events`. `expected` is how long the scheduler expects it
+    /// to take: the fleet gives short runs precedence.
+    pub(crate) async fn run(
+        &self,
+        item: &WorkItem,
+        client: &str,
+        slot: u32,
+        expected: std::time::Duration,
+        events: mpsc::Sender<WorkerEvent>,
+        stored: Option<crate::runner::Stored>,
+    ) -> RunResult {
+        match self {
+            Backend::Local(w) => {
+                // Accepted jobs of the embedded mode live in this process.
+                drop(stored);
+                w.run(item, slot, events).await
+            }
+            Backend::Remote(r) => {
+                let msg = crate::fleet::JobMessage {
+                    item: item.clone(),
+                    client: client.to_owned(),
+                    created_ms: cod_fleet::bus::now_ms(),
+                    stream: false,
+                    interactive: false,
+                };
+                r.run(msg, expected, Some(events), None, stored).await
+            }
+        }
+    }
+
+    /// Runs `job` in `slot` with its events and input on `io` (streamed and editor runs).
+    pub(crate) async fn run_streaming(
+        &self,
+        executor: &Executor,
+        job: &Job,
+        client: &str,
+        slot: u32,
+        io: &mut RunIo,
+    ) -> RunResult {
+        match self {
+            Backend::Local(_) => executor.execute_streaming(job, slot, io).await,
+            Backend::Remote(r) => {
+                let msg = crate::fleet::JobMessage {
+                    item: WorkItem::from_job(job),
+                    client: client.to_owned(),
+                    created_ms: cod_fleet::bus::now_ms(),
+                    stream: true,
+                    interactive: io.input.is_some(),
+                };
+                // Someone watches it: it goes with the short runs.
+                r.run(msg, std::time::Duration::ZERO, None, Some(io), None)
+                    .await
+            }
+        }
+    }
+}
+
 /// An `internal_error` result for `item`.
 pub(crate) fn internal_error(item: &WorkItem, message: &str) -> RunResult {
     RunResult {

@@ -39,6 +39,12 @@ pub(crate) enum Command {
     /// Simulate a day of the full load through the real scheduler and autoscaling policy:
     /// machine-hours against a peak-sized fleet, waits, a CSV and a plot (docs/simulate.md).
     Simulate(SimulateArgs),
+    /// Run a fleet worker: takes jobs from NATS JetStream and runs them in this machine's
+    /// sandbox (docs/fleet.md).
+    Worker(WorkerArgs),
+    /// Run the compute resource manager: follows the fleet's load and starts or drains
+    /// workers through a provider (docs/fleet.md).
+    Fleet(FleetArgs),
     /// List languages and whether this host can run them.
     Runtimes,
     /// Print the configuration in effect, every key written out.
@@ -59,6 +65,47 @@ pub(crate) struct ServeArgs {
     /// Directory of extra language files.
     #[arg(long, env = "COD_LANGUAGES_DIR")]
     pub(crate) languages_dir: Option<PathBuf>,
+    /// Run as a fleet gateway on this NATS server (`nats://HOST:PORT`): runs go to
+    /// `cod worker`s through JetStream, none runs here unless `--local-worker` is given.
+    #[arg(long, env = "COD_NATS", value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// With `--nats`: also run a worker in this process (its slots: `--workers`).
+    #[arg(long, requires = "nats")]
+    pub(crate) local_worker: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The fleet's NATS server (`nats://HOST:PORT`).
+    #[arg(long, env = "COD_NATS", value_name = "URL")]
+    pub(crate) nats: String,
+    /// Runs executed at once (each holds one CPU); 0 means one per CPU.
+    #[arg(long, env = "COD_SLOTS")]
+    pub(crate) slots: Option<usize>,
+    /// Runtimes to take jobs of (comma-separated language names); default: every one
+    /// this host can run.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) runtimes: Vec<String>,
+    /// This worker's id in heartbeats and logs; default: host name and process id.
+    #[arg(long, env = "COD_WORKER_ID")]
+    pub(crate) id: Option<String>,
+    /// Directory of extra language files.
+    #[arg(long, env = "COD_LANGUAGES_DIR")]
+    pub(crate) languages_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FleetArgs {
+    /// The fleet's NATS server (`nats://HOST:PORT`): the load is read from its job stream
+    /// and worker heartbeats.
+    #[arg(long, env = "COD_NATS", value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// Where workers come from: `local` (processes on this host) or `kubernetes`.
+    #[arg(long, default_value = "local")]
+    pub(crate) provider: String,
+    /// Settings of the policy and provider (TOML, see docs/fleet.md).
+    #[arg(long, value_name = "FILE.toml")]
+    pub(crate) fleet_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -165,7 +165,7 @@ pub async fn create(
         Ok(s) => s,
         Err(errors) => return Ok(unprocessable(errors)),
     };
-    let token = st.admit(sub)?.spawn();
+    let token = st.admit(sub)?.spawn().await;
     if !flag(&q, "wait") {
         return Ok((StatusCode::CREATED, Json(json!({"token": token}))).into_response());
     }
@@ -270,7 +270,7 @@ pub async fn batch_create(
         }
     }
     for (i, a) in admitted {
-        answer[i] = json!({"token": a.spawn()});
+        answer[i] = json!({"token": a.spawn().await});
     }
     Ok((StatusCode::CREATED, Json(Value::Array(answer))).into_response())
 }

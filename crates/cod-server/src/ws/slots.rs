@@ -28,6 +28,11 @@ impl Permit {
         self.inner.slot()
     }
 
+    /// Who the run is for.
+    pub(crate) fn client(&self) -> &str {
+        &self.ticket.client.0
+    }
+
     /// The run started in this slot: counted in the metrics with its wait.
     pub(crate) fn started(&self) {
         crate::metrics::started(&self.ticket.runtime, self.inner.waited());

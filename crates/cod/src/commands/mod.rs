@@ -4,9 +4,11 @@ mod bench;
 mod bench_api;
 pub(crate) mod bench_editor;
 pub(crate) mod bench_sched;
+mod fleet;
 mod run;
 mod serve;
 mod simulate;
+mod worker;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -25,7 +27,7 @@ use crate::observability;
 pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = load_config(cli.config.as_deref())?;
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Worker(_) | Command::Fleet(_) => "info",
         _ => "warn",
     };
     observability::init(cli.log_format, default_level)?;
@@ -34,6 +36,8 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&config, args),
         Command::Bench(args) => bench::bench(&config, args),
         Command::Simulate(args) => simulate::simulate(&args),
+        Command::Worker(args) => worker::worker(config, args),
+        Command::Fleet(args) => fleet::fleet(&config, args),
         Command::Runtimes => runtimes(&config),
         Command::Config => {
             print!("{}", config.to_toml());
@@ -66,6 +70,30 @@ pub(crate) fn start_jail(
     slots: usize,
     prepare_for: Option<&Registry>,
 ) -> anyhow::Result<Arc<Jail>> {
+    let (exe, jail_config) = jail_config(config, slots, prepare_for)?;
+    let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
+        "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",
+    )?;
+    self_test(&jail).context("the sandbox does not work on this host (see docs/sandbox.md)")?;
+    Ok(Arc::new(jail))
+}
+
+/// A jail whose helper starts only if something runs here: a fleet gateway without a
+/// local worker needs no sandbox.
+pub(crate) fn deferred_jail(config: &Config) -> anyhow::Result<Arc<Jail>> {
+    let (exe, jail_config) = jail_config(config, 1, None)?;
+    Ok(Arc::new(Jail::deferred(
+        &exe,
+        &[OsStr::new(crate::JAIL_ARG)],
+        &jail_config,
+    )))
+}
+
+fn jail_config(
+    config: &Config,
+    slots: usize,
+    prepare_for: Option<&Registry>,
+) -> anyhow::Result<(std::path::PathBuf, JailConfig)> {
     let exe = std::env::current_exe().context("finding this program's path")?;
     let s = &config.sandbox;
     let jail_config = JailConfig {
@@ -89,11 +117,7 @@ pub(crate) fn start_jail(
             _ => Vec::new(),
         },
     };
-    let jail = Jail::spawn(&exe, &[OsStr::new(crate::JAIL_ARG)], &jail_config).context(
-        "starting the sandbox (cod needs root, user namespaces and cgroups; see docs/sandbox.md)",
-    )?;
-    self_test(&jail).context("the sandbox does not work on this host (see docs/sandbox.md)")?;
-    Ok(Arc::new(jail))
+    Ok((exe, jail_config))
 }
 
 /// The runtimes a slot may keep warm, for runs with the configured default limits.
@@ -167,6 +191,19 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
     {
         Some(cod_core::Status::Ok) => Ok(()),
         other => anyhow::bail!("a trial run of /usr/bin/true ended {other:?}: {outcome:?}"),
+    }
+}
+
+/// The fleet's broker settings from `[fleet]`.
+pub(crate) fn bus_config(config: &Config) -> cod_fleet::bus::BusConfig {
+    let f = &config.fleet;
+    cod_fleet::bus::BusConfig {
+        ack_wait: f.ack_wait,
+        max_deliveries: f.max_deliveries,
+        result_ttl: f.result_ttl,
+        job_ttl: f.result_ttl,
+        heartbeat: f.heartbeat,
+        dead_after: f.dead_after,
     }
 }
 

@@ -16,6 +16,8 @@ use crate::cli::ServeArgs;
 
 /// How long running requests may finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Runs a gateway keeps in flight through the fleet at once (its scheduler's slots).
+const GATEWAY_FLOW: usize = 1024;
 /// How often the metrics exporter drains its histograms.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -62,7 +64,17 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
     // The helper is started before the async runtime: it is a separate process either way,
     // but spawning it first keeps start-up errors simple.
     let registry = super::load_registry(&config)?;
-    let jail = super::start_jail(&config, workers, Some(&registry))?;
+    let gateway = args.nats.clone();
+    let local_runs = gateway.is_none() || args.local_worker;
+    let jail = if local_runs {
+        super::start_jail(&config, workers, Some(&registry))?
+    } else {
+        super::deferred_jail(&config)?
+    };
+    if gateway.is_some() {
+        // Compiles happen on the workers, with the runs.
+        config.sessions.compile_ahead = false;
+    }
     for l in registry.all() {
         match &l.unavailable {
             None => info!(language = %l.name, version = %l.version, "language available"),
@@ -78,7 +90,14 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
     let executor = Arc::new(executor);
     let state = AppState::new(
         executor,
-        Scheduler::with_config(scheduler_config(&config, workers)),
+        Scheduler::with_config(scheduler_config(
+            &config,
+            if gateway.is_some() {
+                GATEWAY_FLOW
+            } else {
+                workers
+            },
+        )),
         usize::try_from(config.server.max_body.get()).unwrap_or(usize::MAX),
     )
     .with_options(&ServerOptions {
@@ -101,10 +120,55 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .await
             .with_context(|| format!("listening on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
+        let drain = tokio_util::sync::CancellationToken::new();
+        let mut local_worker = None;
+        let state = match &gateway {
+            None => state,
+            Some(url) => {
+                let bus = cod_fleet::bus::Bus::connect(url, "cod gateway", super::bus_config(&config))
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?;
+                info!(nats = %url, local_worker = args.local_worker, "fleet gateway: runs go to workers through NATS");
+                if args.local_worker {
+                    let runtimes = state
+                        .executor
+                        .registry()
+                        .all()
+                        .iter()
+                        .filter(|l| l.unavailable.is_none())
+                        .map(|l| l.name.clone())
+                        .collect();
+                    let host = cod_server::fleet::host_name();
+                    let opts = cod_server::fleet::WorkerOptions {
+                        id: format!("{host}-{}-local", std::process::id()),
+                        host,
+                        runtimes,
+                        slots: (0..u32::try_from(workers).context("too many workers")?).collect(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        prebuild: true,
+                    };
+                    local_worker = Some(tokio::spawn(cod_server::fleet::serve_jobs(
+                        bus.clone(),
+                        state.executor.clone(),
+                        opts,
+                        drain.clone(),
+                    )));
+                }
+                state.with_remote(cod_server::fleet::RemoteWorker::new(bus, config.server.queue))
+            }
+        };
         info!(%addr, workers, queue = config.server.queue, cgroup = ?jail.cgroup_mode(), "cod is serving on http://{addr}/");
         // Build what makes compiles faster in the background, one worker slot at a time,
         // like any run; compiles use it once it is there.
-        let prebuilds = tokio::spawn(prebuild_all(state.clone()));
+        let prebuilds = tokio::spawn({
+            let (st, here) = (state.clone(), gateway.is_none());
+            // A gateway's local worker builds its own; a plain gateway compiles nothing.
+            async move {
+                if here {
+                    prebuild_all(st).await;
+                }
+            }
+        });
         // Purges expired editor sessions and compacts idle ones, until shutdown.
         let sessions = tokio::spawn(state.editor.clone().maintain());
         cod_server::metrics::install();
@@ -122,6 +186,11 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             if !jobs.drain(SHUTDOWN_GRACE).await {
                 tracing::warn!(jobs = jobs.active(), "shutdown grace period over; jobs left unfinished");
             }
+        }
+        drain.cancel();
+        if let Some(w) = local_worker {
+            info!("draining the local worker");
+            let _ = w.await;
         }
         prebuilds.abort();
         sessions.abort();

@@ -1,0 +1,342 @@
+//! The gateway's side of the bus: publish runs, relay their events, wait for results.
+//!
+//! **Accepted means stored.** A run is published to the job stream (file storage) with
+//! its id as `Nats-Msg-Id` and the gateway waits for JetStream's acknowledgement,
+//! retrying a lost one for [`PUBLISH_PATIENCE`] (the duplicate window drops a repeat).
+//! From then on the job no longer depends on this gateway: a worker runs it and stores
+//! its result whether or not anyone still waits.
+//!
+//! **Admission.** Every gateway learns the fleet's slots from the heartbeats. It admits a
+//! run while its own runs in flight are fewer than those slots plus its queue allowance
+//! (`server.queue`), and answers 429 otherwise. Each gateway counts only its own runs: with
+//! several gateways the fleet's backlog can reach their allowances added up.
+//!
+//! **Waiting.** The gateway subscribes to the job's done and event subjects before it
+//! publishes, so nothing is missed in the normal case; if a notice is lost (a reconnect),
+//! it reads the results bucket every second.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
+use cod_core::RunResult;
+use cod_fleet::bus::{
+    Bus, BusError, Class, WorkerEntry, cancel_subject, done_subject, events_ack_subject,
+    events_subject, input_subject, job_subject,
+};
+use cod_runtime::executor::{OutStream, RunEvent, RunInput, RunIo, StageKind};
+use cod_sched::{RejectReason, Rejected, Usage, WorkerEvent};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{ACK_EVERY, Envelope, JobMessage, WireEvent, WireInput, WireKind};
+use crate::worker::internal_error;
+
+/// How long a gateway keeps trying to hand a run to the broker before it fails the run.
+pub(super) const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+/// How often a waiting gateway reads the results bucket, in case a notice was lost.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Runs jobs on the fleet's workers, through the bus.
+#[derive(Clone, Debug)]
+pub struct RemoteWorker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bus: Bus,
+    /// Runs of this gateway published and not finished.
+    inflight: AtomicUsize,
+    /// Slots of the fleet's live, non-draining workers, from heartbeats.
+    capacity: AtomicUsize,
+    /// Runs admitted beyond the fleet's slots.
+    queue: usize,
+}
+
+/// Counts a run in flight until dropped; asks the worker to stop it if it is dropped
+/// before the run's result came.
+struct InFlight {
+    inner: Arc<Inner>,
+    id: String,
+    finished: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.inflight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            let client = self.inner.bus.client.clone();
+            let subject = cancel_subject(&self.id);
+            tokio::spawn(async move {
+                let _ = client.publish(subject, "cancel".into()).await;
+            });
+        }
+    }
+}
+
+impl RemoteWorker {
+    /// A gateway on `bus` that admits `queue` runs beyond the fleet's slots. Starts the
+    /// task that follows the fleet's capacity (call inside a tokio runtime).
+    pub fn new(bus: Bus, queue: usize) -> RemoteWorker {
+        let inner = Arc::new(Inner {
+            bus,
+            inflight: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(0),
+            queue,
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(POLL);
+            while let Some(inner) = weak.upgrade() {
+                if let Ok(list) = inner.bus.worker_list().await {
+                    let slots = list
+                        .iter()
+                        .filter(|w| w.state == "ready")
+                        .map(|w| w.heartbeat.slots as usize)
+                        .sum();
+                    inner.capacity.store(slots, Ordering::Relaxed);
+                }
+                drop(inner);
+                every.tick().await;
+            }
+        });
+        RemoteWorker { inner }
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// Runs of this gateway in flight.
+    pub fn inflight(&self) -> usize {
+        self.inner.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a run when this gateway's runs in flight already fill the fleet's slots
+    /// and its queue allowance.
+    pub fn admit(&self) -> Result<(), Rejected> {
+        let inflight = self.inflight();
+        let capacity = self.inner.capacity.load(Ordering::Relaxed);
+        if inflight >= capacity + self.inner.queue {
+            return Err(Rejected {
+                reason: RejectReason::QueueFull,
+                queued: inflight.saturating_sub(capacity),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        Ok(())
+    }
+
+    /// The fleet's workers, from their heartbeats.
+    pub async fn workers(&self) -> Result<Vec<WorkerEntry>, BusError> {
+        self.inner.bus.worker_list().await
+    }
+
+    /// The stored result of job `id`, if it has one.
+    pub async fn lookup(&self, id: &str) -> Option<Envelope> {
+        let raw = self.inner.bus.results.get(id).await.ok()??;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// Publishes `job` and waits for its result, passing usage to `events` and, with `io`,
+    /// stages and output to its events and its input to the worker. `stored` is told once
+    /// the job stream holds the job.
+    pub async fn run(
+        &self,
+        job: JobMessage,
+        expected: Duration,
+        events: Option<mpsc::Sender<WorkerEvent>>,
+        mut io: Option<&mut RunIo>,
+        stored: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> RunResult {
+        let id = job.item.id.clone();
+        let bus = &self.inner.bus;
+        let client = &bus.client;
+        let subs = tokio::try_join!(
+            client.subscribe(done_subject(&id)),
+            client.subscribe(events_subject(&id)),
+        );
+        let (mut done, mut evs) = match subs {
+            Ok(s) => s,
+            Err(e) => return internal_error(&job.item, &format!("the fleet's broker: {e}")),
+        };
+        let subject = job_subject(&job.item.language, Class::of(expected));
+        let payload: bytes::Bytes = serde_json::to_vec(&job).unwrap_or_default().into();
+        self.inner.inflight.fetch_add(1, Ordering::Relaxed);
+        let mut guard = InFlight {
+            inner: self.inner.clone(),
+            id: id.clone(),
+            finished: false,
+        };
+        if let Err(e) = publish(bus, &subject, &id, payload).await {
+            guard.finished = true;
+            return internal_error(
+                &job.item,
+                &format!("the fleet's broker did not take the run: {e}"),
+            );
+        }
+        if let Some(s) = stored {
+            let _ = s.send(());
+        }
+        let mut input = io.as_mut().and_then(|io| io.input.take());
+        let mut poll = tokio::time::interval(POLL);
+        poll.tick().await;
+        // Per delivery: events received, the last one's number.
+        let (mut attempt, mut received, mut last) = (0u32, 0u64, 0u64);
+        let envelope: Envelope = loop {
+            tokio::select! {
+                Some(m) = done.next() => {
+                    if let Ok(env) = serde_json::from_slice(&m.payload) {
+                        break env;
+                    }
+                }
+                Some(m) = evs.next() => {
+                    let Ok(e) = postcard::from_bytes::<WireEvent>(&m.payload) else { continue };
+                    if e.attempt != attempt {
+                        (attempt, received) = (e.attempt, 0);
+                    }
+                    received += 1;
+                    last = e.seq;
+                    relay(e.kind, events.as_ref(), io.as_deref_mut()).await;
+                    if received % ACK_EVERY == 0 {
+                        let _ = client.publish(events_ack_subject(&id), format!("{attempt} {last}").into()).await;
+                    }
+                }
+                Some(i) = recv(&mut input) => {
+                    let w = match i {
+                        RunInput::Stdin(b) => WireInput::Stdin(b),
+                        RunInput::Close => WireInput::Close,
+                        RunInput::Kill => WireInput::Kill,
+                    };
+                    if let Ok(bytes) = postcard::to_stdvec(&w) {
+                        let _ = client.publish(input_subject(&id), bytes.into()).await;
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Some(env) = self.lookup(&id).await {
+                        break env;
+                    }
+                }
+            }
+        };
+        // Output the worker sent before its result: all of it, in order.
+        if io.is_some() && (attempt != envelope.attempt || last < envelope.events) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while attempt != envelope.attempt || last < envelope.events {
+                let Ok(Some(m)) = tokio::time::timeout_at(deadline, evs.next()).await else {
+                    warn!(job = %id, "the run's last events did not arrive");
+                    break;
+                };
+                let Ok(e) = postcard::from_bytes::<WireEvent>(&m.payload) else {
+                    continue;
+                };
+                if e.attempt != envelope.attempt {
+                    continue;
+                }
+                (attempt, last) = (e.attempt, e.seq);
+                relay(e.kind, events.as_ref(), io.as_deref_mut()).await;
+            }
+        }
+        guard.finished = true;
+        debug!(job = %id, worker = %envelope.worker, attempt = envelope.attempt, "result");
+        envelope.result
+    }
+}
+
+async fn recv(input: &mut Option<mpsc::Receiver<RunInput>>) -> Option<RunInput> {
+    match input {
+        Some(rx) => match rx.recv().await {
+            Some(i) => Some(i),
+            None => {
+                // The caller closed its input: nothing more will come.
+                *input = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Passes one event on: usage to the scheduler's events, the rest to the run's stream.
+async fn relay(kind: WireKind, events: Option<&mpsc::Sender<WorkerEvent>>, io: Option<&mut RunIo>) {
+    let stage = |compile: bool| {
+        if compile {
+            StageKind::Compile
+        } else {
+            StageKind::Run
+        }
+    };
+    let event = match kind {
+        WireKind::Started { .. } => return,
+        WireKind::Stage { compile } => RunEvent::Stage(stage(compile)),
+        WireKind::Out {
+            compile,
+            stderr,
+            data,
+        } => RunEvent::Output {
+            stage: stage(compile),
+            stream: if stderr {
+                OutStream::Stderr
+            } else {
+                OutStream::Stdout
+            },
+            data,
+        },
+        WireKind::Usage {
+            compile,
+            cpu_ms,
+            memory_kb,
+            wall_ms,
+        } => {
+            if let Some(ev) = events {
+                let _ = ev.try_send(WorkerEvent::Usage(Usage {
+                    cpu_ms,
+                    memory_kb,
+                    wall_ms,
+                }));
+            }
+            RunEvent::Usage {
+                stage: stage(compile),
+                cpu_ms,
+                memory_kb,
+                wall_ms,
+            }
+        }
+    };
+    if let Some(io) = io {
+        // Waiting here is the backpressure: a slow reader stops the acknowledgements.
+        let _ = io.events.send(event).await;
+    }
+}
+
+/// Publishes a job and waits for JetStream to store it, retrying for [`PUBLISH_PATIENCE`].
+async fn publish(bus: &Bus, subject: &str, id: &str, payload: bytes::Bytes) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, id);
+        let err = match bus
+            .js
+            .publish_with_headers(subject.to_owned(), headers, payload.clone())
+            .await
+        {
+            Ok(ack) => match ack.await {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(err);
+        }
+        warn!(job = %id, error = %err, "publishing the run failed; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,238 @@
+//! The distributed mode: gateways hand runs to workers through NATS JetStream
+//! (docs/fleet.md; names and records in [`cod_fleet::bus`]).
+//!
+//! - [`RemoteWorker`] is the gateway's side: it publishes each run to the job stream,
+//!   relays its live events (and an interactive run's input), and waits for its result.
+//! - [`serve_jobs`] is the worker's side: it pulls runs of its runtimes, only as many as
+//!   it has free slots, runs them in this machine's sandbox, and stores each result once.
+//!
+//! What crosses the bus: a [`JobMessage`] (JSON) on the job's subject; [`WireEvent`]s and
+//! [`WireInput`]s (postcard: output is bytes) on the job's own subjects; an [`Envelope`]
+//! (JSON) in the results bucket and on the job's done subject.
+
+mod gateway;
+mod worker;
+
+use axum::Json;
+use axum::extract::State;
+use cod_core::RunResult;
+use cod_fleet::bus::{Heartbeat, WorkerEntry, now_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::jobs::{JobState, JobView, rfc3339};
+use crate::worker::WorkItem;
+
+pub use gateway::RemoteWorker;
+pub use worker::{WorkerOptions, serve_jobs};
+
+/// A job as it travels to a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMessage {
+    /// The run.
+    pub item: WorkItem,
+    /// Who submitted it.
+    pub client: String,
+    /// When it was accepted, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Send stages and output as they happen (streamed and editor runs).
+    #[serde(default)]
+    pub stream: bool,
+    /// Its standard input comes from [`cod_fleet::bus::input_subject`].
+    #[serde(default)]
+    pub interactive: bool,
+}
+
+/// A finished job, as stored in the results bucket and announced on its done subject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The run's result.
+    pub result: RunResult,
+    /// The worker that ran it.
+    pub worker: String,
+    /// Which delivery of the job this was (1: the first).
+    pub attempt: u32,
+    /// Who submitted it.
+    pub client: String,
+    /// When it was accepted, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When the worker started it.
+    pub started_ms: u64,
+    /// When it finished.
+    pub finished_ms: u64,
+    /// Events the worker sent for this delivery (the gateway waits for them all).
+    pub events: u64,
+}
+
+/// A live event of a job, numbered from 1 per delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Its number.
+    pub seq: u64,
+    /// Which delivery of the job sent it.
+    pub attempt: u32,
+    /// What happened.
+    pub kind: WireKind,
+}
+
+/// What a [`WireEvent`] says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireKind {
+    /// A worker took the job.
+    Started {
+        /// The worker.
+        worker: String,
+        /// Its slot.
+        slot: u32,
+    },
+    /// A stage started (`compile`: the compile stage, else the run).
+    Stage {
+        /// Which.
+        compile: bool,
+    },
+    /// Output.
+    Out {
+        /// Of the compile stage.
+        compile: bool,
+        /// Standard error (else standard output).
+        stderr: bool,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Resources used so far.
+    Usage {
+        /// Of the compile stage.
+        compile: bool,
+        /// CPU, ms.
+        cpu_ms: u64,
+        /// Peak memory, KiB.
+        memory_kb: u64,
+        /// Wall time, ms.
+        wall_ms: u64,
+    },
+}
+
+/// Input for an interactive job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireInput {
+    /// Bytes for its stdin.
+    Stdin(Vec<u8>),
+    /// End of its stdin.
+    Close,
+    /// Stop it.
+    Kill,
+}
+
+/// `GET /api/v1/workers`: the workers runs go to, from their heartbeats (this process
+/// alone in the embedded mode).
+pub async fn list_workers(State(st): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
+    let workers = match st.worker.remote() {
+        Some(r) => r
+            .workers()
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading worker heartbeats: {e}")))?,
+        None => {
+            let stats = st.scheduler.stats();
+            let runtimes = st
+                .executor
+                .registry()
+                .all()
+                .iter()
+                .filter(|l| l.unavailable.is_none())
+                .map(|l| l.name.clone())
+                .collect();
+            vec![WorkerEntry {
+                heartbeat: Heartbeat {
+                    id: "local".into(),
+                    host: host_name(),
+                    runtimes,
+                    slots: u32::try_from(stats.workers).unwrap_or(u32::MAX),
+                    busy: u32::try_from(stats.running).unwrap_or(u32::MAX),
+                    load: 0.0,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    draining: false,
+                    done: stats.started,
+                    at_ms: now_ms(),
+                },
+                state: "ready".into(),
+                silent_ms: 0,
+            }]
+        }
+    };
+    Ok(Json(WorkerList { workers }))
+}
+
+/// The answer of `GET /api/v1/workers`.
+#[derive(Debug, Serialize)]
+pub struct WorkerList {
+    /// By id.
+    pub workers: Vec<WorkerEntry>,
+}
+
+/// This machine's name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A job another gateway accepted, as `GET /api/v1/jobs/{id}` shows it once its result
+/// is stored.
+pub(crate) fn view_of(id: &str, env: Envelope) -> JobView {
+    let at = |ms: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    JobView {
+        id: id.to_owned(),
+        state: JobState::Done,
+        language: env.result.language.clone(),
+        client: env.client.clone(),
+        created_at: at(env.created_ms),
+        started_at: Some(at(env.started_ms)),
+        finished_at: Some(at(env.finished_ms)),
+        slot: None,
+        expected_ms: 0,
+        waited_ms: Some(env.started_ms.saturating_sub(env.created_ms)),
+        usage: None,
+        result: Some(env.result),
+        tests: None,
+        callback: None,
+        worker: Some(env.worker),
+        attempt: Some(env.attempt),
+    }
+}
+
+/// Events a worker sends ahead of the gateway's acknowledgements.
+const EVENT_WINDOW: u64 = 64;
+/// The gateway acknowledges every this many events.
+const ACK_EVERY: u64 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Binary output survives the trip; the window leaves room for acknowledgements.
+    #[test]
+    fn events_and_input_round_trip() {
+        let e = WireEvent {
+            seq: 7,
+            attempt: 2,
+            kind: WireKind::Out {
+                compile: false,
+                stderr: true,
+                data: vec![0, 0xff, b'\n'],
+            },
+        };
+        let bytes = postcard::to_stdvec(&e).expect("encodes");
+        assert_eq!(
+            postcard::from_bytes::<WireEvent>(&bytes).expect("decodes"),
+            e
+        );
+        let i = WireInput::Stdin(vec![0xc3, 0x28]);
+        let bytes = postcard::to_stdvec(&i).expect("encodes");
+        assert_eq!(
+            postcard::from_bytes::<WireInput>(&bytes).expect("decodes"),
+            i
+        );
+        const { assert!(ACK_EVERY < EVENT_WINDOW) };
+    }
+}

@@ -1,0 +1,541 @@
+//! The worker's side of the bus: pull runs, only as many as there are free slots, run them
+//! here, store each result once.
+//!
+//! **Taking work.** A worker keeps one list of consumers: the short class of each of its
+//! runtimes, then the long class. Whenever it has a free slot it asks them in that order
+//! for one job each (a no-wait fetch) until one answers; so with a backlog, short runs of
+//! any runtime go first. An idle worker does not poll: while it has a free slot it is a
+//! member of one queue group per runtime on the job subjects, so each published job wakes
+//! exactly one idle worker, which then claims it (or another, older one) from the
+//! consumer. A full worker leaves the groups, so jobs wake only workers that can take
+//! them. A sweep every second catches anything a wake-up missed.
+//!
+//! **Running.** While a job runs its message is kept in progress every third of the ack
+//! wait; a worker that dies stops doing so and JetStream hands the job to another worker
+//! after the ack wait. The delivery after [`BusConfig::max_deliveries`] is not run: it ends
+//! `internal_error`. Results go to the results bucket with `create`, which fails if the
+//! job already has one: a job is never reported twice, even if a slow worker and its
+//! replacement both finish it.
+//!
+//! **Draining.** On its drain signal a worker leaves the queue groups, takes no new job,
+//! finishes the ones it has, says so in its heartbeat, and returns.
+//!
+//! [`BusConfig::max_deliveries`]: cod_fleet::bus::BusConfig::max_deliveries
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use cod_core::RunResult;
+use cod_fleet::bus::{
+    self, Bus, BusError, Class, Heartbeat, cancel_subject, done_subject, events_ack_subject,
+    events_subject, input_subject, now_ms,
+};
+use cod_runtime::Executor;
+use cod_runtime::executor::{OutStream, RunEvent, RunInput, RunIo, StageKind};
+use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::{EVENT_WINDOW, Envelope, JobMessage, WireEvent, WireInput, WireKind};
+use crate::worker::internal_error;
+
+/// Who a worker is and what it takes.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Its id in heartbeats, results and logs.
+    pub id: String,
+    /// The machine it runs on.
+    pub host: String,
+    /// Runtimes it takes jobs of.
+    pub runtimes: Vec<String>,
+    /// Sandbox slots it runs jobs in.
+    pub slots: Vec<u32>,
+    /// The version it reports.
+    pub version: String,
+    /// Build missing prebuilds (precompiled headers, class-data archives) first, in one
+    /// slot, while the others take jobs.
+    pub prebuild: bool,
+}
+
+struct Ctx {
+    bus: Bus,
+    executor: Arc<Executor>,
+    opts: WorkerOptions,
+    busy: AtomicU32,
+    done: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// Takes jobs of `opts.runtimes` from `bus` and runs them on `executor` until `drain` is
+/// cancelled and the last running job has finished. Fails only if the stream and
+/// consumers cannot be set up.
+pub async fn serve_jobs(
+    bus: Bus,
+    executor: Arc<Executor>,
+    opts: WorkerOptions,
+    drain: CancellationToken,
+) -> Result<(), BusError> {
+    let mut consumers = Vec::new();
+    for class in Class::ALL {
+        for rt in &opts.runtimes {
+            consumers.push((bus::job_subject(rt, class), bus.consumer(rt, class).await?));
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        bus,
+        executor,
+        opts,
+        busy: AtomicU32::new(0),
+        done: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
+    });
+    let beats = tokio::spawn(heartbeats(ctx.clone()));
+    let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<u32>();
+    let mut free = ctx.opts.slots.clone();
+    let total = free.len();
+    if ctx.opts.prebuild
+        && let Some(slot) = free.pop()
+    {
+        tokio::spawn(prebuild(ctx.clone(), slot, freed_tx.clone()));
+    }
+    info!(worker = %ctx.opts.id, slots = total, runtimes = ?ctx.opts.runtimes, "worker ready");
+    let mut wake: Option<SelectAll<async_nats::Subscriber>> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = true;
+    let mut draining = false;
+    loop {
+        if draining {
+            wake = None;
+            if free.len() == total {
+                break;
+            }
+        } else {
+            if sweep {
+                sweep = false;
+                while !free.is_empty() {
+                    let Some(msg) = claim_any(&consumers).await else {
+                        break;
+                    };
+                    launch(&ctx, msg, &mut free, &freed_tx);
+                }
+            }
+            if free.is_empty() {
+                // Full: wake-ups must go to workers that can take the job.
+                wake = None;
+            } else if wake.is_none() {
+                wake = Some(join_groups(&ctx).await);
+            }
+        }
+        tokio::select! {
+            Some(woke) = next_wake(&mut wake) => {
+                // Claim from the consumer the job was published to first.
+                if let Some((_, c)) = consumers.iter().find(|(s, _)| *s == woke.subject.as_str())
+                    && !free.is_empty()
+                    && let Some(msg) = claim(c).await
+                {
+                    launch(&ctx, msg, &mut free, &freed_tx);
+                }
+            }
+            Some(slot) = freed_rx.recv() => {
+                free.push(slot);
+                sweep = true;
+            }
+            _ = tick.tick() => sweep = true,
+            () = drain.cancelled(), if !draining => {
+                draining = true;
+                ctx.draining.store(true, Ordering::Relaxed);
+                info!(worker = %ctx.opts.id, running = total - free.len(), "draining: finishing the runs in hand, taking no new ones");
+                let _ = ctx.bus.workers.put(&ctx.opts.id, heartbeat(&ctx).into()).await;
+            }
+        }
+    }
+    beats.abort();
+    // Gone for good: out of the list at once rather than dead after a while.
+    let _ = ctx.bus.workers.delete(&ctx.opts.id).await;
+    info!(worker = %ctx.opts.id, done = ctx.done.load(Ordering::Relaxed), "worker drained");
+    Ok(())
+}
+
+async fn next_wake(
+    wake: &mut Option<SelectAll<async_nats::Subscriber>>,
+) -> Option<async_nats::Message> {
+    match wake {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Joins the wake-up queue group of each runtime.
+async fn join_groups(ctx: &Ctx) -> SelectAll<async_nats::Subscriber> {
+    let mut all = SelectAll::new();
+    for rt in &ctx.opts.runtimes {
+        let subject = format!("cod.jobs.{}.*", bus::token(rt));
+        match ctx
+            .bus
+            .client
+            .queue_subscribe(subject, format!("wake-{}", bus::token(rt)))
+            .await
+        {
+            Ok(s) => all.push(s),
+            Err(e) => warn!(error = %e, "joining a wake-up group failed; sweeps still find jobs"),
+        }
+    }
+    all
+}
+
+/// One job from `c` if it has one waiting.
+async fn claim(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstream::Message> {
+    let mut batch = c.fetch().max_messages(1).messages().await.ok()?;
+    match batch.next().await {
+        Some(Ok(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// One job from the first of `consumers` (short classes first) that has one.
+async fn claim_any(
+    consumers: &[(String, consumer::Consumer<consumer::pull::Config>)],
+) -> Option<jetstream::Message> {
+    for (_, c) in consumers {
+        if let Some(m) = claim(c).await {
+            return Some(m);
+        }
+    }
+    None
+}
+
+fn launch(
+    ctx: &Arc<Ctx>,
+    msg: jetstream::Message,
+    free: &mut Vec<u32>,
+    freed: &mpsc::UnboundedSender<u32>,
+) {
+    let Some(slot) = free.pop() else {
+        // Not reached: callers claim only with a free slot. Let another worker have it.
+        tokio::spawn(async move {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        });
+        return;
+    };
+    ctx.busy.fetch_add(1, Ordering::Relaxed);
+    let (ctx, freed) = (ctx.clone(), freed.clone());
+    tokio::spawn(async move {
+        serve_job(&ctx, msg, slot).await;
+        ctx.busy.fetch_sub(1, Ordering::Relaxed);
+        let _ = freed.send(slot);
+    });
+}
+
+async fn prebuild(ctx: Arc<Ctx>, slot: u32, freed: mpsc::UnboundedSender<u32>) {
+    ctx.busy.fetch_add(1, Ordering::Relaxed);
+    for lang in ctx.executor.registry().all() {
+        if lang.prebuild().is_none() || lang.prebuilt_ready() {
+            continue;
+        }
+        match ctx.executor.prebuild(lang, slot).await {
+            Ok(true) => info!(language = %lang.name, "prebuild ready"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(language = %lang.name, error = %e, "prebuild failed; compiles run without it")
+            }
+        }
+    }
+    ctx.busy.fetch_sub(1, Ordering::Relaxed);
+    let _ = freed.send(slot);
+}
+
+fn heartbeat(ctx: &Ctx) -> Vec<u8> {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let hb = Heartbeat {
+        id: ctx.opts.id.clone(),
+        host: ctx.opts.host.clone(),
+        runtimes: ctx.opts.runtimes.clone(),
+        slots: u32::try_from(ctx.opts.slots.len()).unwrap_or(u32::MAX),
+        busy: ctx.busy.load(Ordering::Relaxed),
+        load,
+        version: ctx.opts.version.clone(),
+        draining: ctx.draining.load(Ordering::Relaxed),
+        done: ctx.done.load(Ordering::Relaxed),
+        at_ms: now_ms(),
+    };
+    serde_json::to_vec(&hb).unwrap_or_default()
+}
+
+async fn heartbeats(ctx: Arc<Ctx>) {
+    let mut every = tokio::time::interval(ctx.bus.config.heartbeat);
+    loop {
+        every.tick().await;
+        if let Err(e) = ctx
+            .bus
+            .workers
+            .put(&ctx.opts.id, heartbeat(&ctx).into())
+            .await
+        {
+            warn!(worker = %ctx.opts.id, error = %e, "heartbeat not stored");
+        }
+    }
+}
+
+/// Sends a job's events in order, at most [`EVENT_WINDOW`] ahead of the gateway.
+struct Events {
+    client: async_nats::Client,
+    subject: String,
+    attempt: u32,
+    seq: u64,
+    acked: u64,
+    acks: Option<async_nats::Subscriber>,
+    patience: Duration,
+}
+
+impl Events {
+    async fn send(&mut self, kind: WireKind) {
+        self.seq += 1;
+        while self.seq > self.acked + EVENT_WINDOW {
+            let Some(acks) = self.acks.as_mut() else {
+                break;
+            };
+            match tokio::time::timeout(self.patience, acks.next()).await {
+                Ok(Some(m)) => {
+                    let text = String::from_utf8_lossy(&m.payload);
+                    let mut it = text.split(' ');
+                    if let (Some(a), Some(s)) = (it.next(), it.next())
+                        && a.parse() == Ok(self.attempt)
+                        && let Ok(s) = s.parse::<u64>()
+                    {
+                        self.acked = self.acked.max(s);
+                    }
+                }
+                // The gateway is gone or stuck: nothing is buffered for it here, so send on.
+                _ => {
+                    self.acks = None;
+                    break;
+                }
+            }
+        }
+        let e = WireEvent {
+            seq: self.seq,
+            attempt: self.attempt,
+            kind,
+        };
+        if let Ok(bytes) = postcard::to_stdvec(&e) {
+            let _ = self
+                .client
+                .publish(self.subject.clone(), bytes.into())
+                .await;
+        }
+    }
+}
+
+fn wire(event: RunEvent, stream: bool) -> Option<WireKind> {
+    let compile = |s: StageKind| s == StageKind::Compile;
+    match event {
+        RunEvent::Usage {
+            stage,
+            cpu_ms,
+            memory_kb,
+            wall_ms,
+        } => Some(WireKind::Usage {
+            compile: compile(stage),
+            cpu_ms,
+            memory_kb,
+            wall_ms,
+        }),
+        RunEvent::Stage(s) if stream => Some(WireKind::Stage {
+            compile: compile(s),
+        }),
+        RunEvent::Output {
+            stage,
+            stream: out,
+            data,
+        } if stream => Some(WireKind::Out {
+            compile: compile(stage),
+            stderr: out == OutStream::Stderr,
+            data,
+        }),
+        _ => None,
+    }
+}
+
+/// Runs one delivered job and answers it.
+async fn serve_job(ctx: &Ctx, msg: jetstream::Message, slot: u32) {
+    let job: JobMessage = match serde_json::from_slice(&msg.payload) {
+        Ok(j) => j,
+        Err(e) => {
+            warn!(subject = %msg.subject, error = %e, "a job message that does not parse: dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let attempt = msg
+        .info()
+        .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let id = job.item.id.clone();
+    let span = info_span!("job", id = %id, language = %job.item.language, attempt, slot);
+    async move {
+        if matches!(ctx.bus.results.get(&id).await, Ok(Some(_))) {
+            // Finished before, its acknowledgement lost: nothing to do again.
+            let _ = msg.ack().await;
+            return;
+        }
+        let started_ms = now_ms();
+        let (result, events) = if attempt > ctx.bus.config.max_deliveries {
+            warn!("delivered {attempt} times: its workers were lost; ending it");
+            let r = internal_error(
+                &job.item,
+                &format!("the job was delivered {attempt} times and its worker was lost each time"),
+            );
+            (Some(r), 0)
+        } else {
+            run(ctx, &msg, &job, attempt, slot).await
+        };
+        let Some(result) = result else {
+            info!("job cancelled by its gateway");
+            let _ = msg.ack().await;
+            return;
+        };
+        let envelope = Envelope {
+            result,
+            worker: ctx.opts.id.clone(),
+            attempt,
+            client: job.client.clone(),
+            created_ms: job.created_ms,
+            started_ms,
+            finished_ms: now_ms(),
+            events,
+        };
+        let bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+        match ctx.bus.results.create(&id, bytes.clone().into()).await {
+            Ok(_) => {
+                let _ = ctx
+                    .bus
+                    .client
+                    .publish(done_subject(&id), bytes.into())
+                    .await;
+                ctx.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                info!("another delivery of this job finished first: this result is dropped");
+            }
+            Err(e) => {
+                // Not stored: not acknowledged either, so the job runs again elsewhere.
+                warn!(error = %e, "the result could not be stored; the job will be redelivered");
+                return;
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            warn!(error = %e, "acknowledging the job failed (a redelivery will find its result)");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs `job` in `slot`, keeping its message in progress and relaying events, input and
+/// cancellation. `None` if its gateway cancelled it; the number of events sent.
+async fn run(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    job: &JobMessage,
+    attempt: u32,
+    slot: u32,
+) -> (Option<RunResult>, u64) {
+    let id = &job.item.id;
+    let client = &ctx.bus.client;
+    let mut cancel = client.subscribe(cancel_subject(id)).await.ok();
+    let mut input_sub = if job.interactive {
+        client.subscribe(input_subject(id)).await.ok()
+    } else {
+        None
+    };
+    let mut events = Events {
+        client: client.clone(),
+        subject: events_subject(id),
+        attempt,
+        seq: 0,
+        acked: 0,
+        acks: client.subscribe(events_ack_subject(id)).await.ok(),
+        patience: ctx.bus.config.ack_wait,
+    };
+    events
+        .send(WireKind::Started {
+            worker: ctx.opts.id.clone(),
+            slot,
+        })
+        .await;
+    let prepared = match job.item.to_job(&ctx.executor) {
+        Ok(j) => j,
+        Err(e) => {
+            return (
+                Some(internal_error(
+                    &job.item,
+                    &format!("the job does not check here: {e}"),
+                )),
+                events.seq,
+            );
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let mut io = RunIo {
+        events: tx,
+        input: job.interactive.then_some(in_rx),
+    };
+    let executor = ctx.executor.clone();
+    let run = async move { executor.execute_streaming(&prepared, slot, &mut io).await };
+    tokio::pin!(run);
+    let mut progress =
+        tokio::time::interval((ctx.bus.config.ack_wait / 3).max(Duration::from_millis(100)));
+    progress.tick().await;
+    let mut result = None;
+    loop {
+        tokio::select! {
+            r = &mut run, if result.is_none() => result = Some(r),
+            e = rx.recv() => match e {
+                Some(e) => {
+                    if let Some(kind) = wire(e, job.stream) {
+                        events.send(kind).await;
+                    }
+                }
+                // Every event is out (the channel closes with the run).
+                None => if result.is_some() { break },
+            },
+            _ = progress.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            Some(_) = next(&mut cancel) => {
+                if job.interactive {
+                    let _ = in_tx.send(RunInput::Kill).await;
+                } else {
+                    return (None, events.seq);
+                }
+            }
+            Some(m) = next(&mut input_sub) => {
+                if let Ok(i) = postcard::from_bytes::<WireInput>(&m.payload) {
+                    let i = match i {
+                        WireInput::Stdin(b) => RunInput::Stdin(b),
+                        WireInput::Close => RunInput::Close,
+                        WireInput::Kill => RunInput::Kill,
+                    };
+                    let _ = in_tx.send(i).await;
+                }
+            }
+        }
+    }
+    (Some(result.unwrap_or_default()), events.seq)
+}
+
+async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}

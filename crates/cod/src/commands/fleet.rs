@@ -1,0 +1,468 @@
+//! `cod fleet`: the compute resource manager (docs/fleet-manager.md).
+//!
+//! Measures the load (the fleet's NATS JetStream with `--nats`, else JSON lines on
+//! standard input), decides with the autoscaling policy and starts or drains workers
+//! through a provider, until SIGINT or SIGTERM (or the end of standard input). Then the
+//! local provider drains the workers it started and waits for them; a second signal stops
+//! waiting (the workers left are killed).
+//!
+//! The settings come from `--fleet-config FILE.toml`: sections `[policy]`, `[source]`,
+//! `[local]` and `[kubernetes]`, all optional; an unknown key is refused, named. The
+//! broker's settings (`dead_after` of heartbeats, the stream's limits) are `[fleet]` of the
+//! main configuration, as for gateways and workers.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cod_fleet::bus::{Bus, BusConfig};
+
+use cod_fleet::nats_source::{DEFAULT_INTERVAL, NatsSource};
+use cod_fleet::provider::{LocalConfig, LocalProvider};
+use cod_fleet::{
+    Autoscaler, Decision, Held, JsonLines, LoadSample, LoadSource, Manager, PolicyConfig, Provider,
+    Reason, SourceError,
+};
+use serde::Deserialize;
+
+use crate::cli::FleetArgs;
+
+/// The `--fleet-config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FleetFile {
+    /// The autoscaling policy.
+    policy: PolicyConfig,
+    /// Where the load is measured.
+    source: SourceSection,
+    /// The local provider.
+    local: LocalSection,
+    /// The Kubernetes provider.
+    #[cfg(feature = "kubernetes")]
+    kubernetes: cod_fleet::provider::KubernetesConfig,
+    /// The Kubernetes provider: not in this build, its settings are not read.
+    #[cfg(not(feature = "kubernetes"))]
+    kubernetes: Option<toml::Table>,
+}
+
+/// `[source]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SourceSection {
+    /// Interval of the NATS source's samples.
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+}
+
+impl Default for SourceSection {
+    fn default() -> SourceSection {
+        SourceSection {
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+/// `[local]`: the local provider's settings, the command optional (its default depends on
+/// `--nats`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LocalSection {
+    command: Option<Vec<String>>,
+    ready_line: Option<String>,
+    #[serde(with = "humantime_serde")]
+    drain_timeout: Duration,
+    slots: u32,
+    id_prefix: String,
+}
+
+impl Default for LocalSection {
+    fn default() -> LocalSection {
+        let d = LocalConfig::default();
+        LocalSection {
+            command: None,
+            ready_line: d.ready_line,
+            drain_timeout: d.drain_timeout,
+            slots: d.slots,
+            id_prefix: d.id_prefix,
+        }
+    }
+}
+
+impl FleetFile {
+    fn read(path: &Path) -> anyhow::Result<FleetFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the fleet configuration {}", path.display()))?;
+        FleetFile::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses the file's text; an error names the key at fault.
+    fn parse(text: &str) -> anyhow::Result<FleetFile> {
+        let de = toml::Deserializer::parse(text).context("not valid TOML")?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            if key == "." {
+                anyhow::anyhow!("{inner}")
+            } else {
+                anyhow::anyhow!("at `{key}`: {inner}")
+            }
+        })
+    }
+}
+
+/// The local provider's settings: `[local]`, its command by default
+/// `<this executable> worker --nats URL --id {id}`.
+fn local_config(section: LocalSection, nats: Option<&str>) -> anyhow::Result<LocalConfig> {
+    let command = match section.command {
+        Some(c) => c,
+        None => {
+            let nats = nats.context(
+                "the local provider's workers need the fleet's NATS server: give --nats \
+                 (or set local.command in --fleet-config)",
+            )?;
+            let exe = std::env::current_exe().context("finding this executable")?;
+            vec![
+                exe.to_string_lossy().into_owned(),
+                "worker".into(),
+                "--nats".into(),
+                nats.into(),
+                "--id".into(),
+                "{id}".into(),
+            ]
+        }
+    };
+    Ok(LocalConfig {
+        command,
+        ready_line: section.ready_line,
+        drain_timeout: section.drain_timeout,
+        slots: section.slots,
+        id_prefix: section.id_prefix,
+    })
+}
+
+/// Where the load comes from.
+enum Source {
+    /// The fleet's broker: a failed sample is retried at the next interval.
+    Nats(Box<NatsSource>),
+    /// JSON lines on standard input: ends with it.
+    Stdin(JsonLines<tokio::fs::File>),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Nats(_) => "nats",
+            Source::Stdin(_) => "stdin",
+        }
+    }
+}
+
+impl LoadSource for Source {
+    async fn next_sample(&mut self) -> Result<Option<LoadSample>, SourceError> {
+        match self {
+            Source::Nats(s) => s.next_sample().await,
+            Source::Stdin(s) => s.next_sample().await,
+        }
+    }
+}
+
+/// Runs `cod fleet`.
+pub(crate) fn fleet(config: &cod_core::Config, args: FleetArgs) -> anyhow::Result<ExitCode> {
+    let file = match &args.fleet_config {
+        Some(p) => FleetFile::read(p)?,
+        None => FleetFile::default(),
+    };
+    let policy = Autoscaler::new(file.policy.clone()).context("the autoscaling policy")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cod-fleet")
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(run(args, file, policy, super::bus_config(config)));
+    // A read of standard input may still block a thread of the runtime: not waited for.
+    runtime.shutdown_background();
+    outcome
+}
+
+async fn run(
+    args: FleetArgs,
+    file: FleetFile,
+    policy: Autoscaler,
+    bus_config: BusConfig,
+) -> anyhow::Result<ExitCode> {
+    // Checked before anything is started or connected.
+    let local = match args.provider.as_str() {
+        "local" => Some(local_config(file.local, args.nats.as_deref())?),
+        "kubernetes" => None,
+        other => anyhow::bail!("unknown provider {other:?}: `local` or `kubernetes`"),
+    };
+    let mut stop = Box::pin(shutdown_signal()?);
+    let mut source = match &args.nats {
+        Some(url) => {
+            tracing::info!(nats = %url, "connecting to the fleet's broker");
+            let bus = tokio::select! {
+                bus = Bus::connect(url, "cod-fleet", bus_config) => {
+                    bus.with_context(|| format!("connecting to NATS at {url}"))?
+                }
+                () = &mut stop => return Ok(ExitCode::SUCCESS),
+            };
+            Source::Nats(Box::new(
+                NatsSource::new(bus).with_interval(file.source.interval),
+            ))
+        }
+        None => Source::Stdin(JsonLines::new(stdin()?)),
+    };
+    let config_path = args.fleet_config.unwrap_or_default();
+    if let Some(local) = local {
+        tracing::info!(provider = "local", command = ?local.command, source = source.name(),
+            config = %config_path.display(), "fleet manager starting");
+        let provider = LocalProvider::new(local).context("the local provider")?;
+        let mut manager = Manager::new(policy, provider);
+        let outcome = drive(&mut manager, &mut source, &mut stop).await;
+        tracing::info!("draining the local workers");
+        tokio::select! {
+            () = manager.provider().shutdown() => tracing::info!("every local worker stopped"),
+            () = second_signal() => {
+                tracing::warn!("stopping without waiting: the workers left are killed");
+            }
+        }
+        outcome
+    } else {
+        run_kubernetes(
+            file.kubernetes,
+            policy,
+            &mut source,
+            &mut stop,
+            &config_path,
+        )
+        .await
+    }
+}
+
+#[cfg(feature = "kubernetes")]
+async fn run_kubernetes(
+    config: cod_fleet::provider::KubernetesConfig,
+    policy: Autoscaler,
+    source: &mut Source,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+    config_path: &Path,
+) -> anyhow::Result<ExitCode> {
+    use cod_fleet::provider::KubernetesProvider;
+    tracing::info!(provider = "kubernetes", namespace = %config.namespace,
+        deployment = %config.deployment, source = source.name(),
+        config = %config_path.display(), "fleet manager starting");
+    let provider = KubernetesProvider::connect(config)
+        .await
+        .context("the Kubernetes provider")?;
+    let mut manager = Manager::new(policy, provider);
+    let outcome = drive(&mut manager, source, stop).await;
+    // The Deployment's pods belong to the cluster: they stay as the last decision left
+    // them, for the next manager to take over.
+    tracing::info!("the worker Deployment is left at its current size");
+    outcome
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn run_kubernetes(
+    _config: Option<toml::Table>,
+    _policy: Autoscaler,
+    _source: &mut Source,
+    _stop: &mut (impl Future<Output = ()> + Unpin),
+    _config_path: &Path,
+) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this cod was built without the Kubernetes provider: build it with \
+         `cargo build --features kubernetes`"
+    )
+}
+
+/// The decision's outcome, to tell when a holding decision changed.
+type Outcome = (u32, u32, Reason, Option<Held>);
+
+/// Decides on every sample until the source ends or `stop` resolves.
+async fn drive<P: Provider>(
+    manager: &mut Manager<P>,
+    source: &mut Source,
+    stop: &mut (impl Future<Output = ()> + Unpin),
+) -> anyhow::Result<ExitCode> {
+    let mut last: Option<Outcome> = None;
+    let mut failing = false;
+    loop {
+        let next = tokio::select! {
+            next = source.next_sample() => next,
+            () = &mut *stop => {
+                tracing::info!("signal received: stopping");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        let sample = match next {
+            Ok(Some(sample)) => sample,
+            Ok(None) => {
+                tracing::info!(source = source.name(), "the load source ended");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => {
+                match (&*source, &e) {
+                    // The broker may come back: the next interval tries again.
+                    (Source::Nats(_), _) => {
+                        tracing::warn!(source = "nats", error = %error_chain(&e),
+                            "measuring the load failed; trying again");
+                        failing = true;
+                    }
+                    // A bad line is skipped, the next one may be good.
+                    (Source::Stdin(_), SourceError::Parse { .. }) => {
+                        tracing::warn!(source = "stdin", error = %error_chain(&e),
+                            "skipping a load sample");
+                    }
+                    (Source::Stdin(_), _) => {
+                        return Err(anyhow::Error::new(e).context("reading the load"));
+                    }
+                }
+                continue;
+            }
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!(source = source.name(), "measuring the load again");
+        }
+        let inputs = sample.clone();
+        match manager.step(sample).await {
+            Ok(d) => {
+                let outcome = (d.wanted, d.target, d.reason, d.held);
+                // Acting decisions are logged at info by the manager; a holding one is
+                // logged here when its outcome changed.
+                if !d.acts() && last != Some(outcome) {
+                    log_hold(&d, &inputs);
+                }
+                last = Some(outcome);
+            }
+            Err(e) => {
+                tracing::error!(provider = manager.provider().name(), error = %error_chain(&e),
+                    "the provider failed; the next decision tries again");
+            }
+        }
+    }
+}
+
+/// A decision that changes nothing, with what it was decided from.
+fn log_hold(d: &Decision, s: &LoadSample) {
+    let queued: u32 = s.runtimes.values().map(|r| r.queued).sum();
+    let oldest_wait = s
+        .runtimes
+        .values()
+        .map(|r| r.oldest_wait)
+        .max()
+        .unwrap_or_default();
+    tracing::info!(
+        action = "hold",
+        current = d.current,
+        wanted = d.wanted,
+        target = d.target,
+        reason = d.reason.as_str(),
+        held = d.held.map(|h| h.as_str()),
+        demand_slots = d.demand_slots,
+        forecast_slots = d.forecast_slots,
+        backlog_slots = d.backlog_slots,
+        prescale_slots = d.prescale_slots,
+        arrival_rate = s.arrival_rate,
+        mean_run_ms = s.mean_run.map(|m| m.as_secs_f64() * 1e3),
+        queued,
+        oldest_wait_ms = oldest_wait.as_secs_f64() * 1e3,
+        busy_slots = s.busy_slots,
+        total_slots = s.total_slots,
+        utilization = d.utilization,
+        mix = ?d.mix,
+        "autoscaling decision"
+    );
+}
+
+/// An error and its causes, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Standard input, read asynchronously (a duplicate of its descriptor).
+fn stdin() -> anyhow::Result<tokio::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("reading standard input")?;
+    Ok(tokio::fs::File::from_std(std::fs::File::from(fd)))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Resolves on a further SIGINT or SIGTERM; never if they cannot be handled.
+async fn second_signal() {
+    match shutdown_signal() {
+        Ok(s) => s.await,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let f = FleetFile::parse("").expect("parses");
+        assert_eq!(f.policy, PolicyConfig::default());
+        assert_eq!(f.source.interval, DEFAULT_INTERVAL);
+        let local = local_config(f.local, Some("nats://n:4222")).expect("valid");
+        assert_eq!(
+            &local.command[1..],
+            ["worker", "--nats", "nats://n:4222", "--id", "{id}"]
+        );
+        assert_eq!(local.drain_timeout, LocalConfig::default().drain_timeout);
+    }
+
+    #[test]
+    fn keys_are_read_and_unknown_ones_named() {
+        let f = FleetFile::parse(
+            "[policy]\nmin_workers = 2\n[source]\ninterval = \"500ms\"\n\
+             [local]\ncommand = [\"w\", \"{id}\"]\nslots = 8\n",
+        )
+        .expect("parses");
+        assert_eq!(f.policy.min_workers, 2);
+        assert_eq!(f.source.interval, Duration::from_millis(500));
+        let local = local_config(f.local, None).expect("a command needs no --nats");
+        assert_eq!(local.command, ["w", "{id}"]);
+        assert_eq!(local.slots, 8);
+
+        let err = FleetFile::parse("[policy]\nmin_workerz = 2\n").expect_err("unknown");
+        assert!(format!("{err:#}").contains("min_workerz"), "{err:#}");
+        let err = FleetFile::parse("[local]\ndrain_timeout = 3\n").expect_err("not a duration");
+        assert!(
+            format!("{err:#}").contains("local.drain_timeout"),
+            "{err:#}"
+        );
+        let err = FleetFile::parse("[scaling]\n").expect_err("unknown section");
+        assert!(format!("{err:#}").contains("scaling"), "{err:#}");
+    }
+
+    #[test]
+    fn the_default_worker_command_needs_nats() {
+        let err = local_config(LocalSection::default(), None).expect_err("no --nats");
+        assert!(format!("{err:#}").contains("--nats"), "{err:#}");
+    }
+}

@@ -1,0 +1,612 @@
+//! The distributed mode as real processes: a NATS server with JetStream, `cod serve --nats`
+//! gateways and `cod worker`s, and every fault the fleet must survive: a worker killed
+//! mid-run, a job whose workers keep dying, the NATS server restarted, a gateway killed,
+//! a worker draining.
+//!
+//! Needs `nats-server` (Debian's 2.9; `scripts/test` installs it). The tests run one at a
+//! time: each starts several processes on a 2-CPU machine.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod common;
+mod ws_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use common::server::{Server, client};
+use serde_json::{Value, json};
+use serial_test::serial;
+
+/// Bound on any wait in these tests.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Fleet settings short enough for tests: a lost worker's job moves after 1 s.
+const FLEET: &str = r#"
+[fleet]
+ack_wait = "1s"
+max_deliveries = 2
+heartbeat = "200ms"
+dead_after = "1s"
+"#;
+
+fn nats_binary() -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+    {
+        let p = Path::new(dir).join("nats-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("nats-server is missing: scripts/test installs it (apt-get install nats-server)");
+}
+
+/// A child process killed on drop, its stderr kept for the failure report.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, log, lines }
+    }
+
+    /// Waits (bounded) for a stderr line containing `what`.
+    fn wait_line(&self, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no line with {what:?}; log: {:#?}",
+                    self.log.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit; its status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running; log: {:#?}",
+                self.log.lock().unwrap()
+            );
+            // The exit is a process state with nothing to block on here but its pidfd;
+            // a short pause between checks keeps this simple.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A NATS server with JetStream on a free port, its store in `dir` (kept across restarts).
+struct Nats {
+    proc: Option<Proc>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = Nats {
+            proc: None,
+            port,
+            dir: dir.join("nats"),
+        };
+        n.restart();
+        n
+    }
+
+    fn restart(&mut self) {
+        self.proc = None;
+        let mut cmd = Command::new(nats_binary());
+        cmd.args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-sd",
+        ])
+        .arg(&self.dir);
+        let p = Proc::spawn(cmd);
+        p.wait_line("Server is ready");
+        self.proc = Some(p);
+    }
+
+    fn kill(&mut self) {
+        if let Some(p) = &self.proc {
+            p.signal(rustix::process::Signal::KILL);
+        }
+        if let Some(mut p) = self.proc.take() {
+            p.wait_exit();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Languages kept small: no prebuilds to wait for.
+fn config(dir: &Path, name: &str, uid_base: u32) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = d.join("cod.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[languages]\nenabled = [\"python\", \"c\"]\n[sandbox]\nuid_base = {uid_base}\n[cache]\ndir = {:?}\n{FLEET}",
+            d.join("cache")
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn worker(dir: &Path, nats: &Nats, id: &str, n: u32, runtimes: &str) -> Proc {
+    let cfg = config(dir, id, 68_000 + 100 * n);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cod"));
+    cmd.arg("--config")
+        .arg(cfg)
+        .args([
+            "worker",
+            "--nats",
+            &nats.url(),
+            "--slots",
+            "1",
+            "--id",
+            id,
+            "--runtimes",
+            runtimes,
+        ])
+        .env("COD_LOG", "info")
+        .env_remove("COD_CONFIG")
+        .env_remove("COD_LOG_FORMAT");
+    let p = Proc::spawn(cmd);
+    p.wait_line("worker ready");
+    p
+}
+
+fn gateway(dir: &Path, nats: &Nats, name: &str) -> Server {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    Server::start(
+        &["--nats", &nats.url()],
+        &format!("[languages]\nenabled = [\"python\", \"c\"]\n{FLEET}"),
+        &[],
+        &d,
+    )
+}
+
+async fn workers(gw: &Server) -> Vec<Value> {
+    let v: Value = client()
+        .get(gw.url("/api/v1/workers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["workers"].as_array().unwrap().clone()
+}
+
+/// Waits (bounded) until the worker list satisfies `ok`; the list.
+async fn wait_workers(gw: &Server, what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let w = workers(gw).await;
+        if ok(&w) {
+            return w;
+        }
+        assert!(Instant::now() < deadline, "workers never {what}: {w:#?}");
+        // Heartbeats come every 200 ms: the list changes no faster.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn worker_by<'a>(list: &'a [Value], id: &str) -> Option<&'a Value> {
+    list.iter().find(|w| w["id"] == id)
+}
+
+async fn run(gw: &Server, language: &str, source: &str) -> Value {
+    let r = client()
+        .post(gw.url("/api/v1/run"))
+        .json(&json!({"language": language, "source": source}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn job(gw: &Server, id: &str) -> Option<Value> {
+    let r = client()
+        .get(gw.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 404 {
+        return None;
+    }
+    Some(r.json().await.unwrap())
+}
+
+/// Waits (bounded) until job `id` is done on `gw`.
+async fn wait_done(gw: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = job(gw, id).await
+            && v["state"] == "done"
+        {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job {id} never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit(gw: &Server, source: &str) -> String {
+    let r = client()
+        .post(gw.url("/api/v1/jobs"))
+        .json(&json!({"language": "python", "source": source}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Runs go through workers and come back; a worker takes only its runtimes; output streams
+/// in order; the workers are listed.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn runs_go_to_workers_of_their_runtime_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    let _w2 = worker(dir.path(), &nats, "w2", 2, "python");
+    let _w3 = worker(dir.path(), &nats, "w3", 3, "c");
+    let list = wait_workers(&gw, "all ready", |l| {
+        ["w1", "w2", "w3"]
+            .iter()
+            .all(|id| worker_by(l, id).is_some_and(|w| w["state"] == "ready"))
+    })
+    .await;
+    assert_eq!(worker_by(&list, "w3").unwrap()["runtimes"], json!(["c"]));
+    assert_eq!(worker_by(&list, "w1").unwrap()["slots"], 1);
+
+    // Six at once on two one-slot Python workers: all answered, each with its own output.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let url = gw.url("/api/v1/run");
+        tasks.push(tokio::spawn(async move {
+            let v: Value = client()
+                .post(url)
+                .json(&json!({"language": "python", "source": format!("print({i} * 7)")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (i, v)
+        }));
+    }
+    for t in tasks {
+        let (i, v) = t.await.unwrap();
+        assert_eq!(v["status"], "ok", "{v}");
+        assert_eq!(v["stdout"], format!("{}\n", i * 7));
+    }
+    let c = run(
+        &gw,
+        "c",
+        "#include <stdio.h>\nint main(void){puts(\"from c\");}",
+    )
+    .await;
+    assert_eq!(c["stdout"], "from c\n", "{c}");
+
+    // The C worker ran the C job only; the Python ones shared the rest.
+    let list = wait_workers(&gw, "counted", |l| {
+        let done = |id| worker_by(l, id).map_or(0, |w| w["done"].as_u64().unwrap());
+        done("w1") + done("w2") == 6 && done("w3") == 1
+    })
+    .await;
+    assert!(list.iter().all(|w| w["busy"] == 0), "{list:#?}");
+
+    // A stored result is readable by id, with who ran it.
+    let id = c["id"].as_str().unwrap();
+    let v = job(&gw, id).await.expect("the run's result is stored");
+    assert_eq!(v["state"], "done");
+    assert_eq!(v["worker"], "w3");
+    assert_eq!(v["attempt"], 1);
+
+    // Streamed output arrives line by line, in order, before the end.
+    let r = client()
+        .post(gw.url("/api/v1/run?stream=true"))
+        .json(&json!({"language": "python", "source":
+            "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let events: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out: String = events
+        .iter()
+        .filter(|e| e["type"] == "out")
+        .map(|e| e["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(out, "line 0\nline 1\nline 2\n", "{body}");
+    assert_eq!(events.last().unwrap()["type"], "exit", "{body}");
+    let outs = events.iter().filter(|e| e["type"] == "out").count();
+    assert!(
+        outs >= 3,
+        "each flushed line is an event of its own: {body}"
+    );
+}
+
+/// A worker killed mid-run: its job runs again on another worker and is answered once.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_job_whose_worker_dies_finishes_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let mut w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let url = gw.url("/api/v1/run");
+    let pending = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&json!({"language": "python", "source":
+                "import time\ntime.sleep(1.5)\nprint('finished')"}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    wait_workers(&gw, "busy", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["busy"] == 1)
+    })
+    .await;
+    w1.signal(rustix::process::Signal::KILL);
+    w1.wait_exit();
+    let _w2 = worker(dir.path(), &nats, "w2", 2, "python");
+    let v = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(v["stdout"], "finished\n");
+    let stored = job(&gw, v["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(stored["worker"], "w2");
+    assert_eq!(stored["attempt"], 2);
+    // Listed dead until its heartbeat expires.
+    wait_workers(&gw, "w1 dead", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["state"] == "dead")
+    })
+    .await;
+}
+
+/// A job whose workers keep dying ends `internal_error` after `fleet.max_deliveries`.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn deliveries_of_a_job_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let url = gw.url("/api/v1/run");
+    let pending = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&json!({"language": "python", "source": "import time\ntime.sleep(30)"}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    for (n, id) in ["w1", "w2"].iter().enumerate() {
+        let mut w = worker(
+            dir.path(),
+            &nats,
+            id,
+            u32::try_from(n).unwrap() + 1,
+            "python",
+        );
+        wait_workers(&gw, "busy", |l| {
+            worker_by(l, id).is_some_and(|w| w["busy"] == 1)
+        })
+        .await;
+        w.signal(rustix::process::Signal::KILL);
+        w.wait_exit();
+    }
+    let _w3 = worker(dir.path(), &nats, "w3", 3, "python");
+    let v = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(v["status"], "internal_error", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("delivered 3 times"),
+        "{v}"
+    );
+    let stored = job(&gw, v["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(stored["attempt"], 3);
+}
+
+/// The NATS server restarted (killed, store kept): every accepted job finishes, once, and
+/// gateways and workers carry on.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_nats_restart_loses_no_accepted_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit(&gw, &format!("import time\ntime.sleep(0.3)\nprint({i})")).await);
+    }
+    nats.kill();
+    nats.restart();
+    for (i, id) in ids.iter().enumerate() {
+        let v = wait_done(&gw, id).await;
+        assert_eq!(v["result"]["status"], "ok", "{v}");
+        assert_eq!(v["result"]["stdout"], format!("{i}\n"));
+    }
+    // Still serving after the restart.
+    let v = run(&gw, "python", "print('after')").await;
+    assert_eq!(v["stdout"], "after\n", "{v}");
+}
+
+/// A gateway killed after accepting jobs: they finish, and another gateway reads them.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn jobs_of_a_killed_gateway_finish_and_are_read_from_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let g1 = gateway(dir.path(), &nats, "g1");
+    let g2 = gateway(dir.path(), &nats, "g2");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&g1, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            submit(
+                &g1,
+                &format!("import time\ntime.sleep(0.2)\nprint('job', {i})"),
+            )
+            .await,
+        );
+    }
+    drop(g1);
+    for (i, id) in ids.iter().enumerate() {
+        let v = wait_done(&g2, id).await;
+        assert_eq!(v["result"]["stdout"], format!("job {i}\n"), "{v}");
+        assert_eq!(v["worker"], "w1");
+    }
+}
+
+/// A draining worker finishes its run, takes no new one, and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_draining_worker_finishes_its_runs_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let mut w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let first = submit(&gw, "import time\ntime.sleep(1)\nprint('first')").await;
+    wait_workers(&gw, "busy", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["busy"] == 1)
+    })
+    .await;
+    w1.signal(rustix::process::Signal::TERM);
+    wait_workers(&gw, "draining", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["state"] == "draining")
+    })
+    .await;
+    let second = submit(&gw, "print('second')").await;
+    let status = w1.wait_exit();
+    assert!(status.success(), "{status:?}");
+    let v = wait_done(&gw, &first).await;
+    assert_eq!(v["result"]["stdout"], "first\n", "{v}");
+    assert!(
+        job(&gw, &second)
+            .await
+            .is_some_and(|v| v["state"] != "done"),
+        "the drained worker took no new job"
+    );
+    // Gone from the list at once, and the next worker takes the waiting job.
+    wait_workers(&gw, "w1 gone", |l| worker_by(l, "w1").is_none()).await;
+    let _w2 = worker(dir.path(), &nats, "w2", 2, "python");
+    let v = wait_done(&gw, &second).await;
+    assert_eq!(v["result"]["stdout"], "second\n", "{v}");
+    assert_eq!(v["worker"], "w2");
+}
+
+/// The editor through a gateway: an interactive program answered over the socket, its
+/// input relayed to the worker, and Stop ending an endless loop on the worker.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn the_editor_runs_interactive_programs_on_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let mut c = ws_support::Client::connect(gw.addr.parse().unwrap()).await;
+    c.open("python", "name = input()\nprint('hi', name)\n", None)
+        .await;
+    c.send(json!({"type": "run", "version": 0})).await;
+    assert_eq!(c.expect("stage").await["stage"], "run");
+    c.send(json!({"type": "stdin", "data": "Ada\n"})).await;
+    let (events, exit) = c.until("exit").await;
+    assert_eq!(ws_support::output(&events, "stdout"), "hi Ada\n", "{exit}");
+    assert_eq!(exit["status"], "ok", "{exit}");
+
+    c.send(json!({"type": "edit", "version": 0, "changes": [[33, "print('go', flush=True)", "while True: pass", ""]]})).await;
+    assert_eq!(c.expect("ack").await["version"], 1);
+    c.send(json!({"type": "run", "version": 1})).await;
+    let (_, out) = c.until("out").await;
+    assert_eq!(out["data"], "go\n");
+    c.send(json!({"type": "kill"})).await;
+    let (_, exit) = c.until("exit").await;
+    // As in the embedded mode: killed, and said to be cancelled.
+    assert_eq!(exit["status"], "runtime_error", "{exit}");
+    assert_eq!(exit["signal"], "SIGKILL", "{exit}");
+    assert_eq!(exit["message"], "the program was cancelled", "{exit}");
+    // The worker is free again.
+    wait_workers(&gw, "idle", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["busy"] == 0)
+    })
+    .await;
+}
