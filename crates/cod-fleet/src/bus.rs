@@ -27,6 +27,10 @@ pub const JOBS_STREAM: &str = "COD_JOBS";
 pub const RESULTS_BUCKET: &str = "cod_results";
 /// The KV bucket of worker heartbeats.
 pub const WORKERS_BUCKET: &str = "cod_workers";
+/// The object store of compiled programs, by compile-cache key, shared by all workers.
+pub const ARTIFACTS_BUCKET: &str = "cod_artifacts";
+/// Most bytes the shared compiled programs hold; the oldest go first.
+pub const ARTIFACTS_BYTES: i64 = 1 << 30;
 
 /// A job's class: workers take short jobs before long ones of any runtime they keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -207,7 +211,7 @@ pub fn bus_err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Bu
 }
 
 /// A connection to the fleet's broker, with its stream and buckets in place.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Bus {
     /// The core NATS client.
     pub client: async_nats::Client,
@@ -219,8 +223,18 @@ pub struct Bus {
     pub results: kv::Store,
     /// Heartbeats by worker id.
     pub workers: kv::Store,
+    /// Compiled programs by compile-cache key.
+    pub artifacts: async_nats::jetstream::object_store::ObjectStore,
     /// The settings.
     pub config: BusConfig,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bus {
@@ -263,12 +277,14 @@ impl Bus {
             (config.dead_after * 12).max(Duration::from_secs(60)),
         )
         .await?;
+        let artifacts = artifact_store(&js).await?;
         Ok(Bus {
             client,
             js,
             jobs,
             results,
             workers,
+            artifacts,
             config,
         })
     }
@@ -341,6 +357,38 @@ impl Bus {
         out.sort_by(|a, b| a.heartbeat.id.cmp(&b.heartbeat.id));
         Ok(out)
     }
+}
+
+/// The shared compiled programs: an object store whose stream drops the oldest objects
+/// when full (it is a cache), made as the client makes object stores otherwise.
+async fn artifact_store(
+    js: &jetstream::Context,
+) -> Result<async_nats::jetstream::object_store::ObjectStore, BusError> {
+    if let Ok(store) = js.get_object_store(ARTIFACTS_BUCKET).await {
+        return Ok(store);
+    }
+    let made = js
+        .create_stream(stream::Config {
+            name: format!("OBJ_{ARTIFACTS_BUCKET}"),
+            subjects: vec![
+                format!("$O.{ARTIFACTS_BUCKET}.C.>"),
+                format!("$O.{ARTIFACTS_BUCKET}.M.>"),
+            ],
+            max_bytes: ARTIFACTS_BYTES,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            allow_rollup: true,
+            allow_direct: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    // Another process may have made it first: either way it is there now.
+    drop(made);
+    js.get_object_store(ARTIFACTS_BUCKET)
+        .await
+        .map_err(bus_err("opening the compiled-program store"))
 }
 
 async fn bucket(

@@ -83,6 +83,19 @@ impl Artifact {
     }
 }
 
+/// A level shared by many machines behind the local ones (a fleet's object store): a
+/// compile one worker did serves every worker. Looked up after a local miss, before
+/// compiling; filled after each compile, off the run's path.
+pub trait SharedArtifacts: Send + Sync + fmt::Debug {
+    /// The artifact of `key`, if the shared level has it (errors count as misses).
+    fn fetch(
+        &self,
+        key: ArtifactKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Artifact>> + Send + '_>>;
+    /// Offers `artifact` for `key` (in the background; failures are only logged).
+    fn offer(&self, key: ArtifactKey, artifact: Arc<Artifact>);
+}
+
 /// Counts for monitoring.
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -96,6 +109,8 @@ pub struct CacheStats {
     pub joined: AtomicU64,
     /// Disk entries found corrupted (and removed).
     pub corrupted: AtomicU64,
+    /// Lookups answered by the shared level (another machine's compile).
+    pub shared_hits: AtomicU64,
 }
 
 type Waiters = watch::Sender<Option<Arc<Artifact>>>;

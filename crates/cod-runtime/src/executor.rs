@@ -19,7 +19,7 @@ use cod_sandbox::{FileEntry, Jail, SandboxOutcome, SandboxSpec, StageOutcome, St
 use tokio::io::AsyncWriteExt;
 use tracing::{Instrument, debug, error, info, info_span};
 
-use crate::cache::{Artifact, ArtifactKey, CompileCache, Lookup};
+use crate::cache::{Artifact, ArtifactKey, CompileCache, Lookup, SharedArtifacts};
 use crate::job::{HostLayout, Job, stage_env};
 use crate::language::{Language, Registry};
 use crate::pool::Pool;
@@ -38,6 +38,7 @@ pub struct Executor {
     host: HostLayout,
     cache: Arc<CompileCache>,
     pool: Option<Arc<Pool>>,
+    shared: std::sync::OnceLock<Arc<dyn SharedArtifacts>>,
 }
 
 fn failure(step: &str, e: impl std::fmt::Display) -> Failure {
@@ -390,7 +391,15 @@ impl Executor {
             host,
             cache,
             pool: None,
+            shared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, looks compiled programs up in `shared` after a local miss, and offers
+    /// it every compile (a fleet's workers share their compiles this way). Only the first
+    /// call has an effect.
+    pub fn share_compiles(&self, shared: Arc<dyn SharedArtifacts>) {
+        let _ = self.shared.set(shared);
     }
 
     /// Uses `cache` for compiled programs.
@@ -540,6 +549,18 @@ impl Executor {
                     }
                 }
                 Lookup::Claimed(claim) => {
+                    if let Some(shared) = self.shared.get()
+                        && let Some(a) = shared.fetch(key).await
+                    {
+                        debug!(%key, "compiled program from the shared cache");
+                        self.cache
+                            .stats
+                            .shared_hits
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let a = Arc::new(a);
+                        claim.fulfil((*a).clone());
+                        return self.run_cached(job, slot, &a, io).await;
+                    }
                     let mut claim = Some(claim);
                     let spec = job.sandbox_spec(slot, &self.host);
                     let on_stage = |stage, outcome: &StageOutcome, artifacts| {
@@ -549,6 +570,9 @@ impl Executor {
                         if let (Some(c), Some(a)) =
                             (claim.take(), cacheable(job, outcome, artifacts))
                         {
+                            if let Some(shared) = self.shared.get() {
+                                shared.offer(key, Arc::new(a.clone()));
+                            }
                             c.fulfil(a);
                         }
                     };

@@ -12,7 +12,7 @@ pub mod pool;
 pub mod report;
 mod template;
 
-pub use cache::{Artifact, ArtifactKey, CompileCache};
+pub use cache::{Artifact, ArtifactKey, CompileCache, SharedArtifacts};
 pub use executor::{
     Executor, OutStream, RunEvent, RunInput, RunIo, StageKind, run_in_jail, run_in_jail_io,
     run_in_jail_with,

@@ -610,3 +610,29 @@ async fn the_editor_runs_interactive_programs_on_workers() {
     })
     .await;
 }
+
+/// What one worker compiled, another runs without compiling: the shared compile cache.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn compiled_programs_are_shared_between_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let src = "#include <stdio.h>\nint main(void){puts(\"shared\");}\n";
+    let mut w1 = worker(dir.path(), &nats, "w1", 1, "c");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let first = run(&gw, "c", src).await;
+    assert_eq!(first["stdout"], "shared\n", "{first}");
+    assert_eq!(first["compile"]["cached"], false, "{first}");
+    w1.signal(rustix::process::Signal::TERM);
+    assert!(w1.wait_exit().success());
+
+    // A new worker with an empty cache of its own.
+    let _w2 = worker(dir.path(), &nats, "w2", 2, "c");
+    wait_workers(&gw, "w2 ready", |l| worker_by(l, "w2").is_some()).await;
+    let second = run(&gw, "c", src).await;
+    assert_eq!(second["stdout"], "shared\n", "{second}");
+    assert_eq!(second["compile"]["cached"], true, "{second}");
+    let stored = job(&gw, second["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(stored["worker"], "w2");
+}

@@ -5,11 +5,13 @@
 //!   relays its live events (and an interactive run's input), and waits for its result.
 //! - [`serve_jobs`] is the worker's side: it pulls runs of its runtimes, only as many as
 //!   it has free slots, runs them in this machine's sandbox, and stores each result once.
+//! - [`SharedCompiles`] shares compiled programs between workers.
 //!
 //! What crosses the bus: a [`JobMessage`] (JSON) on the job's subject; [`WireEvent`]s and
 //! [`WireInput`]s (postcard: output is bytes) on the job's own subjects; an [`Envelope`]
 //! (JSON) in the results bucket and on the job's done subject.
 
+mod artifacts;
 mod gateway;
 mod worker;
 
@@ -24,6 +26,7 @@ use crate::error::ApiError;
 use crate::jobs::{JobState, JobView, rfc3339};
 use crate::worker::WorkItem;
 
+pub use artifacts::SharedCompiles;
 pub use gateway::RemoteWorker;
 pub use worker::{WorkerOptions, serve_jobs};
 

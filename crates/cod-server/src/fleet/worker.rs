@@ -85,6 +85,7 @@ pub async fn serve_jobs(
             consumers.push((bus::job_subject(rt, class), bus.consumer(rt, class).await?));
         }
     }
+    executor.share_compiles(Arc::new(super::SharedCompiles::new(bus.artifacts.clone())));
     let ctx = Arc::new(Ctx {
         bus,
         executor,
@@ -115,6 +116,13 @@ pub async fn serve_jobs(
                 break;
             }
         } else {
+            if !free.is_empty() && wake.is_none() {
+                // Back in the groups first, then a sweep: a job published before the
+                // subscription took effect is still in the stream, and the sweep's fetch
+                // reaches the server after the subscription does.
+                wake = Some(join_groups(&ctx).await);
+                sweep = true;
+            }
             if sweep {
                 sweep = false;
                 while !free.is_empty() {
@@ -127,8 +135,6 @@ pub async fn serve_jobs(
             if free.is_empty() {
                 // Full: wake-ups must go to workers that can take the job.
                 wake = None;
-            } else if wake.is_none() {
-                wake = Some(join_groups(&ctx).await);
             }
         }
         tokio::select! {
@@ -136,7 +142,7 @@ pub async fn serve_jobs(
                 // Claim from the consumer the job was published to first.
                 if let Some((_, c)) = consumers.iter().find(|(s, _)| *s == woke.subject.as_str())
                     && !free.is_empty()
-                    && let Some(msg) = claim(c).await
+                    && let Some(msg) = claim_woken(c).await
                 {
                     launch(&ctx, msg, &mut free, &freed_tx);
                 }
@@ -197,6 +203,26 @@ async fn claim(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstre
     }
 }
 
+/// The job a wake-up announced. The wake-up can arrive before JetStream has stored the
+/// job (subscribers hear of a message as the stream is storing it): the pull waits a
+/// little for it rather than find the stream empty.
+async fn claim_woken(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstream::Message> {
+    let mut batch = c
+        .batch()
+        .max_messages(1)
+        .expires(WOKEN_PATIENCE)
+        .messages()
+        .await
+        .ok()?;
+    match batch.next().await {
+        Some(Ok(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// How long a woken worker waits for the announced job to be stored.
+const WOKEN_PATIENCE: Duration = Duration::from_millis(100);
+
 /// One job from the first of `consumers` (short classes first) that has one.
 async fn claim_any(
     consumers: &[(String, consumer::Consumer<consumer::pull::Config>)],
@@ -215,6 +241,14 @@ fn launch(
     free: &mut Vec<u32>,
     freed: &mpsc::UnboundedSender<u32>,
 ) {
+    // The runtime is the subject's third token: a slot keeping it warm if one is free
+    // (asking also tells the pool what is in demand).
+    let runtime = msg.subject.split('.').nth(2).unwrap_or_default();
+    let warm = ctx.executor.warm_slots(runtime);
+    if let Some(i) = free.iter().position(|s| warm.contains(s)) {
+        let last = free.len() - 1;
+        free.swap(i, last);
+    }
     let Some(slot) = free.pop() else {
         // Not reached: callers claim only with a free slot. Let another worker have it.
         tokio::spawn(async move {
@@ -234,7 +268,10 @@ fn launch(
 async fn prebuild(ctx: Arc<Ctx>, slot: u32, freed: mpsc::UnboundedSender<u32>) {
     ctx.busy.fetch_add(1, Ordering::Relaxed);
     for lang in ctx.executor.registry().all() {
-        if lang.prebuild().is_none() || lang.prebuilt_ready() {
+        if !ctx.opts.runtimes.contains(&lang.name)
+            || lang.prebuild().is_none()
+            || lang.prebuilt_ready()
+        {
             continue;
         }
         match ctx.executor.prebuild(lang, slot).await {
@@ -381,7 +418,8 @@ async fn serve_job(ctx: &Ctx, msg: jetstream::Message, slot: u32) {
     let id = job.item.id.clone();
     let span = info_span!("job", id = %id, language = %job.item.language, attempt, slot);
     async move {
-        if matches!(ctx.bus.results.get(&id).await, Ok(Some(_))) {
+        // A redelivered job may have finished before (its acknowledgement lost): look.
+        if attempt > 1 && matches!(ctx.bus.results.get(&id).await, Ok(Some(_))) {
             // Finished before, its acknowledgement lost: nothing to do again.
             let _ = msg.ack().await;
             return;
