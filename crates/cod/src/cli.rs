@@ -167,8 +167,9 @@ pub(crate) struct BenchArgs {
     pub(crate) no_bwrap: bool,
     /// Which suites (comma-separated): `sandbox` (runs straight through the sandbox), `api`
     /// (a real `cod serve` on loopback), `editor` (keystrokes, session memory, Run to first
-    /// output over the WebSocket) and `sched` (a mixed overload, cod's order against FIFO);
-    /// default all.
+    /// output over the WebSocket), `sched` (a mixed overload, cod's order against FIFO) and
+    /// `fleet` (a gateway and two workers through NATS against one process; needs
+    /// nats-server); default all.
     #[arg(long, value_delimiter = ',')]
     pub(crate) suite: Vec<String>,
     /// Seconds of each throughput measurement of the API suite.

@@ -84,6 +84,8 @@ struct Report {
     editor: Option<super::bench_editor::EditorReport>,
     /// The scheduler suite, if it ran.
     sched: Option<super::bench_sched::Report>,
+    /// The fleet suite, if it ran.
+    fleet: Option<super::bench_fleet::FleetReport>,
 }
 
 /// One program to measure: the sandbox spec cod runs, and how to replay it outside.
@@ -318,7 +320,7 @@ fn scenarios(
 }
 
 /// The suites of `cod bench`, in the order they run.
-const SUITES: [&str; 4] = ["sandbox", "api", "editor", "sched"];
+const SUITES: [&str; 5] = ["sandbox", "api", "editor", "sched", "fleet"];
 
 pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
@@ -433,7 +435,13 @@ pub(crate) fn bench(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode
     } else {
         None
     };
+    let fleet = if suites.contains(&"fleet") {
+        Some(super::bench_fleet::run(args.runs, args.seconds)?)
+    } else {
+        None
+    };
     let report = Report {
+        fleet,
         editor,
         sched,
         runs: args.runs,
@@ -470,6 +478,9 @@ fn print_table(r: &Report) {
     }
     if let Some(editor) = &r.editor {
         editor.print();
+    }
+    if let Some(fleet) = &r.fleet {
+        let _ = super::bench_fleet::print(fleet, &mut std::io::stdout());
     }
 }
 

@@ -60,9 +60,9 @@ pub(crate) struct ApiReport {
 }
 
 /// A `cod serve` started for the bench.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    url: String,
+    pub(super) url: String,
     _dir: tempfile::TempDir,
     cache: PathBuf,
 }
@@ -77,13 +77,13 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-async fn start_server(
+pub(super) async fn start_server(
     client: &reqwest::Client,
     workers: usize,
     uid_base: u32,
@@ -160,7 +160,7 @@ fn find_file(dir: &Path, name: &str) -> bool {
 }
 
 /// One request; checks the run ended `ok` with `expect` on stdout.
-async fn post(
+pub(super) async fn post(
     client: &reqwest::Client,
     url: &str,
     body: &Value,
@@ -528,7 +528,7 @@ async fn run_async(
 }
 
 /// Completed `print(1)` runs per second with `clients` sequential clients at once.
-async fn rate(
+pub(super) async fn rate(
     client: &reqwest::Client,
     url: &str,
     clients: usize,

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_api;
 pub(crate) mod bench_editor;
+mod bench_fleet;
 pub(crate) mod bench_sched;
 mod fleet;
 mod run;

@@ -1,0 +1,372 @@
+//! `cod bench --suite fleet`: the distributed path against the single process, in the same
+//! run on the same machine. One side is `cod serve` with two slots; the other is a NATS
+//! server with JetStream, one `cod serve --nats` gateway and two `cod worker`s of one slot
+//! each, all on loopback. Both answer Python `print(1)`: sequential latency (the two
+//! interleaved, request by request) and throughput with 2 and 4 clients.
+//!
+//! Needs `nats-server` on the PATH or in /usr/sbin (Debian: `apt-get install nats-server`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::bench::{Stats, stats};
+use super::bench_api::{free_port, post, rate, start_server};
+
+/// Goal: what the distributed path may add to a warm Python run's median, ms.
+const ADDED_MS_GOAL: f64 = 1.0;
+/// Goal: the distributed path's throughput over the single process's, at least.
+const THROUGHPUT_GOAL: f64 = 0.8;
+
+/// Throughput of both paths with `clients` clients.
+#[derive(Debug, Serialize)]
+pub(crate) struct FleetThroughput {
+    pub(crate) clients: usize,
+    pub(crate) single_per_s: f64,
+    pub(crate) fleet_per_s: f64,
+    /// fleet / single.
+    pub(crate) ratio: f64,
+}
+
+/// The fleet suite's results.
+#[derive(Debug, Serialize)]
+pub(crate) struct FleetReport {
+    /// `cod serve`, 2 slots: request to answer.
+    pub(crate) single: Stats,
+    /// Gateway + 2 workers through NATS.
+    pub(crate) fleet: Stats,
+    /// fleet median − single median, ms.
+    pub(crate) added_ms: f64,
+    pub(crate) throughput: Vec<FleetThroughput>,
+    pub(crate) latency_met: bool,
+    pub(crate) throughput_met: bool,
+    pub(crate) sharing: Sharing,
+}
+
+/// The shared compile cache: compiling a C++ program on a worker against fetching what
+/// another worker compiled from the object store.
+#[derive(Debug, Serialize)]
+pub(crate) struct Sharing {
+    /// The compile stage's wall time on the worker, ms (median of fresh programs).
+    pub(crate) compile_ms: f64,
+    /// Fetching and decoding one such compiled program from the object store, ms.
+    pub(crate) fetch: Stats,
+    /// Its size, bytes (median).
+    pub(crate) bytes: u64,
+}
+
+/// Compiles fresh C++ programs on the fleet, then times fetching their compiled programs
+/// from the shared store, as a worker without them does.
+async fn shared_compiles(
+    client: &reqwest::Client,
+    fleet: &str,
+    nats: &str,
+) -> anyhow::Result<Sharing> {
+    use futures_util::StreamExt as _;
+    use tokio::io::AsyncReadExt as _;
+    eprintln!("shared compile cache: compiling fresh C++ programs, fetching them back...");
+    let mut compile_ms = Vec::new();
+    for i in 0..5 {
+        let src = format!(
+            "#include <bits/stdc++.h>\nint main() {{ std::cout << \"hi\\n\"; }}\n// {i} {}\n",
+            std::process::id()
+        );
+        let body = json!({"language": "cpp", "source": src});
+        let (_, v) = post(client, fleet, &body, "hi\n").await?;
+        if v["compile"]["cached"] != false {
+            bail!("a fresh C++ program came from the cache: {v}");
+        }
+        compile_ms.push(v["compile"]["wall_ms"].as_f64().unwrap_or(0.0));
+    }
+    compile_ms.sort_by(f64::total_cmp);
+    let bus = cod_fleet::bus::Bus::connect(nats, "cod bench", cod_fleet::bus::BusConfig::default())
+        .await
+        .context("connecting to the bench's NATS")?;
+    let mut names = Vec::new();
+    let mut list = bus
+        .artifacts
+        .list()
+        .await
+        .context("listing shared programs")?;
+    while let Some(info) = list.next().await {
+        let info = info.context("listing shared programs")?;
+        names.push((info.name, info.size));
+    }
+    if names.is_empty() {
+        bail!("no compiled program was shared");
+    }
+    let mut sizes: Vec<u64> = names.iter().map(|(_, s)| *s as u64).collect();
+    sizes.sort_unstable();
+    let mut fetch = Vec::new();
+    for _ in 0..4 {
+        for (name, _) in &names {
+            let start = Instant::now();
+            let mut o = bus
+                .artifacts
+                .get(name)
+                .await
+                .context("fetching a shared program")?;
+            let mut bytes = Vec::new();
+            o.read_to_end(&mut bytes).await?;
+            let _: cod_runtime::Artifact = postcard::from_bytes(&bytes).context("decoding")?;
+            fetch.push(start.elapsed());
+        }
+    }
+    Ok(Sharing {
+        compile_ms: compile_ms[compile_ms.len() / 2],
+        fetch: stats(fetch),
+        bytes: sizes[sizes.len() / 2],
+    })
+}
+
+/// A child process, stopped with SIGTERM (then waited for) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server() -> anyhow::Result<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+        .map(|d| Path::new(d).join("nats-server"))
+        .find(|p| p.is_file())
+        .context("nats-server is not installed (Debian: apt-get install nats-server)")
+}
+
+/// Starts NATS with JetStream on `port`, storing in `dir`; waits for it to be ready.
+fn start_nats(port: u16, dir: &Path) -> anyhow::Result<Proc> {
+    let mut child = Command::new(nats_server()?)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nats-server")?;
+    let stderr = child.stderr.take().context("nats-server's stderr")?;
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Server is ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .context("nats-server did not get ready within 30 s")?;
+    Ok(proc)
+}
+
+/// `cod --config <dir>/cod.toml ARGS`, logging to `<dir>/cod.log`.
+fn spawn_cod(dir: &Path, config: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("cod.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(dir.join("cod.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting cod")?;
+    Ok(Proc(child))
+}
+
+/// Waits until no worker is busy (their prebuilds hold their slot at first).
+async fn wait_idle(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/api/v1/workers")).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && v["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().all(|w| w["busy"] == 0))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the workers were still busy after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_workers(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/api/v1/workers")).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && v["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ready").count() == n)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the workers did not all report ready within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the suite.
+pub(crate) fn run(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(runs, seconds))
+}
+
+async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let nats_port = free_port()?;
+    eprintln!("starting nats-server, a gateway and 2 workers...");
+    let _nats = start_nats(nats_port, &dir.path().join("nats"))?;
+    let nats = format!("nats://127.0.0.1:{nats_port}");
+    let mut workers = Vec::new();
+    for i in 0..2u32 {
+        let d = dir.path().join(format!("w{i}"));
+        let config = format!(
+            "[sandbox]\nuid_base = {}\n[cache]\ndir = {:?}\n",
+            57_000 + 500 * i,
+            d.join("cache")
+        );
+        let id = format!("bench-w{i}");
+        workers.push(spawn_cod(
+            &d,
+            &config,
+            &[
+                "worker",
+                "--nats",
+                &nats,
+                "--slots",
+                "1",
+                "--runtimes",
+                "python,cpp",
+                "--id",
+                &id,
+            ],
+        )?);
+    }
+    let gw_port = free_port()?;
+    let _gateway = spawn_cod(
+        &dir.path().join("gw"),
+        &format!("[server]\nlisten = \"127.0.0.1:{gw_port}\"\nqueue = 1024\n"),
+        &["serve", "--nats", &nats],
+    )?;
+    let fleet = format!("http://127.0.0.1:{gw_port}");
+    wait_workers(&client, &fleet, 2).await?;
+    eprintln!("waiting for the workers' prebuilt C++ header...");
+    wait_idle(&client, &fleet).await?;
+    eprintln!("starting cod serve with 2 slots...");
+    let single = start_server(&client, 2, 58_000, true).await?;
+
+    let body = json!({"language": "python", "source": "print(1)"});
+    eprint!("latency, interleaved: ");
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    let warmup = 20;
+    for i in 0..runs + warmup {
+        let (a, _) = post(&client, &single.url, &body, "1\n").await?;
+        let (b, _) = post(&client, &fleet, &body, "1\n").await?;
+        if i >= warmup {
+            one.push(a);
+            many.push(b);
+        }
+        if i % 10 == 0 {
+            eprint!(".");
+        }
+    }
+    eprintln!();
+    let (single_stats, fleet_stats) = (stats(one), stats(many));
+    let mut throughput = Vec::new();
+    for clients in [2, 4] {
+        eprintln!("throughput with {clients} clients, {seconds} s each...");
+        let single_per_s = rate(&client, &single.url, clients, seconds).await?;
+        let fleet_per_s = rate(&client, &fleet, clients, seconds).await?;
+        throughput.push(FleetThroughput {
+            clients,
+            single_per_s,
+            fleet_per_s,
+            ratio: fleet_per_s / single_per_s,
+        });
+    }
+    let added_ms = fleet_stats.median_ms - single_stats.median_ms;
+    let sharing = shared_compiles(&client, &fleet, &nats).await?;
+    Ok(FleetReport {
+        sharing,
+        latency_met: added_ms <= ADDED_MS_GOAL,
+        throughput_met: throughput.iter().all(|t| t.ratio >= THROUGHPUT_GOAL),
+        single: single_stats,
+        fleet: fleet_stats,
+        added_ms,
+        throughput,
+    })
+}
+
+/// Prints the suite's table.
+pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mark = |met: bool| if met { "✓" } else { "✗" };
+    writeln!(
+        out,
+        "\nFleet: gateway + 2 workers through NATS JetStream vs one cod serve (2 slots), Python print(1)"
+    )?;
+    writeln!(out, "| path | median ms | p99 ms |")?;
+    writeln!(out, "|---|---|---|")?;
+    writeln!(
+        out,
+        "| single process | {:.2} | {:.2} |",
+        r.single.median_ms, r.single.p99_ms
+    )?;
+    writeln!(
+        out,
+        "| distributed | {:.2} | {:.2} |",
+        r.fleet.median_ms, r.fleet.p99_ms
+    )?;
+    writeln!(
+        out,
+        "added median: {:+.2} ms (goal ≤ {ADDED_MS_GOAL} ms) {}",
+        r.added_ms,
+        mark(r.latency_met)
+    )?;
+    writeln!(
+        out,
+        "shared compile cache: C++ compile on a worker {:.0} ms; fetching it from the object store {:.2} ms (p99 {:.2}), {} bytes",
+        r.sharing.compile_ms, r.sharing.fetch.median_ms, r.sharing.fetch.p99_ms, r.sharing.bytes
+    )?;
+    writeln!(
+        out,
+        "| clients | single runs/s | distributed runs/s | ratio (goal ≥ {THROUGHPUT_GOAL}) |"
+    )?;
+    writeln!(out, "|---|---|---|---|")?;
+    for t in &r.throughput {
+        writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.2} {} |",
+            t.clients,
+            t.single_per_s,
+            t.fleet_per_s,
+            t.ratio,
+            mark(t.ratio >= THROUGHPUT_GOAL)
+        )?;
+    }
+    Ok(())
+}
