@@ -84,6 +84,14 @@ pub struct FleetConfig {
     /// A worker silent for this long is listed dead.
     #[serde(default = "default_dead_after", with = "humantime_serde")]
     pub dead_after: std::time::Duration,
+    /// Copies JetStream keeps of the job stream and the buckets: 1 for a single NATS
+    /// server, 3 for a cluster (accepted jobs then survive the loss of a node).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 fn default_ack_wait() -> std::time::Duration {
@@ -110,6 +118,7 @@ impl Default for FleetConfig {
             result_ttl: default_result_ttl(),
             heartbeat: default_heartbeat(),
             dead_after: default_dead_after(),
+            replicas: default_replicas(),
         }
     }
 }
@@ -128,6 +137,12 @@ impl FleetConfig {
         }
         if self.result_ttl < std::time::Duration::from_secs(1) {
             return Err("fleet.result_ttl must be at least 1s".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "fleet.replicas = {} must be between 1 and 5",
+                self.replicas
+            ));
         }
         if self.heartbeat.is_zero() || self.dead_after <= self.heartbeat {
             return Err("fleet.dead_after must be longer than fleet.heartbeat (> 0)".into());

@@ -132,6 +132,8 @@ pub struct BusConfig {
     pub heartbeat: Duration,
     /// A worker not heard from for this long is dead.
     pub dead_after: Duration,
+    /// Copies of the stream and buckets JetStream keeps (1: one server; 3: a cluster).
+    pub replicas: usize,
 }
 
 impl Default for BusConfig {
@@ -143,6 +145,7 @@ impl Default for BusConfig {
             job_ttl: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
+            replicas: 1,
         }
     }
 }
@@ -265,19 +268,21 @@ impl Bus {
                 storage: stream::StorageType::File,
                 max_age: config.job_ttl,
                 duplicate_window: Duration::from_secs(120),
+                num_replicas: config.replicas,
                 ..Default::default()
             })
             .await
             .map_err(bus_err("creating the job stream"))?;
-        let results = bucket(&js, RESULTS_BUCKET, config.result_ttl).await?;
+        let results = bucket(&js, RESULTS_BUCKET, config.result_ttl, config.replicas).await?;
         // Heartbeats of a worker gone for long are of no use: they expire.
         let workers = bucket(
             &js,
             WORKERS_BUCKET,
             (config.dead_after * 12).max(Duration::from_secs(60)),
+            config.replicas,
         )
         .await?;
-        let artifacts = artifact_store(&js).await?;
+        let artifacts = artifact_store(&js, config.replicas).await?;
         Ok(Bus {
             client,
             js,
@@ -363,6 +368,7 @@ impl Bus {
 /// when full (it is a cache), made as the client makes object stores otherwise.
 async fn artifact_store(
     js: &jetstream::Context,
+    replicas: usize,
 ) -> Result<async_nats::jetstream::object_store::ObjectStore, BusError> {
     if let Ok(store) = js.get_object_store(ARTIFACTS_BUCKET).await {
         return Ok(store);
@@ -380,7 +386,7 @@ async fn artifact_store(
             discard: stream::DiscardPolicy::Old,
             allow_rollup: true,
             allow_direct: true,
-            num_replicas: 1,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await;
@@ -395,6 +401,7 @@ async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, BusError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
@@ -413,7 +420,7 @@ async fn bucket(
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await

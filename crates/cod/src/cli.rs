@@ -106,6 +106,17 @@ pub(crate) struct FleetArgs {
     /// Settings of the policy and provider (TOML, see docs/fleet.md).
     #[arg(long, value_name = "FILE.toml")]
     pub(crate) fleet_config: Option<PathBuf>,
+    /// With `--provider kubernetes`: the namespace of the worker Deployment (overrides
+    /// `kubernetes.namespace`).
+    #[arg(long)]
+    pub(crate) namespace: Option<String>,
+    /// With `--provider kubernetes`: the worker Deployment's name (overrides
+    /// `kubernetes.deployment`).
+    #[arg(long)]
+    pub(crate) deployment: Option<String>,
+    /// Serve the decisions' metrics (Prometheus text) at `http://ADDR/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -198,6 +198,9 @@ async fn run(
         other => anyhow::bail!("unknown provider {other:?}: `local` or `kubernetes`"),
     };
     let mut stop = Box::pin(shutdown_signal()?);
+    if let Some(addr) = args.metrics_listen {
+        serve_metrics(addr).await?;
+    }
     let mut source = match &args.nats {
         Some(url) => {
             tracing::info!(nats = %url, "connecting to the fleet's broker");
@@ -229,14 +232,20 @@ async fn run(
         }
         outcome
     } else {
-        run_kubernetes(
-            file.kubernetes,
-            policy,
-            &mut source,
-            &mut stop,
-            &config_path,
-        )
-        .await
+        #[cfg(feature = "kubernetes")]
+        let kubernetes = {
+            let mut k = file.kubernetes;
+            if let Some(n) = args.namespace {
+                k.namespace = n;
+            }
+            if let Some(d) = args.deployment {
+                k.deployment = d;
+            }
+            k
+        };
+        #[cfg(not(feature = "kubernetes"))]
+        let kubernetes = file.kubernetes;
+        run_kubernetes(kubernetes, policy, &mut source, &mut stop, &config_path).await
     }
 }
 
@@ -465,4 +474,28 @@ mod tests {
         let err = local_config(LocalSection::default(), None).expect_err("no --nats");
         assert!(format!("{err:#}").contains("--nats"), "{err:#}");
     }
+}
+
+/// Serves the process's metrics (the manager's decisions among them) at `addr/metrics`.
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let handle = cod_server::metrics::install()
+        .context("installing the metrics recorder")?
+        .clone();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = handle.clone();
+            async move { h.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
 }

@@ -205,6 +205,7 @@ pub(crate) fn bus_config(config: &Config) -> cod_fleet::bus::BusConfig {
         job_ttl: f.result_ttl,
         heartbeat: f.heartbeat,
         dead_after: f.dead_after,
+        replicas: f.replicas,
     }
 }
 
