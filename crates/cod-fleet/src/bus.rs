@@ -226,8 +226,9 @@ pub struct Bus {
     pub results: kv::Store,
     /// Heartbeats by worker id.
     pub workers: kv::Store,
-    /// Compiled programs by compile-cache key.
-    pub artifacts: async_nats::jetstream::object_store::ObjectStore,
+    /// Compiled programs by compile-cache key; `None` when the server could not make the
+    /// store (too little JetStream storage): workers then compile for themselves.
+    pub artifacts: Option<async_nats::jetstream::object_store::ObjectStore>,
     /// The settings.
     pub config: BusConfig,
 }
@@ -282,7 +283,13 @@ impl Bus {
             config.replicas,
         )
         .await?;
-        let artifacts = artifact_store(&js, config.replicas).await?;
+        let artifacts = match artifact_store(&js, config.replicas).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "no shared compile cache: each worker compiles for itself");
+                None
+            }
+        };
         Ok(Bus {
             client,
             js,
@@ -391,7 +398,9 @@ async fn artifact_store(
         })
         .await;
     // Another process may have made it first: either way it is there now.
-    drop(made);
+    if let Err(e) = &made {
+        tracing::debug!(error = %e, "creating the compiled-program store");
+    }
     js.get_object_store(ARTIFACTS_BUCKET)
         .await
         .map_err(bus_err("opening the compiled-program store"))

@@ -636,3 +636,78 @@ async fn compiled_programs_are_shared_between_workers() {
     let stored = job(&gw, second["id"].as_str().unwrap()).await.unwrap();
     assert_eq!(stored["worker"], "w2");
 }
+
+/// `cod fleet --provider local` on the live load: runs waiting with no worker make it
+/// start a real `cod worker`, which runs them; once the load is gone the worker is
+/// drained and exits.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn the_manager_starts_workers_for_the_load_and_drains_them_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let worker_cfg = config(dir.path(), "managed", 68_600);
+    let fleet_cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &fleet_cfg,
+        format!(
+            r#"[policy]
+slots_per_worker = 1
+min_workers = 0
+max_workers = 1
+startup = "1s"
+trend_window = "2s"
+scale_down_delay = "1s"
+scale_down_step = 1.0
+scale_down_interval = "1s"
+urgent_wait = "100ms"
+[source]
+interval = "200ms"
+[local]
+command = [{exe:?}, "--config", {cfg:?}, "worker", "--nats", {url:?}, "--slots", "1", "--runtimes", "python", "--id", "{{id}}"]
+ready_line = "ready"
+drain_timeout = "30s"
+slots = 1
+"#,
+            exe = env!("CARGO_BIN_EXE_cod"),
+            cfg = worker_cfg,
+            url = nats.url(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cod"));
+    cmd.arg("--config")
+        .arg(config(dir.path(), "manager", 68_700))
+        .args(["fleet", "--nats", &nats.url(), "--fleet-config"])
+        .arg(&fleet_cfg)
+        .env("COD_LOG", "info")
+        .env_remove("COD_CONFIG")
+        .env_remove("COD_LOG_FORMAT");
+    let manager = Proc::spawn(cmd);
+
+    // No worker yet: the runs wait in the stream.
+    assert!(workers(&gw).await.is_empty());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            submit(
+                &gw,
+                &format!("import time\ntime.sleep(0.3)\nprint('run', {i})"),
+            )
+            .await,
+        );
+    }
+    manager.wait_line("worker started");
+    let list = wait_workers(&gw, "a managed worker", |l| l.len() == 1).await;
+    assert!(
+        list[0]["id"].as_str().unwrap().starts_with("local-"),
+        "{list:#?}"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let v = wait_done(&gw, id).await;
+        assert_eq!(v["result"]["stdout"], format!("run {i}\n"), "{v}");
+    }
+    // The load is gone: the worker is drained, exits, and leaves the list.
+    manager.wait_line("worker stopped");
+    wait_workers(&gw, "none left", <[Value]>::is_empty).await;
+}

@@ -55,6 +55,8 @@ struct Inner {
     capacity: AtomicUsize,
     /// Runs admitted beyond the fleet's slots.
     queue: usize,
+    /// Consumers this gateway has made sure exist, by name.
+    consumers: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Counts a run in flight until dropped; asks the worker to stop it if it is dropped
@@ -87,6 +89,7 @@ impl RemoteWorker {
             inflight: AtomicUsize::new(0),
             capacity: AtomicUsize::new(0),
             queue,
+            consumers: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -165,7 +168,19 @@ impl RemoteWorker {
             Ok(s) => s,
             Err(e) => return internal_error(&job.item, &format!("the fleet's broker: {e}")),
         };
-        let subject = job_subject(&job.item.language, Class::of(expected));
+        let class = Class::of(expected);
+        let subject = job_subject(&job.item.language, class);
+        // The subject's consumer exists before its first job, even with no worker yet:
+        // the manager measures the backlog on the consumers.
+        let name = cod_fleet::bus::consumer_name(&job.item.language, class);
+        if !self.inner.consumers.lock().contains(&name) {
+            match bus.consumer(&job.item.language, class).await {
+                Ok(_) => {
+                    self.inner.consumers.lock().insert(name);
+                }
+                Err(e) => warn!(error = %e, "making the job consumer failed; a worker will"),
+            }
+        }
         let payload: bytes::Bytes = serde_json::to_vec(&job).unwrap_or_default().into();
         self.inner.inflight.fetch_add(1, Ordering::Relaxed);
         let mut guard = InFlight {

@@ -85,7 +85,9 @@ pub async fn serve_jobs(
             consumers.push((bus::job_subject(rt, class), bus.consumer(rt, class).await?));
         }
     }
-    executor.share_compiles(Arc::new(super::SharedCompiles::new(bus.artifacts.clone())));
+    if let Some(store) = &bus.artifacts {
+        executor.share_compiles(Arc::new(super::SharedCompiles::new(store.clone())));
+    }
     let ctx = Arc::new(Ctx {
         bus,
         executor,

@@ -87,12 +87,12 @@ async fn shared_compiles(
     let bus = cod_fleet::bus::Bus::connect(nats, "cod bench", cod_fleet::bus::BusConfig::default())
         .await
         .context("connecting to the bench's NATS")?;
-    let mut names = Vec::new();
-    let mut list = bus
+    let store = bus
         .artifacts
-        .list()
-        .await
-        .context("listing shared programs")?;
+        .clone()
+        .context("the NATS server could not make the shared compile store")?;
+    let mut names = Vec::new();
+    let mut list = store.list().await.context("listing shared programs")?;
     while let Some(info) = list.next().await {
         let info = info.context("listing shared programs")?;
         names.push((info.name, info.size));
@@ -106,11 +106,7 @@ async fn shared_compiles(
     for _ in 0..4 {
         for (name, _) in &names {
             let start = Instant::now();
-            let mut o = bus
-                .artifacts
-                .get(name)
-                .await
-                .context("fetching a shared program")?;
+            let mut o = store.get(name).await.context("fetching a shared program")?;
             let mut bytes = Vec::new();
             o.read_to_end(&mut bytes).await?;
             let _: cod_runtime::Artifact = postcard::from_bytes(&bytes).context("decoding")?;

@@ -428,6 +428,30 @@ async fn second_signal() {
     }
 }
 
+/// Serves the process's metrics (the manager's decisions among them) at `addr/metrics`.
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let handle = cod_server::metrics::install()
+        .context("installing the metrics recorder")?
+        .clone();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = handle.clone();
+            async move { h.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,28 +498,4 @@ mod tests {
         let err = local_config(LocalSection::default(), None).expect_err("no --nats");
         assert!(format!("{err:#}").contains("--nats"), "{err:#}");
     }
-}
-
-/// Serves the process's metrics (the manager's decisions among them) at `addr/metrics`.
-async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let handle = cod_server::metrics::install()
-        .context("installing the metrics recorder")?
-        .clone();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--metrics-listen {addr}"))?;
-    tracing::info!(%addr, "metrics at http://{addr}/metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let h = handle.clone();
-            async move { h.render() }
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "the metrics listener stopped");
-        }
-    });
-    Ok(())
 }
