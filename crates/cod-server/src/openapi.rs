@@ -164,6 +164,7 @@ pub struct RunResultSchema {
         crate::native::run,
         crate::native::runtimes,
         crate::native::healthz,
+        crate::fleet::list_workers,
         crate::jobs_api::create,
         crate::jobs_api::batch,
         crate::jobs_api::get,
@@ -192,6 +193,7 @@ pub struct RunResultSchema {
         crate::native::RuntimeInfo,
         crate::jobs::JobView,
         crate::cases::TestsResult,
+        crate::fleet::WorkerList,
     )),
     tags(
         (name = "runs", description = "Run a program and wait for its result"),

@@ -263,3 +263,25 @@ async fn overload_gets_429_and_disconnect_cancels_the_run() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json["stdout"], "1\n");
 }
+
+/// The embedded mode lists itself as its one worker, with its slots and runtimes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_single_process_lists_itself_as_its_worker() {
+    let st = state();
+    let r = get(&st, "/api/v1/workers").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let w = r.json["workers"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{}", r.json);
+    assert_eq!(w[0]["id"], "local");
+    assert_eq!(w[0]["state"], "ready");
+    assert_eq!(w[0]["slots"], st.scheduler.stats().workers);
+    assert!(
+        w[0]["runtimes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "python"),
+        "{}",
+        r.json
+    );
+}

@@ -129,6 +129,15 @@ pub enum WireInput {
 
 /// `GET /api/v1/workers`: the workers runs go to, from their heartbeats (this process
 /// alone in the embedded mode).
+#[utoipa::path(
+    get,
+    path = "/api/v1/workers",
+    tag = "jobs",
+    responses(
+        (status = 200, description = "Workers by id: `id`, `host`, `runtimes`, `slots`, `busy`, `load`, `version`, `draining`, `done`, `at_ms`, `state` (`ready`, `draining`, `dead`), `silent_ms`", body = WorkerList),
+        (status = 500, description = "The heartbeats could not be read", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn list_workers(State(st): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let workers = match st.worker.remote() {
         Some(r) => r
@@ -167,9 +176,10 @@ pub async fn list_workers(State(st): State<AppState>) -> Result<Json<WorkerList>
 }
 
 /// The answer of `GET /api/v1/workers`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkerList {
     /// By id.
+    #[schema(value_type = Vec<Object>)]
     pub workers: Vec<WorkerEntry>,
 }
 
