@@ -31,6 +31,41 @@ pub(crate) struct FleetThroughput {
     pub(crate) fleet_per_s: f64,
     /// fleet / single.
     pub(crate) ratio: f64,
+    /// CPU time of the whole machine per run (every process: client, server or gateway,
+    /// NATS, workers, sandboxes), ms.
+    pub(crate) single_cpu_ms_per_run: f64,
+    pub(crate) fleet_cpu_ms_per_run: f64,
+}
+
+/// Busy CPU time of the whole machine so far (user, nice, system, irq, softirq), ms.
+fn machine_cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    // cpu user nice system idle iowait irq softirq steal ...
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
+    // USER_HZ is 100 on Linux.
+    busy * 10.0
+}
+
+/// Runs per second and machine CPU ms per run, with `clients` clients.
+async fn rate_and_cpu(
+    client: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let cpu = machine_cpu_ms();
+    let start = Instant::now();
+    let per_s = rate(client, url, clients, seconds).await?;
+    let runs = per_s * start.elapsed().as_secs_f64();
+    Ok((per_s, (machine_cpu_ms() - cpu) / runs.max(1.0)))
 }
 
 /// The fleet suite's results.
@@ -296,13 +331,15 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     let mut throughput = Vec::new();
     for clients in [2, 4] {
         eprintln!("throughput with {clients} clients, {seconds} s each...");
-        let single_per_s = rate(&client, &single.url, clients, seconds).await?;
-        let fleet_per_s = rate(&client, &fleet, clients, seconds).await?;
+        let (single_per_s, single_cpu) = rate_and_cpu(&client, &single.url, clients, seconds).await?;
+        let (fleet_per_s, fleet_cpu) = rate_and_cpu(&client, &fleet, clients, seconds).await?;
         throughput.push(FleetThroughput {
             clients,
             single_per_s,
             fleet_per_s,
             ratio: fleet_per_s / single_per_s,
+            single_cpu_ms_per_run: single_cpu,
+            fleet_cpu_ms_per_run: fleet_cpu,
         });
     }
     let added_ms = fleet_stats.median_ms - single_stats.median_ms;
