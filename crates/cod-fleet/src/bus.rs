@@ -8,7 +8,8 @@
 //!   a publish retried after a lost acknowledgement is stored once.
 //! - **Results**: KV bucket [`RESULTS_BUCKET`], key = job id, written once
 //!   (`create`): the first finished run of a job is its result, a redelivered duplicate's is
-//!   dropped. A note on [`done_subject`] tells the waiting gateway at once.
+//!   dropped. The bucket republishes each stored result on [`done_subject`], which tells
+//!   the waiting gateway at once.
 //! - **Live events** of a job (started, usage, and for streamed runs stages and output) on
 //!   [`events_subject`], acknowledged on [`events_ack_subject`]; an interactive job's input
 //!   on [`input_subject`]; a gateway cancels a job on [`cancel_subject`].
@@ -90,9 +91,22 @@ pub fn consumer_name(runtime: &str, class: Class) -> String {
     format!("run-{}-{}", token(runtime), class.as_str())
 }
 
-/// Where a job's result is announced once it is stored.
+/// Where a job's result is announced once it is stored: the results bucket republishes
+/// each stored entry there (`$KV.cod_results.<key>` becomes `cod.done.<key>`), so a job
+/// id that is a valid key (ids are; `[A-Za-z0-9_=.-]`) keeps its dots.
 pub fn done_subject(job: &str) -> String {
-    format!("cod.done.{}", token(job))
+    let valid = !job.is_empty()
+        && !job.starts_with('.')
+        && !job.ends_with('.')
+        && !job.contains("..")
+        && job
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '.'));
+    if valid {
+        format!("cod.done.{job}")
+    } else {
+        format!("cod.done.{}", token(job))
+    }
 }
 
 /// Where a job's live events go.
@@ -430,6 +444,13 @@ async fn bucket(
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
             num_replicas: replicas,
+            // A stored result is announced by the server itself, at once, on the job's
+            // done subject: only what was stored, and without waiting for the worker.
+            republish: (name == RESULTS_BUCKET).then(|| stream::Republish {
+                source: format!("$KV.{name}.>"),
+                destination: "cod.done.>".into(),
+                headers_only: false,
+            }),
             ..Default::default()
         })
         .await
@@ -459,6 +480,7 @@ mod tests {
         );
         assert_eq!(consumer_name("cpp", Class::Long), "run-cpp-long");
         assert_eq!(done_subject("a.b*>"), "cod.done.a_b__");
+        assert_eq!(done_subject("66143f.2"), "cod.done.66143f.2");
         assert_eq!(Class::of(Duration::from_millis(999)), Class::Short);
         assert_eq!(Class::of(SHORT_RUN), Class::Long);
     }

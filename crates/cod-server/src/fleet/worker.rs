@@ -29,8 +29,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use cod_core::RunResult;
 use cod_fleet::bus::{
-    self, Bus, BusError, Class, Heartbeat, cancel_subject, done_subject, events_ack_subject,
-    events_subject, input_subject, now_ms,
+    self, Bus, BusError, Class, Heartbeat, cancel_subject, events_ack_subject, events_subject,
+    input_subject, now_ms,
 };
 use cod_runtime::Executor;
 use cod_runtime::executor::{OutStream, RunEvent, RunInput, RunIo, StageKind};
@@ -453,13 +453,9 @@ async fn serve_job(ctx: &Ctx, msg: jetstream::Message, slot: u32) {
             events,
         };
         let bytes = serde_json::to_vec(&envelope).unwrap_or_default();
-        match ctx.bus.results.create(&id, bytes.clone().into()).await {
+        match ctx.bus.results.create(&id, bytes.into()).await {
+            // The bucket announces it on the job's done subject itself (republish).
             Ok(_) => {
-                let _ = ctx
-                    .bus
-                    .client
-                    .publish(done_subject(&id), bytes.into())
-                    .await;
                 ctx.done.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
