@@ -341,16 +341,33 @@ impl Bus {
             .map_err(bus_err("creating a job consumer"))
     }
 
-    /// Every worker with a heartbeat in the bucket, by id.
+    /// Every worker with a heartbeat in the bucket, by id. Bounded: a broker that does
+    /// not answer within 5 s is an error, never a hang.
     pub async fn worker_list(&self) -> Result<Vec<WorkerEntry>, BusError> {
-        let keys: Vec<String> = self
-            .workers
-            .keys()
+        tokio::time::timeout(Duration::from_secs(5), self.read_workers())
+            .await
+            .map_err(bus_err("listing workers"))?
+    }
+
+    async fn read_workers(&self) -> Result<Vec<WorkerEntry>, BusError> {
+        // The bucket's keys, from the stream's subject counts: one request, no consumer.
+        let prefix = format!("$KV.{WORKERS_BUCKET}.");
+        let stream = self
+            .js
+            .get_stream(format!("KV_{WORKERS_BUCKET}"))
+            .await
+            .map_err(bus_err("listing workers"))?;
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .map_err(bus_err("listing workers"))?
             .try_collect()
             .await
             .map_err(bus_err("listing workers"))?;
+        let keys: Vec<String> = subjects
+            .into_iter()
+            .filter_map(|(s, _)| s.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
         let now = now_ms();
         let dead_ms = u64::try_from(self.config.dead_after.as_millis()).unwrap_or(u64::MAX);
         let mut out = Vec::new();

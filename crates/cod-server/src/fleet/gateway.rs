@@ -181,7 +181,7 @@ impl RemoteWorker {
                 Err(e) => warn!(error = %e, "making the job consumer failed; a worker will"),
             }
         }
-        let payload: bytes::Bytes = serde_json::to_vec(&job).unwrap_or_default().into();
+        let payload: bytes::Bytes = postcard::to_stdvec(&job).unwrap_or_default().into();
         self.inner.inflight.fetch_add(1, Ordering::Relaxed);
         let mut guard = InFlight {
             inner: self.inner.clone(),

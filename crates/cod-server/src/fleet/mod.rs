@@ -7,9 +7,10 @@
 //!   it has free slots, runs them in this machine's sandbox, and stores each result once.
 //! - [`SharedCompiles`] shares compiled programs between workers.
 //!
-//! What crosses the bus: a [`JobMessage`] (JSON) on the job's subject; [`WireEvent`]s and
-//! [`WireInput`]s (postcard: output is bytes) on the job's own subjects; an [`Envelope`]
-//! (JSON) in the results bucket and on the job's done subject.
+//! What crosses the bus: a [`JobMessage`] (postcard: a program's files are bytes, and a
+//! 20 KB program stays about 20 KB) on the job's subject; [`WireEvent`]s and
+//! [`WireInput`]s (postcard) on the job's own subjects; an [`Envelope`] (JSON, readable
+//! with any NATS tool) in the results bucket and on the job's done subject.
 
 mod artifacts;
 mod gateway;
@@ -30,7 +31,7 @@ pub use artifacts::SharedCompiles;
 pub use gateway::RemoteWorker;
 pub use worker::{WorkerOptions, serve_jobs};
 
-/// A job as it travels to a worker.
+/// A job as it travels to a worker (postcard-encoded).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobMessage {
     /// The run.
@@ -247,5 +248,35 @@ mod tests {
             i
         );
         const { assert!(ACK_EVERY < EVENT_WINDOW) };
+    }
+
+    /// A job with binary files, stdin and limits survives postcard, and a 20 KB program
+    /// stays about 20 KB on the wire.
+    #[test]
+    fn jobs_round_trip_compactly() {
+        let job = JobMessage {
+            item: WorkItem {
+                id: "j1.2".into(),
+                language: "python".into(),
+                files: vec![
+                    ("main.py".into(), vec![b'x'; 20_000]),
+                    ("b.bin".into(), vec![0, 0xff]),
+                ],
+                stdin: b"in\n".to_vec(),
+                args: vec!["-v".into()],
+                limits: cod_core::limits::LimitsSpec::DEFAULT,
+                compile_limits: cod_core::limits::LimitsSpec::DEFAULT,
+            },
+            client: "k".into(),
+            created_ms: 1,
+            stream: true,
+            interactive: false,
+        };
+        let bytes = postcard::to_stdvec(&job).expect("encodes");
+        assert!(bytes.len() < 20_200, "{}", bytes.len());
+        assert_eq!(
+            postcard::from_bytes::<JobMessage>(&bytes).expect("decodes"),
+            job
+        );
     }
 }

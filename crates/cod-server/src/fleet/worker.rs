@@ -405,7 +405,7 @@ fn wire(event: RunEvent, stream: bool) -> Option<WireKind> {
 
 /// Runs one delivered job and answers it.
 async fn serve_job(ctx: &Ctx, msg: jetstream::Message, slot: u32) {
-    let job: JobMessage = match serde_json::from_slice(&msg.payload) {
+    let job: JobMessage = match postcard::from_bytes(&msg.payload) {
         Ok(j) => j,
         Err(e) => {
             warn!(subject = %msg.subject, error = %e, "a job message that does not parse: dropped");
