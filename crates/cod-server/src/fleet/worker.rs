@@ -2,9 +2,9 @@
 //! here, store each result once.
 //!
 //! **Taking work.** A worker keeps one list of consumers: the short class of each of its
-//! runtimes, then the long class. Whenever it has a free slot it asks them in that order
-//! for one job each (a no-wait fetch) until one answers; so with a backlog, short runs of
-//! any runtime go first. An idle worker does not poll: while it has a free slot it is a
+//! runtimes, then the long class. When a full worker gets a free slot again it asks them
+//! in that order for one job each (a no-wait fetch) until one answers; so with a backlog,
+//! short runs of any runtime go first. An idle worker does not poll: while it has a free slot it is a
 //! member of one queue group per runtime on the job subjects, so each published job wakes
 //! exactly one idle worker, which then claims it (or another, older one) from the
 //! consumer. A full worker leaves the groups, so jobs wake only workers that can take
@@ -150,8 +150,10 @@ pub async fn serve_jobs(
                 }
             }
             Some(slot) = freed_rx.recv() => {
+                // A worker that was full left the wake-up groups, and rejoining them
+                // sweeps (above). One that was not full heard of every job since: its
+                // freed slot waits for the next wake-up.
                 free.push(slot);
-                sweep = true;
             }
             _ = tick.tick() => sweep = true,
             () = drain.cancelled(), if !draining => {
