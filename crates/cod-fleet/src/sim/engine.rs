@@ -7,10 +7,15 @@
 //! [`Autoscaler`] (the real policy) sees the fleet every `decision_interval` and its
 //! decisions boot and drain machines.
 //!
-//! One gateway of `fleet.gateways` is simulated: its users, its queue and its share of
-//! every machine's cores (`cores_per_machine / gateways` slots per machine). The policy sees
-//! the fleet (this gateway's figures times `gateways`), as the real manager sees the sum of
-//! all gateways.
+//! One gateway of `fleet.gateways` is simulated: its users and its queue. The others are
+//! alike and independent, so the fleet's busy slots are modelled from this one's
+//! ([`super::measure`]): a gateway's expected load (Little's law) times `gateways`, this
+//! one's deviation from it times `√gateways`. Workers take runs from every gateway, so this gateway's runs wait only
+//! when the fleet so modelled is full: its queue has the slots it may fill before then (its
+//! share, [`super::measure::share`]), on no machine in particular; a started run is placed
+//! on the ready machines in turn, which keeps a draining machine until its runs end. The
+//! policy sees that fleet (the other figures are this gateway's times `gateways`), as the
+//! real manager sees the sum of all gateways.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -73,6 +78,8 @@ struct InFlight {
     len: f64,
     language: usize,
     slot: Option<u32>,
+    /// The machine it runs on, once started (none if no machine was ready).
+    machine: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +131,18 @@ pub(super) struct Engine<'a, Q> {
     policy: Autoscaler,
     /// Fleet figures are this gateway's times this.
     gateways: u32,
-    per_machine: u32,
+    /// Ready machines, in the order runs are placed on them.
+    ready: Vec<u32>,
+    /// The next ready machine a run is placed on.
+    next_ready: usize,
+    /// Per slot of the queue: online (free or busy), and busy.
+    slot_online: Vec<bool>,
+    slot_busy: Vec<bool>,
+    /// Offline slots, the next to open last.
+    offline_slots: Vec<u32>,
+    /// Slots online now, and how many the fleet's free capacity gives this gateway.
+    online: u32,
+    share: u32,
     now: Duration,
     start: Duration,
     end: Duration,
@@ -188,6 +206,13 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             })
             .collect::<Vec<_>>();
         let start = Duration::from_secs(86_400 * u64::from(cfg.warmup_days));
+        // The queue's slots (see `super::simulate`).
+        let slots = usize::try_from(
+            cfg.policy
+                .max_workers
+                .saturating_mul(cfg.fleet.cores_per_machine / cfg.fleet.gateways),
+        )
+        .unwrap_or(usize::MAX);
         let n_languages = languages.len();
         Ok(Engine {
             cfg,
@@ -198,7 +223,15 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             languages,
             policy: Autoscaler::new(cfg.policy.clone())?,
             gateways: cfg.fleet.gateways,
-            per_machine: cfg.fleet.cores_per_machine / cfg.fleet.gateways,
+            ready: Vec::new(),
+            next_ready: 0,
+            slot_online: vec![false; slots],
+            slot_busy: vec![false; slots],
+            offline_slots: (0..u32::try_from(slots).unwrap_or(u32::MAX))
+                .rev()
+                .collect(),
+            online: 0,
+            share: 0,
             now: Duration::ZERO,
             start,
             end: start + cfg.duration,
@@ -251,9 +284,9 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
         for _ in 0..self.cfg.fleet.initial_machines {
             let m = self.add_machine();
             self.machines[m as usize].state = MachineState::Ready;
-            let slots = self.slots_of(m);
-            self.queue.open(&slots);
+            self.ready.push(m);
         }
+        self.fit_share();
         self.at(Duration::ZERO, Event::Sitting);
         self.at(Duration::ZERO, Event::Decide);
         self.at(self.start, Event::Sample);
@@ -309,9 +342,64 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
         m
     }
 
-    /// This gateway's slots on machine `m`.
-    fn slots_of(&self, m: u32) -> Vec<u32> {
-        (m * self.per_machine..(m + 1) * self.per_machine).collect()
+    /// The fleet's busy slots: every gateway's expected load, and the swing of `gateways`
+    /// independent gateways, `√gateways` times this one's.
+    fn fleet_busy(&self) -> f64 {
+        let own = f64::from(self.busy);
+        let mean = self.expected_busy().unwrap_or(own);
+        measure::fleet_figure(own, mean, self.gateways)
+    }
+
+    /// The busy slots a gateway is expected to have: its share of the measured arrival
+    /// rate times the measured mean run time (Little's law); `None` before they are known.
+    fn expected_busy(&self) -> Option<f64> {
+        let rate = self.arrival_rate.value()? / f64::from(self.gateways);
+        Some(rate * self.mean_run.value()?)
+    }
+
+    /// Brings this gateway's slots online or takes free ones offline, to its share of the
+    /// fleet: the runs it may have before the fleet, modelled as in [`Self::fleet_busy`],
+    /// is full.
+    fn fit_share(&mut self) {
+        let slots = u64::try_from(self.ready.len()).unwrap_or(u64::MAX)
+            * u64::from(self.cfg.fleet.cores_per_machine);
+        #[allow(clippy::cast_precision_loss)]
+        let slots = slots as f64;
+        let mean = self.expected_busy().unwrap_or_else(|| f64::from(self.busy));
+        let limit = u32::try_from(self.slot_online.len()).unwrap_or(u32::MAX);
+        self.share = measure::share(slots, mean, self.gateways).min(limit);
+        if self.online < self.share {
+            let n = (self.share - self.online) as usize;
+            let at = self.offline_slots.len().saturating_sub(n);
+            let opened = self.offline_slots.split_off(at);
+            for &s in &opened {
+                self.slot_online[s as usize] = true;
+            }
+            self.online += u32::try_from(opened.len()).unwrap_or(u32::MAX);
+            self.queue.open(&opened);
+        } else if self.online > self.share {
+            let n = (self.online - self.share) as usize;
+            let idle: Vec<u32> = (0..self.slot_online.len())
+                .rev()
+                .filter(|&s| self.slot_online[s] && !self.slot_busy[s])
+                .take(n)
+                .map(|s| u32::try_from(s).unwrap_or(u32::MAX))
+                .collect();
+            for s in self.queue.close_idle(&idle) {
+                self.slot_online[s as usize] = false;
+                self.online -= 1;
+                self.offline_slots.push(s);
+            }
+        }
+    }
+
+    /// The ready machine the next run goes to (in turn), if any.
+    fn place(&mut self) -> Option<u32> {
+        if self.ready.is_empty() {
+            return None;
+        }
+        self.next_ready = (self.next_ready + 1) % self.ready.len();
+        Some(self.ready[self.next_ready])
     }
 
     fn live_machines(&self) -> u32 {
@@ -427,6 +515,7 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
                         len: run.len,
                         language,
                         slot: None,
+                        machine: None,
                     },
                 );
             }
@@ -451,8 +540,14 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             };
             r.slot = Some(st.slot);
             let (len, language) = (r.len, r.language);
-            let m = st.slot / self.per_machine;
-            self.machines[m as usize].busy += 1;
+            self.slot_busy[st.slot as usize] = true;
+            let m = self.place();
+            if let Some(m) = m {
+                self.machines[m as usize].busy += 1;
+            }
+            if let Some(r) = self.runs.get_mut(&st.id) {
+                r.machine = m;
+            }
             self.busy += 1;
             self.busy_by_language[language] += 1;
             let ms = st.waited.as_secs_f64() * 1e3;
@@ -479,19 +574,25 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             return;
         };
         let slot = r.slot.expect("only started runs finish");
-        let m = slot / self.per_machine;
-        let machine = &mut self.machines[m as usize];
-        machine.busy -= 1;
-        let reopen = machine.state == MachineState::Ready;
-        let drained = machine.state == MachineState::Draining && machine.busy == 0;
+        self.slot_busy[slot as usize] = false;
+        let reopen = self.online <= self.share;
+        if !reopen {
+            self.slot_online[slot as usize] = false;
+            self.online -= 1;
+            self.offline_slots.push(slot);
+        }
+        if let Some(m) = r.machine {
+            let machine = &mut self.machines[m as usize];
+            machine.busy -= 1;
+            if machine.state == MachineState::Draining && machine.busy == 0 {
+                self.stop(m);
+            }
+        }
         self.busy -= 1;
         self.busy_by_language[r.language] -= 1;
         self.finished += 1;
         self.finished_len += r.len;
         self.queue.finish(id, reopen);
-        if drained {
-            self.stop(m);
-        }
         let s = &mut self.sittings[r.sitting as usize];
         s.runs_left -= 1;
         if s.runs_left == 0 {
@@ -510,8 +611,8 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             return;
         }
         self.machines[m as usize].state = MachineState::Ready;
-        let slots = self.slots_of(m);
-        self.queue.open(&slots);
+        self.ready.push(m);
+        self.fit_share();
     }
 
     fn observe(&self) -> Observation {
@@ -560,7 +661,11 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
             arrival_rate: self.arrival_rate.value().unwrap_or(0.0),
             mean_run: Duration::from_secs_f64(self.mean_run.value().unwrap_or(0.0)),
             queued_cpu: backlog.cpu.map(|c| c * g),
-            busy_slots: self.busy * g,
+            busy_slots: {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let b = self.fleet_busy().round() as u32;
+                b
+            },
             total_slots: u32::try_from(ready).unwrap_or(u32::MAX)
                 * self.cfg.fleet.cores_per_machine,
             workers,
@@ -593,8 +698,7 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
                 MachineState::Booting => self.stop(m),
                 MachineState::Ready => {
                     self.machines[m as usize].state = MachineState::Draining;
-                    let slots = self.slots_of(m);
-                    self.queue.close_idle(&slots);
+                    self.ready.retain(|&r| r != m);
                     if self.machines[m as usize].busy == 0 {
                         self.stop(m);
                     }
@@ -602,6 +706,7 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
                 MachineState::Draining | MachineState::Stopped => {}
             }
         }
+        self.fit_share();
         for _ in 0..d.start {
             let m = self.add_machine();
             let jitter = self.rng.unit() * self.cfg.fleet.boot_jitter.as_secs_f64();
@@ -632,7 +737,7 @@ impl<'a, Q: RunQueue> Engine<'a, Q> {
         self.timeline.push(Sample {
             t: self.now.saturating_sub(self.start).as_secs_f64(),
             arrivals_per_s: arrivals,
-            busy_slots: f64::from(self.busy) * g,
+            busy_slots: self.fleet_busy(),
             queued: f64::from(queued) * g,
             machines: self.live_machines(),
             ready: count(MachineState::Ready),

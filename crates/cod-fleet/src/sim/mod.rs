@@ -67,6 +67,8 @@ pub fn simulate_with_progress(
     rt.block_on(tokio::task::unconstrained(async {
         let f = &config.fleet;
         let s = &config.scheduler;
+        // The gateway's share of the fleet is at most this: its equal part of the most
+        // machines the policy may have (it may use more of fewer machines).
         let per_machine = f.cores_per_machine / f.gateways;
         let slots = usize::try_from(config.policy.max_workers.saturating_mul(per_machine))
             .unwrap_or(usize::MAX);

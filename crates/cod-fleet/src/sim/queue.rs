@@ -2,9 +2,10 @@
 //! (`cod-sched`, through [`super::SchedQueue`]) implements, so that the simulated day is
 //! ordered and admitted by the same code as a real gateway.
 //!
-//! Slots are numbered; a slot is online (free or running a run) or offline (its machine is
-//! booting, draining or gone). The simulation brings a booted machine's slots online, takes
-//! a draining machine's free slots offline at once and its busy ones as their runs end.
+//! Slots are numbered; a slot is online (free or running a run) or offline. The simulation
+//! keeps as many online as the gateway's share of the fleet: when the share grows it
+//! brings slots online, when it shrinks it takes free ones offline at once and busy ones as
+//! their runs end.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -61,7 +62,7 @@ pub trait RunQueue {
     fn submit(&mut self, run: RunSpec) -> Result<(), Refused>;
 
     /// A started run finished. Its slot goes back to the queue when `reopen`, else offline
-    /// (its machine is draining).
+    /// (the gateway's share has shrunk).
     fn finish(&mut self, id: u64, reopen: bool);
 
     /// Brings these (offline) slots online.

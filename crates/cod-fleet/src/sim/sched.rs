@@ -6,9 +6,9 @@
 //! polled with a waker each, which records which runs were granted a slot, so nothing is
 //! polled in vain.
 //!
-//! The scheduler's slot count is fixed when it is made, while a fleet's is not: the queue is
-//! made with every slot the fleet could ever have, and slots whose machine is not up are
-//! held by permits of a pseudo-client (`offline`) that never queues. Bringing a slot online
+//! The scheduler's slot count is fixed when it is made, while a gateway's share of the
+//! fleet is not: the queue is made with the most slots the share may reach, and slots
+//! beyond the share are held by permits of a pseudo-client (`offline`) that never queues. Bringing a slot online
 //! drops its permit (the scheduler hands it to the best waiting run); taking a free slot
 //! offline takes a permit for exactly that slot. What this costs, and what in `cod-sched`
 //! would remove the need: see `docs/simulate.md`.
@@ -216,8 +216,8 @@ impl RunQueue for SchedQueue {
             self.collect();
         } else {
             // Kept offline. (The scheduler learns a run's length only when its permit is
-            // released, which would hand the slot on; a run ending on a draining machine
-            // is not learned from.)
+            // released, which would hand the slot on; a run ending when the share has
+            // shrunk is not learned from.)
             self.offline.insert(permit.slot(), permit);
         }
     }
