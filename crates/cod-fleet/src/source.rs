@@ -1,10 +1,11 @@
 //! Where the manager's view of the load comes from.
 //!
 //! A [`LoadSource`] yields [`LoadSample`]s, one per decision: queues per runtime, arrival
-//! rate, busy and total slots, busy slots per worker. The fleet's NATS source (JetStream
-//! stream and consumer state, the heartbeat bucket) implements it in the distributed mode;
-//! here are the sources that need no broker: JSON lines from a reader (`cod fleet --source
-//! stdin`), a channel, and a list.
+//! rate, busy and total slots, busy slots per worker. The fleet's NATS source
+//! ([`crate::nats_source`]: JetStream stream and consumer state, the heartbeat bucket)
+//! implements it in the distributed mode; here are the sources that need no broker: JSON
+//! lines from a reader (`cod fleet` without `--nats` reads its stdin), a channel, and a
+//! list.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
