@@ -172,9 +172,13 @@ impl Admitted {
     /// survives this process (in the distributed mode: in the job stream), so that an
     /// accepted job is never lost.
     pub(crate) async fn spawn(self) -> String {
+        if self.st.worker.remote().is_none() {
+            // The embedded mode: accepted jobs live in this process, queued or not.
+            return self.spawn_with(None);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = self.spawn_with(Some(tx));
-        // Dropped unsent (the local backend, or a failure the job's result reports): go on.
+        // Dropped unsent (a failure the job's result reports): go on.
         let _ = rx.await;
         id
     }
