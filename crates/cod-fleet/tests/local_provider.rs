@@ -241,3 +241,29 @@ async fn the_manager_grows_and_shrinks_local_workers_with_the_load() {
         .expect("ran");
     assert_eq!(n, 3);
 }
+
+/// `{index}` is the lowest number from 1 that no live worker has: distinct while workers
+/// live side by side (their sandboxes' uid ranges come from it), reused once one is gone.
+#[tokio::test]
+async fn live_workers_get_distinct_indexes_and_freed_ones_are_reused() {
+    let p = provider(&["--drain-ms", "0"], Duration::from_secs(20));
+    let mut ev = p.subscribe();
+    let ids = p.start(3).expect("started");
+    let indexes: Vec<u32> = ids.iter().map(|id| p.index_of(id).expect("live")).collect();
+    assert_eq!(indexes, [1, 2, 3]);
+    p.drain(&ids[..1]).expect("drained");
+    let gone = wait_for(&mut ev, |e| match e {
+        LocalEvent::Exited { id, .. } => Some(id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone, ids[0]);
+    assert_eq!(p.index_of(&ids[0]), None);
+    let again = p.start(2).expect("started");
+    let indexes: Vec<u32> = again
+        .iter()
+        .map(|id| p.index_of(id).expect("live"))
+        .collect();
+    assert_eq!(indexes, [1, 4], "the freed 1 first, then the next free one");
+    p.shutdown().await;
+}

@@ -89,6 +89,11 @@ pub(crate) struct WorkerArgs {
     /// This worker's id in heartbeats and logs; default: host name and process id.
     #[arg(long, env = "COD_WORKER_ID")]
     pub(crate) id: Option<String>,
+    /// Which of several workers on one host this is: its sandbox runs as uids
+    /// `sandbox.uid_base + 1000 × N` and up, apart from the other workers' (at most 1000
+    /// slots). `cod fleet --provider local` numbers its workers from 1.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) instance: u32,
     /// Directory of extra language files.
     #[arg(long, env = "COD_LANGUAGES_DIR")]
     pub(crate) languages_dir: Option<PathBuf>,

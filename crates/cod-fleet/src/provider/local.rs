@@ -1,7 +1,8 @@
 //! The local provider: worker processes on this host, for tests and small installs.
 //!
 //! Each worker is a process started from a configurable command line (by default
-//! `cod worker`; `{id}` in an argument becomes the worker's id), in a process group of its
+//! `cod worker`; `{id}` in an argument becomes the worker's id, `{index}` a number unique
+//! among the live workers), in a process group of its
 //! own. It is `Starting` until it writes a line containing `ready_line` on its standard
 //! output (or at once without one), then `Ready`. Draining sends it `SIGTERM` through a
 //! pidfd (no pid-reuse race) and waits for it to exit; one still running `drain_timeout`
@@ -37,7 +38,8 @@ use crate::worker::{WorkerId, WorkerState, WorkerView};
 #[serde(deny_unknown_fields, default)]
 pub struct LocalConfig {
     /// The command that runs one worker: the program, then its arguments. `{id}` in an
-    /// argument is replaced by the worker's id.
+    /// argument is replaced by the worker's id, `{index}` by the lowest number from 1 that
+    /// no other live worker has (for what must differ per worker on one host).
     pub command: Vec<String>,
     /// A worker is ready once it writes a line containing this on its standard output;
     /// without it, as soon as it runs.
@@ -135,6 +137,8 @@ pub enum LocalEvent {
 struct Entry {
     state: WorkerState,
     drain: Option<oneshot::Sender<()>>,
+    /// Its `{index}`: the lowest number from 1 no other live worker has.
+    index: u32,
 }
 
 #[derive(Debug)]
@@ -207,16 +211,27 @@ impl LocalProvider {
         Ok(ids)
     }
 
+    /// The `{index}` worker `id` was started with, while it lives.
+    pub fn index_of(&self, id: &WorkerId) -> Option<u32> {
+        self.shared.lock().get(id).map(|e| e.index)
+    }
+
     fn start_one(&self) -> Result<WorkerId, LocalError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = WorkerId(format!("{}-{n:05}", self.config.id_prefix));
+        // Workers on one host must not share what is per host, such as the sandbox's uid
+        // range: `{index}` is small and unique among the live workers.
+        let index = {
+            let workers = self.shared.lock();
+            let used: std::collections::BTreeSet<u32> = workers.values().map(|e| e.index).collect();
+            (1..).find(|i| !used.contains(i)).unwrap_or(1)
+        };
         let program = &self.config.command[0];
         let mut cmd = Command::new(program);
-        cmd.args(
-            self.config.command[1..]
-                .iter()
-                .map(|a| a.replace("{id}", &id.0)),
-        )
+        cmd.args(self.config.command[1..].iter().map(|a| {
+            a.replace("{id}", &id.0)
+                .replace("{index}", &index.to_string())
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -248,9 +263,10 @@ impl LocalProvider {
                     WorkerState::Starting
                 },
                 drain: Some(tx),
+                index,
             },
         );
-        tracing::info!(worker = %id, pid, "worker started");
+        tracing::info!(worker = %id, pid, index, "worker started");
         self.shared.emit(LocalEvent::Started {
             id: id.clone(),
             pid,

@@ -129,6 +129,9 @@ fn local_config(section: LocalSection, nats: Option<&str>) -> anyhow::Result<Loc
                 nats.into(),
                 "--id".into(),
                 "{id}".into(),
+                // Its own sandbox uid range beside the other workers of this host.
+                "--instance".into(),
+                "{index}".into(),
             ]
         }
     };

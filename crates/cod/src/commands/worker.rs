@@ -23,6 +23,17 @@ pub(crate) fn worker(mut config: Config, args: WorkerArgs) -> anyhow::Result<Exi
         0 => super::cpus(),
         n => n,
     };
+    if args.instance > 0 {
+        anyhow::ensure!(
+            slots <= 1000,
+            "--instance: a worker sharing its host takes at most 1000 slots (asked {slots})"
+        );
+        config.sandbox.uid_base = args
+            .instance
+            .checked_mul(1000)
+            .and_then(|o| config.sandbox.uid_base.checked_add(o))
+            .context("--instance: the uid range overflows")?;
+    }
     let registry = super::load_registry(&config)?;
     let runtimes = if args.runtimes.is_empty() {
         registry
