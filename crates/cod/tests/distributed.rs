@@ -711,3 +711,33 @@ slots = 1
     manager.wait_line("worker stopped");
     wait_workers(&gw, "none left", <[Value]>::is_empty).await;
 }
+
+/// `cod serve --nats --local-worker`: one process is a gateway and a worker on the bus,
+/// listed among the workers and running runs like any other.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_gateway_with_a_local_worker_runs_jobs_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let d = dir.path().join("g1");
+    std::fs::create_dir_all(&d).unwrap();
+    let gw = Server::start(
+        &["--nats", &nats.url(), "--local-worker", "--workers", "1"],
+        &format!(
+            "[languages]\nenabled = [\"python\", \"c\"]\n[sandbox]\nuid_base = 68800\n[cache]\ndir = {:?}\n{FLEET}",
+            d.join("cache")
+        ),
+        &[],
+        &d,
+    );
+    let list = wait_workers(&gw, "its own worker", |l| l.len() == 1).await;
+    assert!(
+        list[0]["id"].as_str().unwrap().ends_with("-local"),
+        "{list:#?}"
+    );
+    assert_eq!(list[0]["slots"], 1);
+    let v = run(&gw, "python", "print(6 * 7)").await;
+    assert_eq!(v["stdout"], "42\n", "{v}");
+    let stored = job(&gw, v["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(stored["worker"], list[0]["id"]);
+}

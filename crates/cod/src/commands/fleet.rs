@@ -467,7 +467,15 @@ mod tests {
         let local = local_config(f.local, Some("nats://n:4222")).expect("valid");
         assert_eq!(
             &local.command[1..],
-            ["worker", "--nats", "nats://n:4222", "--id", "{id}"]
+            [
+                "worker",
+                "--nats",
+                "nats://n:4222",
+                "--id",
+                "{id}",
+                "--instance",
+                "{index}"
+            ]
         );
         assert_eq!(local.drain_timeout, LocalConfig::default().drain_timeout);
     }
