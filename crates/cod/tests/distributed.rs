@@ -222,6 +222,28 @@ fn gateway(dir: &Path, nats: &Nats, name: &str) -> Server {
     )
 }
 
+/// The command names of `pid`'s child processes.
+fn children(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if rest.split(' ').nth(1) == Some(&pid.to_string()) {
+            out.push(
+                std::fs::read_to_string(e.path().join("cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " "),
+            );
+        }
+    }
+    out
+}
+
 async fn workers(gw: &Server) -> Vec<Value> {
     let v: Value = client()
         .get(gw.url("/api/v1/workers"))
@@ -319,6 +341,8 @@ async fn runs_go_to_workers_of_their_runtime_and_come_back() {
     })
     .await;
     assert_eq!(worker_by(&list, "w3").unwrap()["runtimes"], json!(["c"]));
+    // A gateway that runs nothing starts no sandbox helper: it needs no privilege.
+    assert_eq!(children(gw.child.id()), Vec::<String>::new());
     assert_eq!(worker_by(&list, "w1").unwrap()["slots"], 1);
 
     // Six at once on two one-slot Python workers: all answered, each with its own output.

@@ -82,7 +82,12 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
         }
     }
     let cache = super::compile_cache(&config)?;
-    let pool = super::start_pool(&config, &jail, &registry);
+    // A gateway that runs nothing keeps nothing warm (and so never starts the sandbox).
+    let pool = if local_runs {
+        super::start_pool(&config, &jail, &registry)
+    } else {
+        None
+    };
     let mut executor = Executor::new(jail.clone(), registry, config.limits).with_cache(cache);
     if let Some(pool) = pool {
         executor = executor.with_pool(pool);
