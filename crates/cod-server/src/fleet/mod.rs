@@ -150,10 +150,9 @@ pub async fn list_workers(State(st): State<AppState>) -> Result<Json<WorkerList>
             let runtimes = st
                 .executor
                 .registry()
-                .all()
-                .iter()
-                .filter(|l| l.unavailable.is_none())
-                .map(|l| l.name.clone())
+                .available_names()
+                .into_iter()
+                .map(str::to_owned)
                 .collect();
             vec![WorkerEntry {
                 heartbeat: Heartbeat {

@@ -138,10 +138,9 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
                     let runtimes = state
                         .executor
                         .registry()
-                        .all()
-                        .iter()
-                        .filter(|l| l.unavailable.is_none())
-                        .map(|l| l.name.clone())
+                        .available_names()
+                        .into_iter()
+                        .map(str::to_owned)
                         .collect();
                     let host = cod_server::fleet::host_name();
                     let opts = cod_server::fleet::WorkerOptions {

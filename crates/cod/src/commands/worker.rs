@@ -37,10 +37,9 @@ pub(crate) fn worker(mut config: Config, args: WorkerArgs) -> anyhow::Result<Exi
     let registry = super::load_registry(&config)?;
     let runtimes = if args.runtimes.is_empty() {
         registry
-            .all()
-            .iter()
-            .filter(|l| l.unavailable.is_none())
-            .map(|l| l.name.clone())
+            .available_names()
+            .into_iter()
+            .map(str::to_owned)
             .collect()
     } else {
         let mut names = Vec::new();
