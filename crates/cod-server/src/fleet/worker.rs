@@ -140,7 +140,7 @@ pub async fn serve_jobs(
             }
         }
         tokio::select! {
-            Some(woke) = next_wake(&mut wake) => {
+            Some(woke) = next(&mut wake) => {
                 // Claim from the consumer the job was published to first.
                 if let Some((_, c)) = consumers.iter().find(|(s, _)| *s == woke.subject.as_str())
                     && !free.is_empty()
@@ -171,15 +171,6 @@ pub async fn serve_jobs(
     Ok(())
 }
 
-async fn next_wake(
-    wake: &mut Option<SelectAll<async_nats::Subscriber>>,
-) -> Option<async_nats::Message> {
-    match wake {
-        Some(w) => w.next().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Joins the wake-up queue group of each runtime.
 async fn join_groups(ctx: &Ctx) -> SelectAll<async_nats::Subscriber> {
     let mut all = SelectAll::new();
@@ -200,8 +191,14 @@ async fn join_groups(ctx: &Ctx) -> SelectAll<async_nats::Subscriber> {
 
 /// One job from `c` if it has one waiting.
 async fn claim(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstream::Message> {
-    let mut batch = c.fetch().max_messages(1).messages().await.ok()?;
-    match batch.next().await {
+    one(c.fetch().max_messages(1).messages().await).await
+}
+
+/// The message a pull of one brought, if any.
+async fn one(
+    batch: Result<consumer::pull::Batch, consumer::pull::BatchError>,
+) -> Option<jetstream::Message> {
+    match batch.ok()?.next().await {
         Some(Ok(m)) => Some(m),
         _ => None,
     }
@@ -211,17 +208,13 @@ async fn claim(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstre
 /// job (subscribers hear of a message as the stream is storing it): the pull waits a
 /// little for it rather than find the stream empty.
 async fn claim_woken(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstream::Message> {
-    let mut batch = c
+    one(c
         .batch()
         .max_messages(1)
         .expires(WOKEN_PATIENCE)
         .messages()
-        .await
-        .ok()?;
-    match batch.next().await {
-        Some(Ok(m)) => Some(m),
-        _ => None,
-    }
+        .await)
+    .await
 }
 
 /// How long a woken worker waits for the announced job to be stored.
@@ -571,8 +564,9 @@ async fn run(
     (Some(result.unwrap_or_default()), events.seq)
 }
 
-async fn next(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
-    match sub {
+/// The next item of `stream`, or never when there is none (a `select!` branch that sleeps).
+async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
