@@ -217,38 +217,25 @@ fn spawn_cod(dir: &Path, config: &str, args: &[&str]) -> anyhow::Result<Proc> {
     Ok(Proc(child))
 }
 
-/// Waits until no worker is busy (their prebuilds hold their slot at first).
-async fn wait_idle(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+/// Waits (up to `within`) until the gateway's worker list satisfies `ok`; `what` names it
+/// in the error.
+async fn wait_workers(
+    client: &reqwest::Client,
+    url: &str,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&[Value]) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
     loop {
         if let Ok(r) = client.get(format!("{url}/api/v1/workers")).send().await
             && let Ok(v) = r.json::<Value>().await
-            && v["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().all(|w| w["busy"] == 0))
+            && v["workers"].as_array().is_some_and(|w| ok(w))
         {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the workers were still busy after 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_workers(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/api/v1/workers")).send().await
-            && let Ok(v) = r.json::<Value>().await
-            && v["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().filter(|w| w["state"] == "ready").count() == n)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the workers did not all report ready within 60 s");
+            bail!("the workers were not {what} within {within:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -305,9 +292,16 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
         &["serve", "--nats", &nats],
     )?;
     let fleet = format!("http://127.0.0.1:{gw_port}");
-    wait_workers(&client, &fleet, 2).await?;
+    wait_workers(&client, &fleet, "all ready", Duration::from_secs(60), |w| {
+        w.iter().filter(|w| w["state"] == "ready").count() == 2
+    })
+    .await?;
     eprintln!("waiting for the workers' prebuilt C++ header...");
-    wait_idle(&client, &fleet).await?;
+    // Their prebuilds hold their slot at first.
+    wait_workers(&client, &fleet, "idle", Duration::from_secs(300), |w| {
+        w.iter().all(|w| w["busy"] == 0)
+    })
+    .await?;
     eprintln!("starting cod serve with 2 slots...");
     let single = start_server(&client, 2, 58_000, true).await?;
 
