@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::server::{Server, client};
+use common::server::{Server, client, get_json, post_json};
 use serde_json::{Value, json};
 use serial_test::serial;
 
@@ -245,14 +245,7 @@ fn children(pid: u32) -> Vec<String> {
 }
 
 async fn workers(gw: &Server) -> Vec<Value> {
-    let v: Value = client()
-        .get(gw.url("/api/v1/workers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = get_json(&gw.url("/api/v1/workers")).await;
     v["workers"].as_array().unwrap().clone()
 }
 
@@ -275,26 +268,18 @@ fn worker_by<'a>(list: &'a [Value], id: &str) -> Option<&'a Value> {
 }
 
 async fn run(gw: &Server, language: &str, source: &str) -> Value {
-    let r = client()
-        .post(gw.url("/api/v1/run"))
-        .json(&json!({"language": language, "source": source}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    let (status, v) = post_json(
+        &gw.url("/api/v1/run"),
+        &json!({"language": language, "source": source}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
 }
 
 async fn job(gw: &Server, id: &str) -> Option<Value> {
-    let r = client()
-        .get(gw.url(&format!("/api/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    if r.status() == 404 {
-        return None;
-    }
-    Some(r.json().await.unwrap())
+    let (status, v) = get_json(&gw.url(&format!("/api/v1/jobs/{id}"))).await;
+    (status != 404).then_some(v)
 }
 
 /// Waits (bounded) until job `id` is done on `gw`.
@@ -312,14 +297,12 @@ async fn wait_done(gw: &Server, id: &str) -> Value {
 }
 
 async fn submit(gw: &Server, source: &str) -> String {
-    let r = client()
-        .post(gw.url("/api/v1/jobs"))
-        .json(&json!({"language": "python", "source": source}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let v: Value = r.json().await.unwrap();
+    let (status, v) = post_json(
+        &gw.url("/api/v1/jobs"),
+        &json!({"language": "python", "source": source}),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
     v["id"].as_str().unwrap().to_owned()
 }
 
@@ -350,16 +333,8 @@ async fn runs_go_to_workers_of_their_runtime_and_come_back() {
     for i in 0..6 {
         let url = gw.url("/api/v1/run");
         tasks.push(tokio::spawn(async move {
-            let v: Value = client()
-                .post(url)
-                .json(&json!({"language": "python", "source": format!("print({i} * 7)")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (i, v)
+            let body = json!({"language": "python", "source": format!("print({i} * 7)")});
+            (i, post_json(&url, &body).await.1)
         }));
     }
     for t in tasks {
@@ -429,16 +404,10 @@ async fn a_job_whose_worker_dies_finishes_elsewhere() {
     wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
     let url = gw.url("/api/v1/run");
     let pending = tokio::spawn(async move {
-        client()
-            .post(url)
-            .json(&json!({"language": "python", "source":
-                "import time\ntime.sleep(1.5)\nprint('finished')"}))
-            .send()
+        let source = "import time\ntime.sleep(1.5)\nprint('finished')";
+        post_json(&url, &json!({"language": "python", "source": source}))
             .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
+            .1
     });
     wait_workers(&gw, "busy", |l| {
         worker_by(l, "w1").is_some_and(|w| w["busy"] == 1)
@@ -469,15 +438,10 @@ async fn deliveries_of_a_job_are_bounded() {
     let gw = gateway(dir.path(), &nats, "g1");
     let url = gw.url("/api/v1/run");
     let pending = tokio::spawn(async move {
-        client()
-            .post(url)
-            .json(&json!({"language": "python", "source": "import time\ntime.sleep(30)"}))
-            .send()
+        let source = "import time\ntime.sleep(30)";
+        post_json(&url, &json!({"language": "python", "source": source}))
             .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
+            .1
     });
     for (n, id) in ["w1", "w2"].iter().enumerate() {
         let mut w = worker(

@@ -610,14 +610,7 @@ async fn closing_the_connection_kills_the_run_or_leaves_the_queue() {
     })
     .await
     .expect("one run runs and one waits");
-    let listed: Value = http
-        .get(server.url("/api/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, listed) = common::server::get_json(&server.url("/api/v1/jobs")).await;
     let states: Vec<&str> = listed["jobs"]
         .as_array()
         .unwrap()
@@ -647,14 +640,7 @@ async fn closing_the_connection_kills_the_run_or_leaves_the_queue() {
     })
     .await
     .expect("the run is killed and its slot freed");
-    let listed: Value = http
-        .get(server.url("/api/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, listed) = common::server::get_json(&server.url("/api/v1/jobs")).await;
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 0, "{listed}");
     let metrics = http
         .get(server.url("/metrics"))
@@ -669,14 +655,10 @@ async fn closing_the_connection_kills_the_run_or_leaves_the_queue() {
         "both runs count as cancelled:\n{metrics}"
     );
     // And the slot runs the next program.
-    let v: Value = http
-        .post(server.url("/api/v1/run"))
-        .json(&json!({"language": "python", "source": "print('next')"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = common::server::post_json(
+        &server.url("/api/v1/run"),
+        &json!({"language": "python", "source": "print('next')"}),
+    )
+    .await;
     assert_eq!(v["stdout"], "next\n", "{v}");
 }

@@ -90,3 +90,17 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// POSTs `body` as JSON to `url`: the answer's status and JSON body.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client().post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// GETs `url`: the answer's status and JSON body (`null` when it has none).
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
