@@ -258,9 +258,9 @@ impl Jail {
         })
     }
 
-    /// A jail whose helper starts with its first run, for a process that may never run
-    /// anything itself (a fleet gateway without a local worker): it needs no privileges
-    /// until then. [`Jail::cgroup_mode`] reports the configured mode until the helper
+    /// A jail whose helper starts with its first run (or its first [`Jail::set_warm`]), for
+    /// a process that may never run anything itself (a fleet gateway without a local
+    /// worker, which therefore keeps no warm pool): it needs no privileges until then. [`Jail::cgroup_mode`] reports the configured mode until the helper
     /// has started.
     pub fn deferred(program: &Path, args: &[&OsStr], config: &JailConfig) -> Jail {
         Jail {
