@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use cod_core::StageReport;
-use cod_sandbox::FileEntry;
+use cod_sandbox::{FileEntry, SharedFile};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -60,6 +60,10 @@ impl KeyBuilder {
     }
 }
 
+/// Files of an artifact at least this large reach a run's sandbox as a [`SharedFile`] (one
+/// sealed memfd per artifact, copied in the kernel) instead of through the run's sockets.
+pub const SHARE_FROM: usize = 64 << 10;
+
 /// What a compile produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -67,14 +71,87 @@ pub struct Artifact {
     pub files: Vec<FileEntry>,
     /// The compiler's report (its warnings or errors).
     pub compile: StageReport,
+    /// The large files as [`SharedFile`]s, made at the artifact's first cached run.
+    #[serde(skip)]
+    shared: SharedOnce,
 }
 
+/// An artifact's large files as sealed memfds, made once (`None` inside: making them failed,
+/// and runs send the bytes). Not part of what an artifact is: clones start empty and every
+/// two compare equal.
+#[derive(Default)]
+struct SharedOnce(std::sync::OnceLock<Option<Vec<SharedFile>>>);
+
+impl Clone for SharedOnce {
+    fn clone(&self) -> SharedOnce {
+        SharedOnce::default()
+    }
+}
+
+impl fmt::Debug for SharedOnce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedOnce")
+    }
+}
+
+impl PartialEq for SharedOnce {
+    fn eq(&self, _: &SharedOnce) -> bool {
+        true
+    }
+}
+
+impl Eq for SharedOnce {}
+
 impl Artifact {
+    /// A compile's files and report.
+    pub fn new(files: Vec<FileEntry>, compile: StageReport) -> Artifact {
+        Artifact {
+            files,
+            compile,
+            shared: SharedOnce::default(),
+        }
+    }
+
+    /// The files a run gets: those under [`SHARE_FROM`] bytes by value, the others as
+    /// [`SharedFile`]s made on the first call and kept with the artifact (all by value if
+    /// a memfd cannot be made).
+    pub fn run_files(&self) -> (Vec<FileEntry>, Vec<SharedFile>) {
+        let big = |f: &FileEntry| f.content.len() >= SHARE_FROM;
+        let shared = self.shared.0.get_or_init(|| {
+            let made: io::Result<Vec<SharedFile>> = self
+                .files
+                .iter()
+                .filter(|f| big(f))
+                .take(cod_sandbox::protocol::MAX_SHARED)
+                .map(|f| SharedFile::new(&f.name, &f.content, f.executable))
+                .collect();
+            made.inspect_err(|e| tracing::warn!(error = %e, "sharing a compiled program"))
+                .ok()
+        });
+        match shared {
+            Some(shared) => {
+                let by_value = self
+                    .files
+                    .iter()
+                    .filter(|f| !shared.iter().any(|s| s.name == f.name))
+                    .cloned()
+                    .collect();
+                (by_value, shared.clone())
+            }
+            None => (self.files.clone(), Vec::new()),
+        }
+    }
+
+    /// Bytes the artifact holds: its files, counted twice when large (a memfd copy of them
+    /// is kept once it has run), its report and a fixed overhead.
     fn weight(&self) -> u32 {
         let bytes: usize = self
             .files
             .iter()
-            .map(|f| f.content.len() + f.name.len())
+            .map(|f| {
+                let copies = if f.content.len() >= SHARE_FROM { 2 } else { 1 };
+                f.content.len() * copies + f.name.len()
+            })
             .sum::<usize>()
             + self.compile.stdout.len()
             + self.compile.stderr.len()
@@ -413,19 +490,50 @@ mod tests {
     use super::*;
     use cod_core::Status;
 
+    #[test]
+    fn large_files_run_from_one_memfd_made_once_small_ones_by_value() {
+        use std::os::fd::AsRawFd as _;
+        let mut a = artifact(SHARE_FROM);
+        a.files.push(FileEntry {
+            name: "data".into(),
+            content: b"small".to_vec(),
+            executable: false,
+        });
+        let (by_value, shared) = a.run_files();
+        assert_eq!(by_value, vec![a.files[1].clone()]);
+        assert_eq!(shared.len(), 1);
+        assert_eq!(
+            (shared[0].name.as_str(), shared[0].executable),
+            ("main", true)
+        );
+        let fd = shared[0].fd().expect("a memfd");
+        let mut head = [0u8; 4];
+        assert_eq!(rustix::io::pread(fd, &mut head, 0).unwrap(), 4);
+        assert_eq!(head, [7; 4]);
+        // The next run gets the same memfd, not another copy.
+        let (_, again) = a.run_files();
+        assert_eq!(
+            again[0].fd().unwrap().as_raw_fd(),
+            shared[0].fd().unwrap().as_raw_fd()
+        );
+        // Counted twice: the bytes and their memfd.
+        assert!(a.weight() as usize >= 2 * SHARE_FROM);
+        assert!(artifact(SHARE_FROM - 1).run_files().1.is_empty());
+    }
+
     fn artifact(n: usize) -> Artifact {
-        Artifact {
-            files: vec![FileEntry {
+        Artifact::new(
+            vec![FileEntry {
                 name: "main".into(),
                 content: vec![7; n],
                 executable: true,
             }],
-            compile: StageReport {
+            StageReport {
                 status: Status::Ok,
                 stderr: "warning: unused".into(),
                 ..Default::default()
             },
-        }
+        )
     }
 
     fn key(s: &str) -> ArtifactKey {

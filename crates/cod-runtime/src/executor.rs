@@ -170,14 +170,17 @@ pub async fn run_in_jail_io(
         2 => vec![StageKind::Compile, StageKind::Run],
         n => vec![StageKind::Run; n],
     };
-    let frame = protocol::encode(&Request::Run(Box::new(spec)))
-        .map_err(|e| failure("encoding the run", e))?;
+    let request = Encoded {
+        shared: protocol::shared_fds(&spec).map_err(|e| failure("sharing the run's files", e))?,
+        frame: protocol::encode(&Request::Run(Box::new(spec)))
+            .map_err(|e| failure("encoding the run", e))?,
+    };
     let mut pending = Vec::new();
     for _ in 0..2 {
         match attempt(
             jail,
             slot,
-            &frame,
+            &request,
             &mut on_stage,
             io.as_deref_mut(),
             &kinds,
@@ -195,6 +198,13 @@ pub async fn run_in_jail_io(
     ))
 }
 
+/// A run's request as it goes to the supervisor: the frame, and the descriptors of its
+/// spec's shared files, which ride on the frame's length prefix.
+struct Encoded {
+    frame: Vec<u8>,
+    shared: Vec<std::os::fd::OwnedFd>,
+}
+
 enum Attempt {
     /// The run's socket closed before any event: the run never started.
     Lost,
@@ -209,7 +219,7 @@ fn micros_ms(d: Duration) -> u64 {
 async fn attempt(
     jail: &Jail,
     slot: u32,
-    frame: &[u8],
+    request: &Encoded,
     on_stage: &mut impl FnMut(u32, &StageOutcome, Vec<FileEntry>),
     mut io: Option<&mut RunIo>,
     kinds: &[StageKind],
@@ -222,6 +232,11 @@ async fn attempt(
             return Attempt::Done(Err(failure("handing the run to the sandbox helper", e)));
         }
     };
+    // The length prefix carries the shared files' descriptors; the rest follows.
+    let Encoded { frame, shared } = request;
+    if protocol::send_run_head(std::os::fd::AsFd::as_fd(&sock), frame, shared).is_err() {
+        return Attempt::Lost;
+    }
     let sock = sock
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(sock));
@@ -230,7 +245,7 @@ async fn attempt(
         Err(e) => return Attempt::Done(Err(failure("preparing the run's socket", e))),
     };
     let (read, mut write) = sock.into_split();
-    if write.write_all(frame).await.is_err() {
+    if write.write_all(&frame[4..]).await.is_err() {
         return Attempt::Lost;
     }
     let mut frames = tokio_util::codec::LengthDelimitedCodec::builder()
@@ -365,14 +380,8 @@ async fn send_input(
 fn cacheable(job: &Job, outcome: &StageOutcome, artifacts: Vec<FileEntry>) -> Option<Artifact> {
     let compile = stage_report(outcome, &job.compile_limits, "the compiler");
     match outcome.status() {
-        Status::Ok if !artifacts.is_empty() => Some(Artifact {
-            files: artifacts,
-            compile,
-        }),
-        Status::RuntimeError => Some(Artifact {
-            files: Vec::new(),
-            compile,
-        }),
+        Status::Ok if !artifacts.is_empty() => Some(Artifact::new(artifacts, compile)),
+        Status::RuntimeError => Some(Artifact::new(Vec::new(), compile)),
         _ => None,
     }
 }
@@ -616,6 +625,7 @@ impl Executor {
             slot,
             binds: self.host.binds().to_vec(),
             symlinks: self.host.symlinks().to_vec(),
+            shared: Vec::new(),
             files: p
                 .sources
                 .iter()

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cod_core::limits::{LimitsPolicy, LimitsSpec};
 use cod_core::run::{RequestError, RunRequest};
-use cod_sandbox::{Bind, FileEntry, Layout, SandboxSpec, StageSpec, Symlink};
+use cod_sandbox::{Bind, FileEntry, Layout, SandboxSpec, SharedFile, StageSpec, Symlink};
 
 use crate::cache::{Artifact, ArtifactKey, KeyBuilder};
 use crate::language::{Language, Registry};
@@ -355,7 +355,7 @@ impl Job {
         slot: u32,
         host: &HostLayout,
         stages: Vec<StageSpec>,
-        extra: &[FileEntry],
+        (extra, shared): (&[FileEntry], Vec<SharedFile>),
         disk_mb: u64,
     ) -> SandboxSpec {
         let mut binds = host.binds.clone();
@@ -379,11 +379,16 @@ impl Job {
                 .filter(|a| !self.files.iter().any(|(n, _)| *n == a.name))
                 .cloned(),
         );
+        let shared = shared
+            .into_iter()
+            .filter(|a| !self.files.iter().any(|(n, _)| *n == a.name))
+            .collect();
         SandboxSpec {
             slot,
             binds,
             symlinks: host.symlinks.clone(),
             files,
+            shared,
             stages,
             disk: disk_mb.saturating_mul(1 << 20),
             stream: false,
@@ -401,17 +406,18 @@ impl Job {
             stages.push(c);
         }
         stages.push(self.run_stage());
-        self.spec(slot, host, stages, &[], disk_mb)
+        self.spec(slot, host, stages, (&[], Vec::new()), disk_mb)
     }
 
     /// The spec that runs this job with an already compiled `artifact`: the run stage only,
     /// the artifact's files beside the sources.
     pub fn cached_spec(&self, slot: u32, host: &HostLayout, artifact: &Artifact) -> SandboxSpec {
+        let (files, shared) = artifact.run_files();
         self.spec(
             slot,
             host,
             vec![self.run_stage()],
-            &artifact.files,
+            (&files, shared),
             self.limits.disk_mb,
         )
     }

@@ -388,15 +388,18 @@ impl Jail {
 
     /// Runs `spec` and waits for its outcome (blocking).
     pub fn run(&self, spec: &SandboxSpec) -> Result<SandboxOutcome, JailError> {
-        let request = Request::Run(Box::new(spec.clone()));
+        let frame = protocol::encode(&Request::Run(Box::new(spec.clone())))?;
+        let fds = protocol::shared_fds(spec).map_err(JailError::Control)?;
         // A run whose socket closes before any event never reached a supervisor (the helper
         // died with it queued): it is handed over once more.
         for attempt in 0..2 {
             let mut sock = self.connect(spec.slot)?;
-            match protocol::write_frame(&mut sock, &request) {
+            let sent = protocol::send_run_head(std::os::fd::AsFd::as_fd(&sock), &frame, &fds)
+                .and_then(|()| std::io::Write::write_all(&mut sock, &frame[4..]));
+            match sent {
                 Ok(()) => {}
-                Err(FrameError::Io(_)) if attempt == 0 => continue,
-                Err(e) => return Err(e.into()),
+                Err(_) if attempt == 0 => continue,
+                Err(e) => return Err(FrameError::Io(e).into()),
             }
             let mut started = false;
             loop {

@@ -56,7 +56,8 @@ pub(crate) const NOT_STARTED_DISK: i32 = 4;
 
 /// Command kinds, supervisor to init (the first byte of each message).
 pub(crate) const CMD_GO: u8 = b'G';
-/// `F`, mode (u32), file name: create a file in the work dir.
+/// `F`, mode (u32), file name: create a file in the work dir; with a descriptor attached
+/// (a shared file), its contents are copied from it.
 pub(crate) const CMD_FILE: u8 = b'F';
 /// `D`, bytes: append to the file being written.
 pub(crate) const CMD_DATA: u8 = b'D';
@@ -330,7 +331,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     incoming.fail(NOT_STARTED_DISK, -1, e);
                 }
             }
-            CMD_FILE => incoming.begin(|| create_file(&work, body)),
+            CMD_FILE => {
+                incoming.begin(|| create_file(&work, body));
+                incoming.copy_attached(&fds[..nfds]);
+            }
             CMD_DATA => incoming.data(body),
             CMD_END => incoming.end(),
             CMD_PRESTART if nfds == 5 && prestarted.is_none() => {
@@ -558,6 +562,25 @@ impl Incoming {
         }
     }
 
+    /// `CMD_FILE` with descriptors attached: the current file's contents come from the one
+    /// descriptor (copied in the kernel, from offset 0 without moving the descriptor's own
+    /// offset, which other runs share); every attached descriptor is closed.
+    pub(crate) fn copy_attached(&mut self, fds: &[RawFd]) {
+        let copied = match (self.file.as_ref(), fds) {
+            (_, []) => Ok(()),
+            (Some(f), [src]) => copy_all(f, fd(*src)),
+            (Some(_), _) => Err(Errno::INVAL),
+            (None, _) => Ok(()),
+        };
+        for &f in fds {
+            sys::close(f);
+        }
+        if let Err(e) = copied {
+            self.fail(NOT_STARTED_FILE, self.index, e);
+            self.file = None;
+        }
+    }
+
     /// `CMD_END`: the current file is complete; it becomes the sandbox user's.
     pub(crate) fn end(&mut self) {
         if let Some(f) = self.file.take() {
@@ -584,6 +607,18 @@ impl Incoming {
     /// No file and no error since the last stage.
     pub(crate) fn is_idle(&self) -> bool {
         self.index == -1 && self.pending.is_none()
+    }
+}
+
+/// Copies all of `src` into `dst` with `sendfile`, reading from offset 0 of `src`.
+fn copy_all(dst: &OwnedFd, src: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut offset = 0u64;
+    loop {
+        match rustix::fs::sendfile(dst, src, Some(&mut offset), 1 << 30) {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -39,6 +39,6 @@ pub use client::{Jail, JailConfig, JailError};
 pub use helper::helper_main;
 pub use protocol::{Event, Failure, Request};
 pub use spec::{
-    Bind, Exit, FileEntry, Layout, SANDBOX_ID, SandboxOutcome, SandboxSpec, StageOutcome,
-    StageSpec, Symlink, WORK_DIR, WarmKind, WarmRuntime, WarmUse,
+    Bind, Exit, FileEntry, Layout, SANDBOX_ID, SandboxOutcome, SandboxSpec, SharedFile,
+    StageOutcome, StageSpec, Symlink, WORK_DIR, WarmKind, WarmRuntime, WarmUse,
 };

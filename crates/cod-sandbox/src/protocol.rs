@@ -145,9 +145,165 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, F
     decode(&body).map(Some)
 }
 
+/// Most [`SharedFile`](crate::spec::SharedFile)s one run takes.
+pub const MAX_SHARED: usize = 8;
+
+/// The descriptors of `spec`'s shared files, in order, to send with its request
+/// ([`send_run_head`]). Errors if there are more than [`MAX_SHARED`] or one has none.
+pub fn shared_fds(spec: &SandboxSpec) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+    if spec.shared.len() > MAX_SHARED {
+        return Err(io::Error::other(format!(
+            "{} shared files, more than {MAX_SHARED}",
+            spec.shared.len()
+        )));
+    }
+    spec.shared
+        .iter()
+        .map(|f| match f.fd() {
+            Some(fd) => fd.try_clone_to_owned(),
+            None => Err(io::Error::other(format!(
+                "shared file {:?} has no descriptor",
+                f.name
+            ))),
+        })
+        .collect()
+}
+
+/// Sends the length prefix of a run's request `frame` with `fds` (its spec's shared files)
+/// attached, on a fresh run socket; the caller then writes `frame[4..]`.
+pub fn send_run_head(
+    sock: std::os::fd::BorrowedFd<'_>,
+    frame: &[u8],
+    fds: &[std::os::fd::OwnedFd],
+) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+    use std::os::fd::AsFd as _;
+    let head = frame
+        .get(..4)
+        .ok_or_else(|| io::Error::other("a frame has a length prefix"))?;
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space =
+        [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_SHARED))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(io::Error::other("too many shared files"));
+    }
+    loop {
+        match sendmsg(
+            sock,
+            &[io::IoSlice::new(head)],
+            &mut anc,
+            SendFlags::NOSIGNAL,
+        ) {
+            // A fresh socket's buffer takes four bytes at once.
+            Ok(4) => return Ok(()),
+            Ok(_) => return Err(io::Error::other("the run socket took part of a prefix")),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads a run's request as [`send_run_head`] and the rest of the frame sent it: the
+/// request, with its spec's shared files given their descriptors. `Ok(None)` at a clean
+/// end of stream.
+pub(crate) fn read_run_request(
+    sock: &mut std::os::unix::net::UnixStream,
+) -> Result<Option<Request>, FrameError> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let mut header = [0u8; 4];
+    let mut space =
+        [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_SHARED))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        match recvmsg(
+            &*sock,
+            &mut [io::IoSliceMut::new(&mut header)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
+    };
+    let mut fds: Vec<std::os::fd::OwnedFd> = Vec::new();
+    for m in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if got.bytes == 0 {
+        return Ok(None);
+    }
+    if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(io::Error::other(format!("more than {MAX_SHARED} shared files")).into());
+    }
+    sock.read_exact(&mut header[got.bytes..])?;
+    let len = decode_len(header)?;
+    let mut body = vec![0u8; len];
+    sock.read_exact(&mut body)?;
+    let mut req: Request = decode(&body)?;
+    match &mut req {
+        Request::Run(spec) if spec.shared.len() == fds.len() => {
+            for (f, fd) in spec.shared.iter_mut().zip(fds) {
+                f.attach(fd);
+            }
+        }
+        Request::Run(spec) => {
+            return Err(io::Error::other(format!(
+                "the spec names {} shared files but {} descriptors came with it",
+                spec.shared.len(),
+                fds.len()
+            ))
+            .into());
+        }
+        _ if !fds.is_empty() => {
+            return Err(
+                io::Error::other("descriptors came with a request other than a run").into(),
+            );
+        }
+        _ => {}
+    }
+    Ok(Some(req))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_request_brings_its_shared_descriptors_and_no_others() {
+        use std::io::Write as _;
+        let send = |spec: &SandboxSpec, fds: &[std::os::fd::OwnedFd]| {
+            let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let frame = encode(&Request::Run(Box::new(spec.clone()))).unwrap();
+            send_run_head(std::os::fd::AsFd::as_fd(&a), &frame, fds).unwrap();
+            a.write_all(&frame[4..]).unwrap();
+            drop(a);
+            read_run_request(&mut b)
+        };
+        let file = crate::spec::SharedFile::new("main", b"\x7fELF", true).unwrap();
+        let mut spec = SandboxSpec::default();
+        spec.shared.push(file.clone());
+        let fds = shared_fds(&spec).unwrap();
+        let Ok(Some(Request::Run(got))) = send(&spec, &fds) else {
+            panic!("the request arrives");
+        };
+        assert_eq!(*got, spec);
+        // The descriptor that came is the memfd: same contents, still sealed.
+        let fd = got.shared[0].fd().expect("attached");
+        let mut buf = [0u8; 8];
+        let n = rustix::io::pread(fd, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], b"\x7fELF");
+        assert!(
+            rustix::io::write(fd, b"x").is_err(),
+            "a shared file is sealed"
+        );
+        // A spec naming a file whose descriptor did not come, or descriptors no spec names.
+        assert!(send(&spec, &[]).is_err());
+        assert!(send(&SandboxSpec::default(), &fds).is_err());
+    }
 
     #[test]
     fn frames_round_trip() {

@@ -21,7 +21,7 @@ use crate::init::{
 };
 use crate::mounts::{MountPlan, Step};
 use crate::protocol::Failure;
-use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec, WarmKind, WarmRuntime};
+use crate::spec::{FileEntry, Layout, SANDBOX_ID, SandboxSpec, SharedFile, WarmKind, WarmRuntime};
 use crate::supervisor::{
     HelperState, SlotContext, errno_failure, error_chain, failure, io_failure, timespec,
 };
@@ -579,6 +579,35 @@ impl Sandbox {
                 msg.extend_from_slice(chunk);
                 self.send(&msg, &[]).map_err(io_failure(step))?;
             }
+            self.send(&[CMD_END], &[]).map_err(io_failure(step))?;
+        }
+        Ok(())
+    }
+
+    /// Has the init copy `shared` into the work dir (after the files of [`Self::put_files`]):
+    /// each descriptor goes with its `CMD_FILE`, no bytes through the socket.
+    pub(crate) fn put_shared(&self, shared: &[SharedFile]) -> Result<(), Failure> {
+        let step = "handing the shared files to the init";
+        for f in shared {
+            if cod_core::run::check_file_name(&f.name).is_err() {
+                return Err(failure(
+                    "validating the spec",
+                    Some(libc::EINVAL),
+                    format!("shared file name {:?} is not a plain file name", f.name),
+                ));
+            }
+            let Some(fd) = f.fd() else {
+                return Err(failure(
+                    "validating the spec",
+                    Some(libc::EBADF),
+                    format!("shared file {:?} came without its descriptor", f.name),
+                ));
+            };
+            let mode: u32 = if f.executable { 0o755 } else { 0o644 };
+            let mut begin = vec![CMD_FILE];
+            begin.extend_from_slice(&mode.to_le_bytes());
+            begin.extend_from_slice(f.name.as_bytes());
+            self.send(&begin, &[fd]).map_err(io_failure(step))?;
             self.send(&[CMD_END], &[]).map_err(io_failure(step))?;
         }
         Ok(())

@@ -27,6 +27,9 @@ pub struct SandboxSpec {
     pub symlinks: Vec<Symlink>,
     /// Files written into the work dir before the first stage.
     pub files: Vec<FileEntry>,
+    /// Files copied into the work dir from descriptors, after `files` (see [`SharedFile`]).
+    #[serde(default)]
+    pub shared: Vec<SharedFile>,
     /// Programs to run, in order. A stage that does not end `ok` ends the sandbox.
     pub stages: Vec<StageSpec>,
     /// Size of the writable tmpfs holding the work dir, `/tmp` and `/dev/shm`, bytes.
@@ -89,6 +92,67 @@ pub struct FileEntry {
     /// Whether to mark it executable.
     pub executable: bool,
 }
+
+/// A read-only file handed to the sandbox by descriptor: a sealed memfd made once (for a
+/// cached compiled program, say) and given to every run that needs it. The descriptor
+/// travels beside the run's request and on to the init, which copies it into the work dir
+/// in the kernel, so none of its bytes cross the run's sockets. Only the name and mode are
+/// serialized; a deserialized `SharedFile` has no descriptor until the supervisor attaches
+/// the one that came with the request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SharedFile {
+    /// Plain file name (no directories).
+    pub name: String,
+    /// Whether to mark it executable.
+    pub executable: bool,
+    #[serde(skip)]
+    fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl SharedFile {
+    /// A sealed memfd holding `content` (it can no longer be written, grown or shrunk).
+    pub fn new(name: &str, content: &[u8], executable: bool) -> std::io::Result<SharedFile> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(
+            c"cod-shared",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        let mut at = 0;
+        while at < content.len() {
+            at += rustix::io::write(&fd, &content[at..])?;
+        }
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+        )?;
+        Ok(SharedFile {
+            name: name.to_owned(),
+            executable,
+            fd: Some(std::sync::Arc::new(fd)),
+        })
+    }
+
+    /// The descriptor (none in a deserialized one not yet attached).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        self.fd.as_deref().map(|f| f.as_fd())
+    }
+
+    /// Gives a deserialized `SharedFile` the descriptor that came with its request.
+    pub(crate) fn attach(&mut self, fd: std::os::fd::OwnedFd) {
+        self.fd = Some(std::sync::Arc::new(fd));
+    }
+}
+
+/// Equal names and modes (descriptors are not compared: they are not part of what a spec
+/// says, only of how it travels).
+impl PartialEq for SharedFile {
+    fn eq(&self, other: &SharedFile) -> bool {
+        self.name == other.name && self.executable == other.executable
+    }
+}
+
+impl Eq for SharedFile {}
 
 /// One program run inside the sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -362,6 +362,7 @@ fn run_warm(
     sandbox.drain_stale();
     sandbox.set_disk(spec.disk)?;
     sandbox.put_files(&spec.files)?;
+    sandbox.put_shared(&spec.shared)?;
     let mut outcome = SandboxOutcome::default();
     let mut inbox = Inbox::default();
     let (o, _) = run_stage(
@@ -385,7 +386,7 @@ fn run_warm(
 fn read_spec(sock: &mut UnixStream) -> Result<Option<SandboxSpec>, Failure> {
     sock.set_read_timeout(Some(SPEC_TIMEOUT))
         .map_err(io_failure("setting a read timeout"))?;
-    let req = protocol::read_frame::<Request>(sock)
+    let req = protocol::read_run_request(sock)
         .map_err(|e| failure("reading the run request", None, e))?;
     sock.set_read_timeout(None)
         .map_err(io_failure("clearing the read timeout"))?;
@@ -484,6 +485,7 @@ fn run(
     let sandbox = used.insert(sandbox);
     sandbox.set_disk(spec.disk)?;
     sandbox.put_files(&spec.files)?;
+    sandbox.put_shared(&spec.shared)?;
     let mut outcome = SandboxOutcome::default();
     let mut inbox = Inbox::default();
     for (i, stage) in spec.stages.iter().enumerate() {
@@ -576,6 +578,7 @@ fn run_stage(
         report: &sandbox.report,
         sock,
         files: &spec.files,
+        shared: &spec.shared,
         stage: stage_no,
         stream: spec.stream,
         interactive: stage.interactive,

@@ -16,7 +16,7 @@ use crate::cgroup::{Baseline, SlotCgroup};
 use crate::init;
 use crate::protocol::{self, Event, Failure, Request};
 use crate::sandbox::{InitProcess, read_report};
-use crate::spec::{Exit, FileEntry, StageOutcome};
+use crate::spec::{Exit, FileEntry, SharedFile, StageOutcome};
 use crate::supervisor::{errno_failure, error_chain, failure, io_failure, timespec};
 
 /// The longest interval between two reads of the cgroup's CPU counter.
@@ -27,14 +27,23 @@ const CPU_CHECK_MIN: Duration = Duration::from_millis(1);
 const CHUNK: usize = 64 * 1024;
 
 /// Describes a stage the init could not start.
-fn not_started(errno: i32, index: i32, what: i32, files: &[FileEntry]) -> Failure {
+fn not_started(
+    errno: i32,
+    index: i32,
+    what: i32,
+    files: &[FileEntry],
+    shared: &[SharedFile],
+) -> Failure {
     let cause = io::Error::from_raw_os_error(errno);
     match what {
         init::NOT_STARTED_FILE => {
             let name = usize::try_from(index)
                 .ok()
-                .and_then(|i| files.get(i))
-                .map_or("?", |f| f.name.as_str());
+                .and_then(|i| match i.checked_sub(files.len()) {
+                    None => files.get(i).map(|f| f.name.as_str()),
+                    Some(j) => shared.get(j).map(|f| f.name.as_str()),
+                })
+                .unwrap_or("?");
             failure(
                 format!("writing the work file {name:?}"),
                 Some(errno),
@@ -223,6 +232,8 @@ pub(crate) struct Watch<'a> {
     pub(crate) sock: &'a mut UnixStream,
     /// The run's files, to name the one the init could not write.
     pub(crate) files: &'a [FileEntry],
+    /// And its shared files, which come after them.
+    pub(crate) shared: &'a [SharedFile],
     /// The stage's number, for events.
     pub(crate) stage: u32,
     /// Send output to the caller as it comes ([`Event::Output`]).
@@ -432,7 +443,7 @@ impl Watch<'_> {
                         end.get_or_insert_with(Instant::now);
                     }
                     Some((init::REPORT_NOT_STARTED, errno, index, what)) => {
-                        return Err(not_started(errno, index, what, self.files));
+                        return Err(not_started(errno, index, what, self.files, self.shared));
                     }
                     Some(other) => {
                         return Err(failure(

@@ -208,14 +208,17 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
                 // Sent before the run's first file: the next one makes the tmpfs.
                 scratch = None;
             }
-            CMD_FILE => incoming.begin(|| {
-                // The run's first file makes its tmpfs.
-                let made = match &scratch {
-                    Some(s) => Ok(s),
-                    None => new_scratch(disk).map(|s| &*scratch.insert(s)),
-                };
-                made.and_then(|s| init::create_file(&s.work, body))
-            }),
+            CMD_FILE => {
+                incoming.begin(|| {
+                    // The run's first file makes its tmpfs.
+                    let made = match &scratch {
+                        Some(s) => Ok(s),
+                        None => new_scratch(disk).map(|s| &*scratch.insert(s)),
+                    };
+                    made.and_then(|s| init::create_file(&s.work, body))
+                });
+                incoming.copy_attached(&fds[..nfds]);
+            }
             CMD_DATA => incoming.data(body),
             CMD_END => incoming.end(),
             CMD_STAGE if nfds == 3 => {

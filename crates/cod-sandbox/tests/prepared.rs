@@ -99,3 +99,89 @@ fn the_path_without_preparation_works_alike() {
     let o = Run::cmd(3, &["/bin/sh", "-c", "exit 7"]).run_on(&jail);
     assert_eq!(o.exit, cod_sandbox::Exit::Code(7));
 }
+
+/// 3 MiB that no run could guess: a different byte pattern at every offset.
+fn shared_content() -> Vec<u8> {
+    (0u32..3 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    // The same digest Python prints, computed here without another dependency: by running
+    // the host's sha256sum on the bytes.
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    let mut stdin = child.stdin.take().expect("a pipe");
+    std::io::Write::write_all(&mut stdin, bytes).expect("sha256sum reads");
+    drop(stdin);
+    let out = child.wait_with_output().expect("sha256sum ends");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned()
+}
+
+#[test]
+fn a_shared_file_arrives_whole_and_each_run_gets_its_own_copy() {
+    let content = shared_content();
+    let want = sha256_hex(&content);
+    let shared = cod_sandbox::SharedFile::new("prog.bin", &content, true).unwrap();
+    // Each run reads its copy, then scribbles over it: the next run still gets the original.
+    let src = "import hashlib, os\n\
+               st = os.stat('/box/prog.bin')\n\
+               data = open('/box/prog.bin', 'rb').read()\n\
+               print(hashlib.sha256(data).hexdigest(), len(data), oct(st.st_mode & 0o777), st.st_uid)\n\
+               open('/box/prog.bin', 'r+b').write(b'overwritten')\n\
+               print(open('/box/small', 'rb').read())";
+    for jail in [
+        spawn_jail(UID_BASE + 40),
+        spawn_jail_with(UID_BASE + 50, None),
+    ] {
+        for _ in 0..3 {
+            let mut run = python(0, src);
+            run.spec.shared.push(shared.clone());
+            run.spec.files.push(cod_sandbox::FileEntry {
+                name: "small".into(),
+                content: b"by value".to_vec(),
+                executable: false,
+            });
+            let o = run.run_on(&jail);
+            assert_eq!(o.status(), Status::Ok, "{}", describe(&o));
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                format!("{want} {} 0o755 1000\nb'by value'\n", content.len())
+            );
+        }
+    }
+}
+
+#[test]
+fn a_shared_file_larger_than_the_work_dir_fails_naming_it() {
+    let jail = spawn_jail(UID_BASE + 60);
+    let shared = cod_sandbox::SharedFile::new("big.bin", &shared_content(), false).unwrap();
+    let mut run = python(0, "print('ran')").limits(|l| l.disk = Bytes::mib(1));
+    run.spec.shared.push(shared);
+    let err = jail.run(&run.spec).expect_err("3 MiB do not fit in 1 MiB");
+    let why = common::error_chain(&err);
+    assert!(why.contains("big.bin"), "{why}");
+    // The slot carries on.
+    let o = python(0, "print('next')").run_on(&jail);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "next\n");
+}
+
+#[test]
+fn a_spec_naming_shared_files_it_did_not_send_is_refused() {
+    let jail = spawn_jail(UID_BASE + 70);
+    let mut run = python(0, "print('ran')");
+    // Serialized and back: the name survives, the descriptor does not.
+    let shared = cod_sandbox::SharedFile::new("x.bin", b"x", false).unwrap();
+    let bytes = postcard::to_stdvec(&shared).unwrap();
+    run.spec.shared.push(postcard::from_bytes(&bytes).unwrap());
+    let err = jail.run(&run.spec).expect_err("no descriptor to send");
+    assert!(common::error_chain(&err).contains("x.bin"), "{err}");
+}

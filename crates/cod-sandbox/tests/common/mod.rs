@@ -171,6 +171,7 @@ impl Run {
                 })
                 .collect(),
                 files: Vec::new(),
+                shared: Vec::new(),
                 stages: vec![StageSpec {
                     argv: argv.iter().map(|s| (*s).to_owned()).collect(),
                     env: ENV.iter().map(|s| (*s).to_owned()).collect(),

@@ -260,6 +260,7 @@ fn scenarios(
                 binds: host.binds().to_vec(),
                 symlinks: host.symlinks().to_vec(),
                 files: vec![],
+                shared: vec![],
                 stages: vec![StageSpec {
                     argv: vec!["/usr/bin/true".into()],
                     env: vec!["PATH=/usr/bin:/bin".into()],

@@ -172,6 +172,7 @@ fn self_test(jail: &Jail) -> anyhow::Result<()> {
         binds: host.binds().to_vec(),
         symlinks: host.symlinks().to_vec(),
         files: vec![],
+        shared: vec![],
         stages: vec![cod_sandbox::StageSpec {
             argv: vec!["/usr/bin/true".into()],
             env: vec![],
