@@ -16,7 +16,9 @@
 //! 3. **Backlog**: the CPU time already waiting, spread over `backlog_horizon`.
 //! 4. **Pre-scaling** (optional): the highest demand the previous days saw between now and
 //!    a start-up time (plus `lookahead`) from now.
-//! 5. Workers wanted = `need / target_utilization / slots_per_worker`, rounded up; one more
+//! 5. Workers wanted = `max(need + headroom_sigmas × √need, need / target_utilization) /
+//!    slots_per_worker`, rounded up (square-root staffing for small fleets, the target
+//!    utilization for large ones); one more
 //!    than now when a run has waited longer than `urgent_wait` and the rules above would
 //!    not add any; then the floor (`min_workers`) and the ceiling (`max_workers`).
 //! 6. **Up fast**: a higher count takes effect at once.
@@ -49,9 +51,15 @@ pub struct PolicyConfig {
     pub min_workers: u32,
     /// The ceiling.
     pub max_workers: u32,
-    /// Share of the slots the fleet aims to keep busy (0 < u ≤ 1); the rest is headroom
-    /// for bursts while new workers start.
+    /// Highest share of the slots the fleet aims to keep busy (0 < u ≤ 1); the rest is
+    /// headroom for bursts while new workers start.
     pub target_utilization: f64,
+    /// Headroom for the random swings of the load, in standard deviations: `need` busy
+    /// slots get `need + headroom_sigmas × √need` (square-root staffing: the busy slots of
+    /// a stream of independent runs swing by about √need, so a large fleet needs a smaller
+    /// share of headroom than a small one). The larger of this and `need /
+    /// target_utilization` is wanted. Zero leaves only `target_utilization`.
+    pub headroom_sigmas: f64,
     /// A worker's start-up time, until the observations measure it.
     #[serde(with = "humantime_serde")]
     pub startup: Duration,
@@ -84,6 +92,7 @@ impl Default for PolicyConfig {
             min_workers: 1,
             max_workers: 1000,
             target_utilization: 0.9,
+            headroom_sigmas: 3.0,
             startup: Duration::from_secs(180),
             backlog_horizon: Duration::from_secs(60),
             trend_window: Duration::from_secs(300),
@@ -137,7 +146,13 @@ impl PolicyConfig {
                 max: self.max_workers,
             });
         }
-        let ranges: [(&'static str, f64, &'static str, bool); 5] = [
+        let ranges: [(&'static str, f64, &'static str, bool); 6] = [
+            (
+                "headroom_sigmas",
+                self.headroom_sigmas,
+                "[0, 100]",
+                (0.0..=100.0).contains(&self.headroom_sigmas),
+            ),
             (
                 "target_utilization",
                 self.target_utilization,
@@ -432,7 +447,10 @@ impl Autoscaler {
 
         // Rule 5: workers wanted, and the rule that set them.
         let workers_for = |slots: f64| -> u32 {
-            let w = (slots / cfg.target_utilization / spw).ceil();
+            let slots = slots.max(0.0);
+            let staffed =
+                (slots + cfg.headroom_sigmas * slots.sqrt()).max(slots / cfg.target_utilization);
+            let w = (staffed / spw).ceil();
             // Saturating float-to-int conversion; the value is non-negative.
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let w = w.max(0.0).min(f64::from(u32::MAX)) as u32;

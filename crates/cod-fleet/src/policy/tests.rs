@@ -124,6 +124,33 @@ fn steady_load_wants_its_demand_over_the_target_utilization() {
 }
 
 #[test]
+fn a_small_load_gets_more_headroom_than_a_large_one() {
+    let wanted = |sigmas: f64, arrival: f64| {
+        let mut p = Autoscaler::new(PolicyConfig {
+            headroom_sigmas: sigmas,
+            ..PolicyConfig::default()
+        })
+        .expect("valid");
+        p.decide(&obs(s(0), arrival, s(10), fleet(1, 0, 0))).wanted
+    };
+    // 100 busy slots: 100 + 3 x 10 = 130 slots (3 workers of 64), where 90% alone asks
+    // 112 (2 workers).
+    assert_eq!(wanted(3.0, 10.0), 3);
+    assert_eq!(wanted(0.0, 10.0), 2);
+    // 10,000 busy slots: 10,300 with the square root, fewer than 90% asks (11,112): the
+    // target utilization decides, 174 workers either way.
+    assert_eq!(wanted(3.0, 1000.0), 174);
+    assert_eq!(wanted(0.0, 1000.0), 174);
+    // A headroom out of its range is refused, named.
+    let err = Autoscaler::new(PolicyConfig {
+        headroom_sigmas: -1.0,
+        ..PolicyConfig::default()
+    })
+    .expect_err("negative");
+    assert!(err.to_string().contains("headroom_sigmas"), "{err}");
+}
+
+#[test]
 fn busy_slots_count_when_the_arrival_rate_says_less() {
     let mut p = policy();
     let d = p.decide(&obs(s(0), 0.0, s(10), fleet(10, 0, 64)));

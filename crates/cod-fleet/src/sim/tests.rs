@@ -159,6 +159,8 @@ fn the_previous_day_lets_the_fleet_grow_before_the_peak() {
         c.duration = h(1.5);
         c.warmup_days = 1;
         c.policy.prescale.enabled = prescale;
+        // The floor is the point of comparison: no square-root headroom above a trickle.
+        c.policy.headroom_sigmas = 0.0;
         simulate(&c).expect("simulates")
     };
     let ahead = run(true);
