@@ -13,7 +13,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -76,11 +76,35 @@ pub struct Artifact {
     shared: SharedOnce,
 }
 
-/// An artifact's large files as sealed memfds, made once (`None` inside: making them failed,
-/// and runs send the bytes). Not part of what an artifact is: clones start empty and every
-/// two compare equal.
+/// Most memfds that artifacts keep at once: each is an open descriptor of this process, and
+/// a large memory cache must not use up the descriptors that connections need. Past it, an
+/// artifact's runs get its bytes through the run's sockets, as small files do.
+pub const MAX_LIVE_SHARED: usize = 256;
+
+/// Memfds kept by artifacts now (see [`MAX_LIVE_SHARED`]).
+static LIVE_SHARED: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts `n` more live memfds if that stays within [`MAX_LIVE_SHARED`].
+fn reserve_shared(n: usize) -> bool {
+    LIVE_SHARED
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
+            (live + n <= MAX_LIVE_SHARED).then_some(live + n)
+        })
+        .is_ok()
+}
+
+/// An artifact's large files as sealed memfds, made at its first run (set only once made).
+/// Not part of what an artifact is: clones start empty and every two compare equal.
 #[derive(Default)]
-struct SharedOnce(std::sync::OnceLock<Option<Vec<SharedFile>>>);
+struct SharedOnce(std::sync::OnceLock<Vec<SharedFile>>);
+
+impl Drop for SharedOnce {
+    fn drop(&mut self) {
+        if let Some(made) = self.0.get() {
+            LIVE_SHARED.fetch_sub(made.len(), Ordering::AcqRel);
+        }
+    }
+}
 
 impl Clone for SharedOnce {
     fn clone(&self) -> SharedOnce {
@@ -113,22 +137,10 @@ impl Artifact {
     }
 
     /// The files a run gets: those under [`SHARE_FROM`] bytes by value, the others as
-    /// [`SharedFile`]s made on the first call and kept with the artifact (all by value if
-    /// a memfd cannot be made).
+    /// [`SharedFile`]s made on the first call and kept with the artifact (all by value when
+    /// a memfd cannot be made, or [`MAX_LIVE_SHARED`] are kept already).
     pub fn run_files(&self) -> (Vec<FileEntry>, Vec<SharedFile>) {
-        let big = |f: &FileEntry| f.content.len() >= SHARE_FROM;
-        let shared = self.shared.0.get_or_init(|| {
-            let made: io::Result<Vec<SharedFile>> = self
-                .files
-                .iter()
-                .filter(|f| big(f))
-                .take(cod_sandbox::protocol::MAX_SHARED)
-                .map(|f| SharedFile::new(&f.name, &f.content, f.executable))
-                .collect();
-            made.inspect_err(|e| tracing::warn!(error = %e, "sharing a compiled program"))
-                .ok()
-        });
-        match shared {
+        match self.shared.0.get().or_else(|| self.make_shared()) {
             Some(shared) => {
                 let by_value = self
                     .files
@@ -139,6 +151,38 @@ impl Artifact {
                 (by_value, shared.clone())
             }
             None => (self.files.clone(), Vec::new()),
+        }
+    }
+
+    /// Makes the memfds of [`Self::run_files`] and keeps them, if there is anything to share
+    /// and room for it.
+    fn make_shared(&self) -> Option<&Vec<SharedFile>> {
+        let big: Vec<&FileEntry> = self
+            .files
+            .iter()
+            .filter(|f| f.content.len() >= SHARE_FROM)
+            .take(cod_sandbox::protocol::MAX_SHARED)
+            .collect();
+        if big.is_empty() || !reserve_shared(big.len()) {
+            return None;
+        }
+        let made: io::Result<Vec<SharedFile>> = big
+            .iter()
+            .map(|f| SharedFile::new(&f.name, &f.content, f.executable))
+            .collect();
+        match made {
+            // Another run of this artifact may have made them first: its are kept.
+            Ok(made) => {
+                if let Err(extra) = self.shared.0.set(made) {
+                    LIVE_SHARED.fetch_sub(extra.len(), Ordering::AcqRel);
+                }
+                self.shared.0.get()
+            }
+            Err(e) => {
+                LIVE_SHARED.fetch_sub(big.len(), Ordering::AcqRel);
+                tracing::warn!(error = %e, "sharing a compiled program; sending its bytes");
+                None
+            }
         }
     }
 
@@ -519,6 +563,29 @@ mod tests {
         // Counted twice: the bytes and their memfd.
         assert!(a.weight() as usize >= 2 * SHARE_FROM);
         assert!(artifact(SHARE_FROM - 1).run_files().1.is_empty());
+    }
+
+    #[test]
+    fn kept_memfds_are_bounded_and_released_with_their_artifacts() {
+        let mut kept = Vec::new();
+        // Until the bound: each artifact keeps its memfd.
+        let stopped = loop {
+            let a = artifact(SHARE_FROM);
+            let shared = a.run_files().1.len();
+            kept.push(a);
+            if shared == 0 {
+                break kept.len();
+            }
+            assert!(kept.len() <= MAX_LIVE_SHARED, "never past the bound");
+        };
+        assert!(stopped > MAX_LIVE_SHARED / 2, "stopped after {stopped}");
+        // Past it, the bytes go by value, whole.
+        let (by_value, shared) = kept.last().expect("one").run_files();
+        assert!(shared.is_empty());
+        assert_eq!(by_value[0].content.len(), SHARE_FROM);
+        // Artifacts that leave the cache give their memfds back.
+        kept.clear();
+        assert_eq!(artifact(SHARE_FROM).run_files().1.len(), 1);
     }
 
     fn artifact(n: usize) -> Artifact {
