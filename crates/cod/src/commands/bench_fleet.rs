@@ -126,11 +126,29 @@ async fn shared_compiles(
         .artifacts
         .clone()
         .context("the NATS server could not make the shared compile store")?;
+    // The workers upload in the background, and a listing that overlaps an upload can wait
+    // forever on nats-server 2.9 (its pending count keeps a replaced entry): each listing
+    // gets a bound, and the next one sees the uploads finished.
     let mut names = Vec::new();
-    let mut list = store.list().await.context("listing shared programs")?;
-    while let Some(info) = list.next().await {
-        let info = info.context("listing shared programs")?;
-        names.push((info.name, info.size));
+    for _ in 0..5 {
+        let listing = async {
+            let mut names = Vec::new();
+            let mut list = store.list().await.context("listing shared programs")?;
+            while let Some(info) = list.next().await {
+                let info = info.context("listing shared programs")?;
+                names.push((info.name, info.size));
+            }
+            anyhow::Ok(names)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), listing).await {
+            Ok(listed) => {
+                names = listed?;
+                if names.len() >= 5 {
+                    break;
+                }
+            }
+            Err(_) => eprintln!("listing the shared programs took over 5 s; again"),
+        }
     }
     if names.is_empty() {
         bail!("no compiled program was shared");
@@ -141,9 +159,15 @@ async fn shared_compiles(
     for _ in 0..4 {
         for (name, _) in &names {
             let start = Instant::now();
-            let mut o = store.get(name).await.context("fetching a shared program")?;
-            let mut bytes = Vec::new();
-            o.read_to_end(&mut bytes).await?;
+            let read = async {
+                let mut o = store.get(name).await.context("fetching a shared program")?;
+                let mut bytes = Vec::new();
+                o.read_to_end(&mut bytes).await?;
+                anyhow::Ok(bytes)
+            };
+            let bytes = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .context("fetching a shared program took over 10 s")??;
             let _: cod_runtime::Artifact = postcard::from_bytes(&bytes).context("decoding")?;
             fetch.push(start.elapsed());
         }
