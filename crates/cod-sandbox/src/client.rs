@@ -292,7 +292,9 @@ impl Jail {
 
     /// Opens a run in worker slot `slot`: returns the caller's end of a new socket whose
     /// other end the helper hands to a fresh supervisor in that slot. Write one
-    /// [`Request::Run`] (whose spec names the same slot) to it, then read [`Event`]s.
+    /// [`Request::Run`] (whose spec names the same slot) to it, then read [`Event`]s. A
+    /// spec with shared files sends their descriptors on the frame's length prefix
+    /// ([`protocol::send_run_head`]), then the rest of the frame.
     pub fn connect(&self, slot: u32) -> Result<UnixStream, JailError> {
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
