@@ -561,18 +561,7 @@ impl Sandbox {
     pub(crate) fn put_files(&self, files: &[FileEntry]) -> Result<(), Failure> {
         let step = "sending the work files to the init";
         for f in files {
-            if cod_core::run::check_file_name(&f.name).is_err() {
-                return Err(failure(
-                    "validating the spec",
-                    Some(libc::EINVAL),
-                    format!("work file name {:?} is not a plain file name", f.name),
-                ));
-            }
-            let mode: u32 = if f.executable { 0o755 } else { 0o644 };
-            let mut begin = vec![CMD_FILE];
-            begin.extend_from_slice(&mode.to_le_bytes());
-            begin.extend_from_slice(f.name.as_bytes());
-            self.send(&begin, &[]).map_err(io_failure(step))?;
+            self.begin_file("work file", &f.name, f.executable, None, step)?;
             for chunk in f.content.chunks(FILE_CHUNK) {
                 let mut msg = Vec::with_capacity(chunk.len() + 1);
                 msg.push(CMD_DATA);
@@ -589,13 +578,6 @@ impl Sandbox {
     pub(crate) fn put_shared(&self, shared: &[SharedFile]) -> Result<(), Failure> {
         let step = "handing the shared files to the init";
         for f in shared {
-            if cod_core::run::check_file_name(&f.name).is_err() {
-                return Err(failure(
-                    "validating the spec",
-                    Some(libc::EINVAL),
-                    format!("shared file name {:?} is not a plain file name", f.name),
-                ));
-            }
             let Some(fd) = f.fd() else {
                 return Err(failure(
                     "validating the spec",
@@ -603,14 +585,38 @@ impl Sandbox {
                     format!("shared file {:?} came without its descriptor", f.name),
                 ));
             };
-            let mode: u32 = if f.executable { 0o755 } else { 0o644 };
-            let mut begin = vec![CMD_FILE];
-            begin.extend_from_slice(&mode.to_le_bytes());
-            begin.extend_from_slice(f.name.as_bytes());
-            self.send(&begin, &[fd]).map_err(io_failure(step))?;
+            self.begin_file("shared file", &f.name, f.executable, Some(fd), step)?;
             self.send(&[CMD_END], &[]).map_err(io_failure(step))?;
         }
         Ok(())
+    }
+
+    /// Checks `name` (a `what`, for the error) and sends the init its `CMD_FILE`, with the
+    /// descriptor to copy it from, if any.
+    fn begin_file(
+        &self,
+        what: &str,
+        name: &str,
+        executable: bool,
+        from: Option<BorrowedFd<'_>>,
+        step: &str,
+    ) -> Result<(), Failure> {
+        if cod_core::run::check_file_name(name).is_err() {
+            return Err(failure(
+                "validating the spec",
+                Some(libc::EINVAL),
+                format!("{what} name {name:?} is not a plain file name"),
+            ));
+        }
+        let mode: u32 = if executable { 0o755 } else { 0o644 };
+        let mut begin = vec![CMD_FILE];
+        begin.extend_from_slice(&mode.to_le_bytes());
+        begin.extend_from_slice(name.as_bytes());
+        let fds: &[BorrowedFd<'_>] = match &from {
+            Some(fd) => std::slice::from_ref(fd),
+            None => &[],
+        };
+        self.send(&begin, fds).map_err(io_failure(step))
     }
 
     /// Tells the init to run a stage: `plan` from [`init::encode_plan`], the program's
