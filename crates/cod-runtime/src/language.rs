@@ -517,11 +517,11 @@ impl Registry {
     }
 
     /// Names of the available languages.
-    pub fn available_names(&self) -> Vec<&str> {
+    pub fn available_names(&self) -> Vec<String> {
         self.languages
             .iter()
             .filter(|l| l.available())
-            .map(|l| l.name.as_str())
+            .map(|l| l.name.clone())
             .collect()
     }
 }

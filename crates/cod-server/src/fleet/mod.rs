@@ -147,13 +147,7 @@ pub async fn list_workers(State(st): State<AppState>) -> Result<Json<WorkerList>
             .map_err(|e| ApiError::Internal(format!("reading worker heartbeats: {e}")))?,
         None => {
             let stats = st.scheduler.stats();
-            let runtimes = st
-                .executor
-                .registry()
-                .available_names()
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
+            let runtimes = st.executor.registry().available_names();
             vec![WorkerEntry {
                 heartbeat: Heartbeat {
                     id: "local".into(),

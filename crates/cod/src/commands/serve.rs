@@ -138,10 +138,7 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
                     let runtimes = state
                         .executor
                         .registry()
-                        .available_names()
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect();
+                        .available_names();
                     let host = cod_server::fleet::host_name();
                     let opts = cod_server::fleet::WorkerOptions {
                         id: format!("{host}-{}-local", std::process::id()),

@@ -36,11 +36,7 @@ pub(crate) fn worker(mut config: Config, args: WorkerArgs) -> anyhow::Result<Exi
     }
     let registry = super::load_registry(&config)?;
     let runtimes = if args.runtimes.is_empty() {
-        registry
-            .available_names()
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
+        registry.available_names()
     } else {
         let mut names = Vec::new();
         for r in &args.runtimes {
