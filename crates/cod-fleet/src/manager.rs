@@ -32,7 +32,12 @@ pub struct Manager<P> {
     policy: Autoscaler,
     provider: P,
     mean_run: Duration,
+    /// The last decision's outcome, to log a holding one at info only when it changed.
+    last: Option<Outcome>,
 }
+
+/// What a decision came to: workers wanted, the target, why, and what held it.
+type Outcome = (u32, u32, crate::policy::Reason, Option<crate::policy::Held>);
 
 impl<P: Provider> Manager<P> {
     /// A manager deciding with `policy` and acting through `provider`.
@@ -41,6 +46,7 @@ impl<P: Provider> Manager<P> {
             policy,
             provider,
             mean_run: Duration::ZERO,
+            last: None,
         }
     }
 
@@ -94,7 +100,9 @@ impl<P: Provider> Manager<P> {
             startup: sample.startup,
         };
         let d = self.policy.decide(&obs);
-        record(self.provider.name(), &obs, &d);
+        let outcome = (d.wanted, d.target, d.reason, d.held);
+        let changed = self.last.replace(outcome) != Some(outcome);
+        record(self.provider.name(), &obs, &d, changed);
         Ok(d)
     }
 
@@ -122,8 +130,9 @@ impl<P: Provider> Manager<P> {
     }
 }
 
-/// Logs a decision with its inputs and records it as metrics.
-fn record(provider: &'static str, obs: &Observation, d: &Decision) {
+/// Logs a decision with its inputs (at info when it acts or its outcome `changed`, at
+/// debug otherwise) and records it as metrics.
+fn record(provider: &'static str, obs: &Observation, d: &Decision, changed: bool) {
     let action = if d.start > 0 {
         "up"
     } else if !d.drain.is_empty() {
@@ -160,7 +169,7 @@ fn record(provider: &'static str, obs: &Observation, d: &Decision) {
             )
         };
     }
-    if d.acts() {
+    if d.acts() || changed {
         decision_event!(info);
     } else {
         decision_event!(debug);

@@ -170,3 +170,35 @@ fn sigterm_stops_the_manager_and_drains_its_workers() {
     assert!(log.contains("signal received"), "{log}");
     assert_eq!(log.matches("worker stopped worker=").count(), 2, "{log}");
 }
+
+#[test]
+fn a_holding_decision_is_logged_when_its_outcome_changes_not_on_every_sample() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write(
+        &d,
+        "fleet.toml",
+        "[policy]\nmin_workers = 0\n[local]\ncommand = [\"sleep\", \"600\"]\n",
+    );
+    let mut child = cod()
+        .arg("fleet")
+        .arg("--fleet-config")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    // No load three times: the same outcome (no workers), logged once.
+    stdin
+        .write_all(b"{\"arrival_rate\": 0}\n{\"arrival_rate\": 0}\n{\"arrival_rate\": 0}\n")
+        .unwrap();
+    drop(stdin);
+    let status = wait(child);
+    let mut log = String::new();
+    assert!(!read_until(&lines, &mut log, "\n"), "the log ends");
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("autoscaling decision").count(), 1, "{log}");
+    assert!(log.contains("action=\"hold\""), "{log}");
+}

@@ -21,8 +21,7 @@ use cod_fleet::bus::{Bus, BusConfig};
 use cod_fleet::nats_source::{DEFAULT_INTERVAL, NatsSource};
 use cod_fleet::provider::{LocalConfig, LocalProvider};
 use cod_fleet::{
-    Autoscaler, Decision, Held, JsonLines, LoadSample, LoadSource, Manager, PolicyConfig, Provider,
-    Reason, SourceError,
+    Autoscaler, JsonLines, LoadSample, LoadSource, Manager, PolicyConfig, Provider, SourceError,
 };
 use serde::Deserialize;
 
@@ -289,16 +288,12 @@ async fn run_kubernetes(
     )
 }
 
-/// The decision's outcome, to tell when a holding decision changed.
-type Outcome = (u32, u32, Reason, Option<Held>);
-
 /// Decides on every sample until the source ends or `stop` resolves.
 async fn drive<P: Provider>(
     manager: &mut Manager<P>,
     source: &mut Source,
     stop: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<ExitCode> {
-    let mut last: Option<Outcome> = None;
     let mut failing = false;
     loop {
         let next = tokio::select! {
@@ -337,55 +332,12 @@ async fn drive<P: Provider>(
         if std::mem::take(&mut failing) {
             tracing::info!(source = source.name(), "measuring the load again");
         }
-        let inputs = sample.clone();
-        match manager.step(sample).await {
-            Ok(d) => {
-                let outcome = (d.wanted, d.target, d.reason, d.held);
-                // Acting decisions are logged at info by the manager; a holding one is
-                // logged here when its outcome changed.
-                if !d.acts() && last != Some(outcome) {
-                    log_hold(&d, &inputs);
-                }
-                last = Some(outcome);
-            }
-            Err(e) => {
-                tracing::error!(provider = manager.provider().name(), error = %error_chain(&e),
-                    "the provider failed; the next decision tries again");
-            }
+        // The manager logs each decision (a holding one at info when its outcome changed).
+        if let Err(e) = manager.step(sample).await {
+            tracing::error!(provider = manager.provider().name(), error = %error_chain(&e),
+                "the provider failed; the next decision tries again");
         }
     }
-}
-
-/// A decision that changes nothing, with what it was decided from.
-fn log_hold(d: &Decision, s: &LoadSample) {
-    let queued: u32 = s.runtimes.values().map(|r| r.queued).sum();
-    let oldest_wait = s
-        .runtimes
-        .values()
-        .map(|r| r.oldest_wait)
-        .max()
-        .unwrap_or_default();
-    tracing::info!(
-        action = "hold",
-        current = d.current,
-        wanted = d.wanted,
-        target = d.target,
-        reason = d.reason.as_str(),
-        held = d.held.map(|h| h.as_str()),
-        demand_slots = d.demand_slots,
-        forecast_slots = d.forecast_slots,
-        backlog_slots = d.backlog_slots,
-        prescale_slots = d.prescale_slots,
-        arrival_rate = s.arrival_rate,
-        mean_run_ms = s.mean_run.map(|m| m.as_secs_f64() * 1e3),
-        queued,
-        oldest_wait_ms = oldest_wait.as_secs_f64() * 1e3,
-        busy_slots = s.busy_slots,
-        total_slots = s.total_slots,
-        utilization = d.utilization,
-        mix = ?d.mix,
-        "autoscaling decision"
-    );
 }
 
 /// An error and its causes, `: `-separated.
