@@ -355,7 +355,7 @@ impl Job {
         slot: u32,
         host: &HostLayout,
         stages: Vec<StageSpec>,
-        (extra, shared): (&[FileEntry], Vec<SharedFile>),
+        (extra, shared): (Vec<FileEntry>, Vec<SharedFile>),
         disk_mb: u64,
     ) -> SandboxSpec {
         let mut binds = host.binds.clone();
@@ -373,15 +373,12 @@ impl Job {
                 executable: false,
             })
             .collect();
-        files.extend(
-            extra
-                .iter()
-                .filter(|a| !self.files.iter().any(|(n, _)| *n == a.name))
-                .cloned(),
-        );
+        // A source file of the same name wins over a compiled one.
+        let not_a_source = |name: &str| !self.files.iter().any(|(n, _)| n == name);
+        files.extend(extra.into_iter().filter(|a| not_a_source(&a.name)));
         let shared = shared
             .into_iter()
-            .filter(|a| !self.files.iter().any(|(n, _)| *n == a.name))
+            .filter(|a| not_a_source(&a.name))
             .collect();
         SandboxSpec {
             slot,
@@ -406,18 +403,17 @@ impl Job {
             stages.push(c);
         }
         stages.push(self.run_stage());
-        self.spec(slot, host, stages, (&[], Vec::new()), disk_mb)
+        self.spec(slot, host, stages, (Vec::new(), Vec::new()), disk_mb)
     }
 
     /// The spec that runs this job with an already compiled `artifact`: the run stage only,
     /// the artifact's files beside the sources.
     pub fn cached_spec(&self, slot: u32, host: &HostLayout, artifact: &Artifact) -> SandboxSpec {
-        let (files, shared) = artifact.run_files();
         self.spec(
             slot,
             host,
             vec![self.run_stage()],
-            (&files, shared),
+            artifact.run_files(),
             self.limits.disk_mb,
         )
     }
