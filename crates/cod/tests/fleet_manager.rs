@@ -37,7 +37,12 @@ fn write(dir: &tempfile::TempDir, name: &str, body: &str) -> std::path::PathBuf 
 
 /// `cod fleet` with `SETTINGS`, its standard input and error piped.
 fn fleet(dir: &tempfile::TempDir) -> Child {
-    let cfg = write(dir, "fleet.toml", SETTINGS);
+    fleet_with(dir, SETTINGS)
+}
+
+/// `cod fleet` with `settings` as its `--fleet-config`, reading the load from stdin.
+fn fleet_with(dir: &tempfile::TempDir, settings: &str) -> Child {
+    let cfg = write(dir, "fleet.toml", settings);
     cod()
         .arg("fleet")
         .arg("--fleet-config")
@@ -174,20 +179,10 @@ fn sigterm_stops_the_manager_and_drains_its_workers() {
 #[test]
 fn a_holding_decision_is_logged_when_its_outcome_changes_not_on_every_sample() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = write(
+    let mut child = fleet_with(
         &d,
-        "fleet.toml",
         "[policy]\nmin_workers = 0\n[local]\ncommand = [\"sleep\", \"600\"]\n",
     );
-    let mut child = cod()
-        .arg("fleet")
-        .arg("--fleet-config")
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let lines = log_lines(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     // No load three times: the same outcome (no workers), logged once.
