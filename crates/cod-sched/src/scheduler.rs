@@ -398,11 +398,11 @@ impl Scheduler {
         let limits = ticket.limits.unwrap_or(cfg.client);
         let workers = u32::try_from(cfg.workers).unwrap_or(u32::MAX);
         let must_wait = s.free.is_empty() || s.queued > 0;
-        // What the running runs are expected to hold their slots for still: a run that
-        // waits waits for them too.
-        let left = s.running_left(now);
-        let mean_wait = (s.queued_cpu + left) / workers;
         if must_wait {
+            // What the running runs are expected to hold their slots for still: a run that
+            // waits waits for them too. (A sum over every slot: only worth it here.)
+            let left = s.running_left(now);
+            let mean_wait = (s.queued_cpu + left) / workers;
             if s.queued >= cfg.queue {
                 return Err((RejectReason::QueueFull, mean_wait + expected));
             }
