@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::curve::PrescaleConfig;
 use crate::policy::{PolicyConfig, PolicyError};
 
 /// Everything the simulation needs.
@@ -46,15 +47,22 @@ impl Default for SimConfig {
         SimConfig {
             seed: 1,
             duration: Duration::from_secs(86_400),
-            warmup_days: 0,
+            warmup_days: 1,
             decision_interval: Duration::from_secs(10),
             sample_interval: Duration::from_secs(60),
             load: LoadConfig::default(),
             runs: RunConfig::default(),
             fleet: FleetConfig::default(),
             scheduler: GatewayConfig::default(),
+            // A manager that has seen the day before scales ahead of its curve, so that
+            // the headroom for the load's swings (`headroom_sigmas`) is all it keeps.
             policy: PolicyConfig {
                 min_workers: 2,
+                target_utilization: 1.0,
+                prescale: PrescaleConfig {
+                    enabled: true,
+                    ..PrescaleConfig::default()
+                },
                 ..PolicyConfig::default()
             },
         }
@@ -277,6 +285,24 @@ fn place(key: &str) -> String {
     }
 }
 
+/// Puts the keys of `given` over `base`, section by section; `runs.languages` is taken
+/// whole (the languages given are all the languages).
+fn overlay(base: &mut toml::Table, given: toml::Table, prefix: &str) {
+    for (key, value) in given {
+        let path = format!("{prefix}{key}");
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(over))
+                if path != "runs.languages" =>
+            {
+                overlay(inner, over, &format!("{path}."));
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 fn check(ok: bool, key: &'static str, why: &'static str) -> Result<(), SimError> {
     if ok {
         Ok(())
@@ -290,10 +316,21 @@ impl SimConfig {
     pub fn from_toml(text: &str) -> Result<SimConfig, SimError> {
         let toml_error = |key: String, source| SimError::Toml { key, source };
         let de = toml::Deserializer::parse(text).map_err(|e| toml_error(String::new(), e))?;
-        let c: SimConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        // This parse names an unknown key or a bad value, with its line.
+        let _: SimConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             toml_error(if key == "." { String::new() } else { key }, e.into_inner())
         })?;
+        // A section given in part keeps the simulation's defaults for the keys it leaves
+        // out: serde alone would take the section type's own (`[policy]` would get `cod
+        // fleet`'s, not this file's documented ones).
+        let given: toml::Table = toml::from_str(text).map_err(|e| toml_error(String::new(), e))?;
+        let mut merged = toml::Table::try_from(SimConfig::default())
+            .map_err(|e| toml_error(String::new(), serde::de::Error::custom(e)))?;
+        overlay(&mut merged, given, "");
+        let c: SimConfig = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e| toml_error(String::new(), e))?;
         c.validate()?;
         Ok(c)
     }
@@ -449,6 +486,27 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_section_given_in_part_keeps_the_simulations_defaults() {
+        let c = SimConfig::from_toml(
+            "[policy]\nmax_workers = 500\n[policy.prescale]\nlookahead = \"5m\"\n\
+             [runs.languages]\npython = { share = 1.0, compile = \"0s\" }\n",
+        )
+        .expect("parses");
+        let d = SimConfig::default();
+        assert_eq!(c.policy.max_workers, 500);
+        assert_eq!(c.policy.prescale.lookahead, Duration::from_secs(300));
+        // Not `cod fleet`'s defaults (a floor of 1, a 0.9 target, no pre-scaling).
+        assert_eq!(c.policy.min_workers, 2);
+        assert!((c.policy.target_utilization - 1.0).abs() < f64::EPSILON);
+        assert!(c.policy.prescale.enabled);
+        assert_ne!(c.policy.min_workers, PolicyConfig::default().min_workers);
+        // The languages given are all of them.
+        assert_eq!(c.runs.languages.keys().collect::<Vec<_>>(), ["python"]);
+        assert_eq!(c.load, d.load);
+        assert_eq!(c.warmup_days, d.warmup_days);
     }
 
     #[test]

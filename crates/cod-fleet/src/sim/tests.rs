@@ -14,6 +14,7 @@ fn h(hours: f64) -> Duration {
 fn small() -> SimConfig {
     SimConfig {
         duration: h(3.0),
+        warmup_days: 0,
         load: LoadConfig {
             daily_users: 2_000,
             peak_start: h(1.0),
