@@ -547,6 +547,9 @@ async fn a_draining_worker_finishes_its_runs_and_exits() {
     assert!(status.success(), "{status:?}");
     let v = wait_done(&gw, &first).await;
     assert_eq!(v["result"]["stdout"], "first\n", "{v}");
+    // Stored by the drained worker itself before it exited, not by a redelivery.
+    assert_eq!(v["worker"], "w1", "{v}");
+    assert_eq!(v["attempt"], 1, "{v}");
     assert!(
         job(&gw, &second)
             .await

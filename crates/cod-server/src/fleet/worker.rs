@@ -8,11 +8,14 @@
 //! member of one queue group per runtime on the job subjects, so each published job wakes
 //! exactly one idle worker, which then claims it (or another, older one) from the
 //! consumer. A full worker leaves the groups, so jobs wake only workers that can take
-//! them. A sweep every second catches anything a wake-up missed.
+//! them. A sweep every second catches anything a wake-up missed. A wake-up carries the
+//! job: a run nobody watches starts at once while the worker claims it, and is kept only
+//! if the claim brings that very job ([`launch_woken`]).
 //!
 //! **Running.** While a job runs its message is kept in progress every third of the ack
 //! wait; a worker that dies stops doing so and JetStream hands the job to another worker
-//! after the ack wait. The delivery after [`BusConfig::max_deliveries`] is not run: it ends
+//! after the ack wait. The slot is free again when the run ends, while its result is
+//! stored. The delivery after [`BusConfig::max_deliveries`] is not run: it ends
 //! `internal_error`. Results go to the results bucket with `create`, which fails if the
 //! job already has one: a job is never reported twice, even if a slow worker and its
 //! replacement both finish it.
@@ -38,6 +41,7 @@ use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{EVENT_WINDOW, Envelope, JobMessage, WireEvent, WireInput, WireKind};
@@ -68,6 +72,8 @@ struct Ctx {
     busy: AtomicU32,
     done: AtomicU64,
     draining: AtomicBool,
+    /// Jobs in hand, until their results are stored.
+    tasks: TaskTracker,
 }
 
 /// Takes jobs of `opts.runtimes` from `bus` and runs them on `executor` until `drain` is
@@ -95,6 +101,7 @@ pub async fn serve_jobs(
         busy: AtomicU32::new(0),
         done: AtomicU64::new(0),
         draining: AtomicBool::new(false),
+        tasks: TaskTracker::new(),
     });
     let beats = tokio::spawn(heartbeats(ctx.clone()));
     let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<u32>();
@@ -144,9 +151,12 @@ pub async fn serve_jobs(
                 // Claim from the consumer the job was published to first.
                 if let Some((_, c)) = consumers.iter().find(|(s, _)| *s == woke.subject.as_str())
                     && !free.is_empty()
-                    && let Some(msg) = claim_woken(c).await
                 {
-                    launch(&ctx, msg, &mut free, &freed_tx);
+                    if let Some(job) = ahead(&woke) {
+                        launch_woken(&ctx, c.clone(), woke, job, &mut free, &freed_tx);
+                    } else if let Some(msg) = claim_woken(c).await {
+                        launch(&ctx, msg, &mut free, &freed_tx);
+                    }
                 }
             }
             Some(slot) = freed_rx.recv() => {
@@ -164,6 +174,9 @@ pub async fn serve_jobs(
             }
         }
     }
+    // Slots are given back as runs end; their results may still be on the way.
+    ctx.tasks.close();
+    ctx.tasks.wait().await;
     beats.abort();
     // Gone for good: out of the list at once rather than dead after a while.
     let _ = ctx.bus.workers.delete(&ctx.opts.id).await;
@@ -232,34 +245,171 @@ async fn claim_any(
     None
 }
 
+/// Takes a free slot for a job of the subject `subject`: one keeping its runtime warm if
+/// one is free (asking also tells the pool what is in demand).
+fn hold(
+    ctx: &Arc<Ctx>,
+    subject: &str,
+    free: &mut Vec<u32>,
+    freed: &mpsc::UnboundedSender<u32>,
+) -> Option<Held> {
+    // The runtime is the subject's third token.
+    let runtime = subject.split('.').nth(2).unwrap_or_default();
+    let warm = ctx.executor.warm_slots(runtime);
+    if let Some(i) = free.iter().position(|s| warm.contains(s)) {
+        let last = free.len() - 1;
+        free.swap(i, last);
+    }
+    let slot = free.pop()?;
+    ctx.busy.fetch_add(1, Ordering::Relaxed);
+    Some(Held {
+        ctx: ctx.clone(),
+        slot,
+        freed: Some(freed.clone()),
+    })
+}
+
 fn launch(
     ctx: &Arc<Ctx>,
     msg: jetstream::Message,
     free: &mut Vec<u32>,
     freed: &mpsc::UnboundedSender<u32>,
 ) {
-    // The runtime is the subject's third token: a slot keeping it warm if one is free
-    // (asking also tells the pool what is in demand).
-    let runtime = msg.subject.split('.').nth(2).unwrap_or_default();
-    let warm = ctx.executor.warm_slots(runtime);
-    if let Some(i) = free.iter().position(|s| warm.contains(s)) {
-        let last = free.len() - 1;
-        free.swap(i, last);
-    }
-    let Some(slot) = free.pop() else {
+    let Some(held) = hold(ctx, &msg.subject, free, freed) else {
         // Not reached: callers claim only with a free slot. Let another worker have it.
         tokio::spawn(async move {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
         });
         return;
     };
-    ctx.busy.fetch_add(1, Ordering::Relaxed);
-    let (ctx, freed) = (ctx.clone(), freed.clone());
-    tokio::spawn(async move {
-        serve_job(&ctx, msg, slot).await;
-        ctx.busy.fetch_sub(1, Ordering::Relaxed);
-        let _ = freed.send(slot);
+    let ctx = ctx.clone();
+    ctx.tasks
+        .clone()
+        .spawn(async move { serve_job(&ctx, msg, held, None).await });
+}
+
+/// The job a wake-up carries, if it may start before it is claimed: a run whose output
+/// nobody watches (a streamed or interactive run sends events, which must come from the
+/// delivery that owns the job).
+fn ahead(woke: &async_nats::Message) -> Option<JobMessage> {
+    let job: JobMessage = postcard::from_bytes(&woke.payload).ok()?;
+    (!job.stream && !job.interactive).then_some(job)
+}
+
+/// Starts the job a wake-up carries at once and claims it meanwhile, so that the claim's
+/// round trip overlaps the run. If the claim brings another job (an older one waiting) or
+/// none (another worker took it), the early run is dropped, which kills it: it has sent
+/// nothing and stored nothing.
+fn launch_woken(
+    ctx: &Arc<Ctx>,
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    woke: async_nats::Message,
+    job: JobMessage,
+    free: &mut Vec<u32>,
+    freed: &mpsc::UnboundedSender<u32>,
+) {
+    let Some(held) = hold(ctx, &woke.subject, free, freed) else {
+        return;
+    };
+    let ctx = ctx.clone();
+    ctx.tasks.clone().spawn(async move {
+        let Ok(prepared) = job.item.to_job(&ctx.executor) else {
+            // The delivery will say why.
+            if let Some(msg) = claim_woken(&consumer).await {
+                serve_job(&ctx, msg, held, None).await;
+            }
+            return;
+        };
+        let span = info_span!("job", id = %job.item.id, language = %job.item.language, attempt = 1u32, slot = held.slot);
+        let mut begun = Begun::start(&ctx, prepared, held.slot, span);
+        let claim = claim_woken(&consumer);
+        tokio::pin!(claim);
+        let msg = loop {
+            tokio::select! {
+                m = &mut claim => break m,
+                () = begun.step() => {}
+            }
+        };
+        match msg {
+            Some(msg)
+                if msg.payload == woke.payload
+                    && msg.info().is_ok_and(|i| i.delivered == 1) =>
+            {
+                serve_job(&ctx, msg, held, Some((job, begun))).await;
+            }
+            other => {
+                drop(begun);
+                if let Some(msg) = other {
+                    serve_job(&ctx, msg, held, None).await;
+                }
+            }
+        }
     });
+}
+
+/// A run started before its job was claimed: its events wait until the claim succeeds.
+struct Begun {
+    run: std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>,
+    events: mpsc::Receiver<RunEvent>,
+    result: Option<RunResult>,
+    /// Usage events (all a run nobody watches sends), in order.
+    held: Vec<RunEvent>,
+}
+
+impl Begun {
+    fn start(ctx: &Ctx, prepared: cod_runtime::Job, slot: u32, span: tracing::Span) -> Begun {
+        let (tx, rx) = mpsc::channel(16);
+        let executor = ctx.executor.clone();
+        let mut io = RunIo {
+            events: tx,
+            input: None,
+        };
+        Begun {
+            run: Box::pin(
+                async move { executor.execute_streaming(&prepared, slot, &mut io).await }
+                    .instrument(span),
+            ),
+            events: rx,
+            result: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// Moves the run on by one event or its end; pending forever once both are done.
+    async fn step(&mut self) {
+        tokio::select! {
+            r = &mut self.run, if self.result.is_none() => self.result = Some(r),
+            Some(e) = self.events.recv() => {
+                if matches!(e, RunEvent::Usage { .. }) {
+                    self.held.push(e);
+                }
+            }
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// A slot a job holds; dropping it (or [`Held::release`]) gives the slot back.
+struct Held {
+    ctx: Arc<Ctx>,
+    slot: u32,
+    freed: Option<mpsc::UnboundedSender<u32>>,
+}
+
+impl Held {
+    /// The run is over: the slot can take the next job while this one's result is stored.
+    fn release(&mut self) {
+        if let Some(freed) = self.freed.take() {
+            self.ctx.busy.fetch_sub(1, Ordering::Relaxed);
+            let _ = freed.send(self.slot);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 async fn prebuild(ctx: Arc<Ctx>, slot: u32, freed: mpsc::UnboundedSender<u32>) {
@@ -399,14 +549,24 @@ fn wire(event: RunEvent, stream: bool) -> Option<WireKind> {
 }
 
 /// Runs one delivered job and answers it.
-async fn serve_job(ctx: &Ctx, msg: jetstream::Message, slot: u32) {
-    let job: JobMessage = match postcard::from_bytes(&msg.payload) {
-        Ok(j) => j,
-        Err(e) => {
-            warn!(subject = %msg.subject, error = %e, "a job message that does not parse: dropped");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
-        }
+/// `begun`: the job, parsed, and its run, started before the claim (a first delivery).
+async fn serve_job(
+    ctx: &Ctx,
+    msg: jetstream::Message,
+    mut held: Held,
+    begun: Option<(JobMessage, Begun)>,
+) {
+    let slot = held.slot;
+    let (job, begun) = match begun {
+        Some((job, b)) => (job, Some(b)),
+        None => match postcard::from_bytes(&msg.payload) {
+            Ok(j) => (j, None),
+            Err(e) => {
+                warn!(subject = %msg.subject, error = %e, "a job message that does not parse: dropped");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        },
     };
     let attempt = msg
         .info()
@@ -430,8 +590,9 @@ async fn serve_job(ctx: &Ctx, msg: jetstream::Message, slot: u32) {
             );
             (Some(r), 0)
         } else {
-            run(ctx, &msg, &job, attempt, slot).await
+            run(ctx, &msg, &job, attempt, slot, begun).await
         };
+        held.release();
         let Some(result) = result else {
             info!("job cancelled by its gateway");
             let _ = msg.ack().await;
@@ -478,6 +639,7 @@ async fn run(
     job: &JobMessage,
     attempt: u32,
     slot: u32,
+    begun: Option<Begun>,
 ) -> (Option<RunResult>, u64) {
     let id = &job.item.id;
     let client = &ctx.bus.client;
@@ -493,40 +655,62 @@ async fn run(
         attempt,
         seq: 0,
         acked: 0,
-        acks: client.subscribe(events_ack_subject(id)).await.ok(),
+        // Only a streamed job can send more than a window of events (output); the others
+        // send their usage alone.
+        acks: if job.stream {
+            client.subscribe(events_ack_subject(id)).await.ok()
+        } else {
+            None
+        },
         patience: ctx.bus.config.ack_wait,
     };
-    events
-        .send(WireKind::Started {
-            worker: ctx.opts.id.clone(),
-            slot,
-        })
-        .await;
-    let prepared = match job.item.to_job(&ctx.executor) {
-        Ok(j) => j,
-        Err(e) => {
-            return (
-                Some(internal_error(
-                    &job.item,
-                    &format!("the job does not check here: {e}"),
-                )),
-                events.seq,
-            );
+    if job.stream {
+        // Every attempt of a streamed job sends at least this, so the gateway knows when
+        // it has all of an attempt's events.
+        events
+            .send(WireKind::Started {
+                worker: ctx.opts.id.clone(),
+                slot,
+            })
+            .await;
+    }
+    let (in_tx, in_rx) = mpsc::channel(16);
+    let (mut run, mut rx, mut result) = match begun {
+        Some(b) => {
+            for e in b.held {
+                if let Some(kind) = wire(e, job.stream) {
+                    events.send(kind).await;
+                }
+            }
+            (b.run, b.events, b.result)
+        }
+        None => {
+            let prepared = match job.item.to_job(&ctx.executor) {
+                Ok(j) => j,
+                Err(e) => {
+                    return (
+                        Some(internal_error(
+                            &job.item,
+                            &format!("the job does not check here: {e}"),
+                        )),
+                        events.seq,
+                    );
+                }
+            };
+            let (tx, rx) = mpsc::channel(16);
+            let mut io = RunIo {
+                events: tx,
+                input: job.interactive.then_some(in_rx),
+            };
+            let executor = ctx.executor.clone();
+            let run: std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>> =
+                Box::pin(async move { executor.execute_streaming(&prepared, slot, &mut io).await });
+            (run, rx, None)
         }
     };
-    let (tx, mut rx) = mpsc::channel(16);
-    let (in_tx, in_rx) = mpsc::channel(16);
-    let mut io = RunIo {
-        events: tx,
-        input: job.interactive.then_some(in_rx),
-    };
-    let executor = ctx.executor.clone();
-    let run = async move { executor.execute_streaming(&prepared, slot, &mut io).await };
-    tokio::pin!(run);
     let mut progress =
         tokio::time::interval((ctx.bus.config.ack_wait / 3).max(Duration::from_millis(100)));
     progress.tick().await;
-    let mut result = None;
     loop {
         tokio::select! {
             r = &mut run, if result.is_none() => result = Some(r),
@@ -569,5 +753,53 @@ async fn next<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option
     match stream {
         Some(s) => s.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::WorkItem;
+
+    fn woke(stream: bool, interactive: bool) -> async_nats::Message {
+        let job = JobMessage {
+            item: WorkItem {
+                id: "j1".into(),
+                language: "python".into(),
+                files: vec![("main.py".into(), b"print(1)".to_vec())],
+                stdin: Vec::new(),
+                args: Vec::new(),
+                limits: cod_core::limits::LimitsSpec::DEFAULT,
+                compile_limits: cod_core::limits::LimitsSpec::DEFAULT,
+            },
+            client: "k".into(),
+            created_ms: 1,
+            stream,
+            interactive,
+        };
+        let payload: bytes::Bytes = postcard::to_stdvec(&job).expect("encodes").into();
+        async_nats::Message {
+            subject: "cod.jobs.python.short".into(),
+            reply: None,
+            length: payload.len(),
+            payload,
+            headers: None,
+            status: None,
+            description: None,
+        }
+    }
+
+    /// Only a run nobody watches starts before its claim: the events of a streamed or
+    /// interactive run must come from the delivery that owns it. A wake-up that does not
+    /// parse is claimed the usual way (the delivery is then refused with its reason).
+    #[test]
+    fn only_unwatched_runs_start_ahead_of_their_claim() {
+        let job = ahead(&woke(false, false)).expect("runs ahead");
+        assert_eq!(job.item.id, "j1");
+        assert!(ahead(&woke(true, false)).is_none());
+        assert!(ahead(&woke(true, true)).is_none());
+        let mut garbage = woke(false, false);
+        garbage.payload = bytes::Bytes::from_static(b"\xff\xff");
+        assert!(ahead(&garbage).is_none());
     }
 }
