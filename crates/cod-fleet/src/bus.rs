@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 pub const JOBS_STREAM: &str = "COD_JOBS";
 /// The KV bucket of finished jobs' results.
 pub const RESULTS_BUCKET: &str = "cod_results";
+/// The KV bucket of the fleet manager's state: its learned day curve, under [`CURVE_KEY`].
+pub const MANAGER_BUCKET: &str = "cod_manager";
+/// The key of the learned day curve in [`MANAGER_BUCKET`].
+pub const CURVE_KEY: &str = "curve";
 /// The KV bucket of worker heartbeats.
 pub const WORKERS_BUCKET: &str = "cod_workers";
 /// The object store of compiled programs, by compile-cache key, shared by all workers.
@@ -313,6 +317,43 @@ impl Bus {
             artifacts,
             config,
         })
+    }
+
+    /// The manager's day curve as an earlier manager left it, if any.
+    pub async fn load_curve(&self) -> Result<Option<crate::DayCurve>, BusError> {
+        let kv = bucket(
+            &self.js,
+            MANAGER_BUCKET,
+            Duration::ZERO,
+            self.config.replicas,
+        )
+        .await?;
+        match kv
+            .get(CURVE_KEY)
+            .await
+            .map_err(bus_err("reading the day curve"))?
+        {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(bus_err("reading the day curve")),
+        }
+    }
+
+    /// Keeps the manager's day curve for the next manager (a restart, a replacement).
+    pub async fn save_curve(&self, curve: &crate::DayCurve) -> Result<(), BusError> {
+        let kv = bucket(
+            &self.js,
+            MANAGER_BUCKET,
+            Duration::ZERO,
+            self.config.replicas,
+        )
+        .await?;
+        let bytes = serde_json::to_vec(curve).map_err(bus_err("keeping the day curve"))?;
+        kv.put(CURVE_KEY, bytes.into())
+            .await
+            .map_err(bus_err("keeping the day curve"))?;
+        Ok(())
     }
 
     /// The pull consumer of jobs of `runtime` and `class`, made if it does not exist.

@@ -109,6 +109,21 @@ impl DayCurve {
         self.days
     }
 
+    /// This curve (one kept by an earlier manager) if it cuts the day into `bucket`s as
+    /// the configuration now does, its next days weighing `weight`; `None` if its buckets
+    /// differ (the days it learned cannot be mapped onto them).
+    pub fn reuse(mut self, bucket: Duration, weight: f64) -> Option<DayCurve> {
+        let fresh = DayCurve::new(bucket, weight);
+        if self.bucket_secs != fresh.bucket_secs
+            || self.learned.len() != fresh.learned.len()
+            || self.today.len() != fresh.today.len()
+        {
+            return None;
+        }
+        self.weight = fresh.weight;
+        Some(self)
+    }
+
     /// The highest learned demand from `now` to `now + horizon` (wrapping past midnight);
     /// `None` before a whole day has been learned or when nothing was seen then.
     pub fn ahead(&self, now: Duration, horizon: Duration) -> Option<f64> {
@@ -132,6 +147,22 @@ mod tests {
 
     fn h(hours: f64) -> Duration {
         Duration::from_secs_f64(hours * 3600.0)
+    }
+
+    #[test]
+    fn a_kept_curve_is_reused_only_with_the_same_buckets() {
+        let mut c = DayCurve::new(Duration::from_secs(300), 0.5);
+        c.record(h(1.0), 100.0);
+        c.record(h(25.0), 10.0);
+        let json = serde_json::to_string(&c).expect("serializes");
+        let back: DayCurve = serde_json::from_str(&json).expect("parses");
+        let again = back
+            .clone()
+            .reuse(Duration::from_secs(300), 0.25)
+            .expect("same buckets");
+        assert_eq!(again.days(), 1);
+        assert_eq!(again.ahead(h(24.9), h(0.2)), Some(100.0));
+        assert!(back.reuse(Duration::from_secs(600), 0.5).is_none());
     }
 
     #[test]

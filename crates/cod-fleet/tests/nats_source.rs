@@ -246,3 +246,35 @@ async fn a_broker_outage_is_an_error_per_sample_and_the_source_recovers() {
     .expect("samples again once the broker is back");
     assert!(recovered.runtimes.contains_key("python"), "{recovered:?}");
 }
+
+/// The manager's day curve outlives the manager: a new one (a restart, a replacement)
+/// reads what the last one kept, and nothing before anything was kept.
+#[tokio::test]
+async fn the_day_curve_is_kept_for_the_next_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path());
+    let first = connect(&server.url()).await;
+    assert!(first.load_curve().await.unwrap().is_none());
+    let mut curve = cod_fleet::DayCurve::new(Duration::from_secs(300), 0.5);
+    let h = |hours: u64| Duration::from_secs(hours * 3600);
+    curve.record(h(14), 22_000.0);
+    curve.record(h(24 + 3), 500.0);
+    first.save_curve(&curve).await.unwrap();
+    drop(first);
+    let next = connect(&server.url()).await;
+    let kept = next.load_curve().await.unwrap().expect("a kept curve");
+    assert_eq!(kept, curve);
+    assert_eq!(kept.days(), 1);
+    // The day before's peak is ahead of the next day's 13:55.
+    assert_eq!(
+        kept.ahead(h(24 + 13) + Duration::from_secs(55 * 60), h(0)),
+        None
+    );
+    assert_eq!(
+        kept.ahead(
+            h(24 + 13) + Duration::from_secs(55 * 60),
+            Duration::from_secs(600)
+        ),
+        Some(22_000.0)
+    );
+}

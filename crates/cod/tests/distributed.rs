@@ -666,15 +666,19 @@ slots = 1
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cod"));
-    cmd.arg("--config")
-        .arg(config(dir.path(), "manager", 68_700))
-        .args(["fleet", "--nats", &nats.url(), "--fleet-config"])
-        .arg(&fleet_cfg)
-        .env("COD_LOG", "info")
-        .env_remove("COD_CONFIG")
-        .env_remove("COD_LOG_FORMAT");
-    let manager = Proc::spawn(cmd);
+    let manager_cfg = config(dir.path(), "manager", 68_700);
+    let fleet = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cod"));
+        cmd.arg("--config")
+            .arg(&manager_cfg)
+            .args(["fleet", "--nats", &nats.url(), "--fleet-config"])
+            .arg(&fleet_cfg)
+            .env("COD_LOG", "info")
+            .env_remove("COD_CONFIG")
+            .env_remove("COD_LOG_FORMAT");
+        Proc::spawn(cmd)
+    };
+    let mut manager = fleet();
 
     // No worker yet: the runs wait in the stream.
     assert!(workers(&gw).await.is_empty());
@@ -701,6 +705,13 @@ slots = 1
     // The load is gone: the worker is drained, exits, and leaves the list.
     manager.wait_line("worker stopped");
     wait_workers(&gw, "none left", <[Value]>::is_empty).await;
+
+    // Stopped, the manager keeps its day curve in the broker; the next one goes on from it
+    // rather than learning the previous days again.
+    manager.signal(rustix::process::Signal::TERM);
+    assert!(manager.wait_exit().success());
+    let next = fleet();
+    next.wait_line("continuing the day curve kept by an earlier manager");
 }
 
 /// `cod serve --nats --local-worker`: one process is a gateway and a worker on the bus,

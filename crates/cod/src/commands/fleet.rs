@@ -1,4 +1,4 @@
-//! `cod fleet`: the compute resource manager (docs/fleet-manager.md).
+//! `cod fleet`: the compute resource manager (docs/fleet.md).
 //!
 //! Measures the load (the fleet's NATS JetStream with `--nats`, else JSON lines on
 //! standard input), decides with the autoscaling policy and starts or drains workers
@@ -218,6 +218,7 @@ async fn run(
         }
         None => Source::Stdin(JsonLines::new(stdin()?)),
     };
+    let policy = continue_curve(policy, &source).await;
     let config_path = args.fleet_config.unwrap_or_default();
     if let Some(local) = local {
         tracing::info!(provider = "local", command = ?local.command, source = source.name(),
@@ -288,6 +289,46 @@ async fn run_kubernetes(
     )
 }
 
+/// With the NATS source, the policy with the day curve an earlier manager kept there (a
+/// restart does not forget the previous days); else, or without one, `policy` as it is.
+async fn continue_curve(policy: Autoscaler, source: &Source) -> Autoscaler {
+    let Source::Nats(nats) = source else {
+        return policy;
+    };
+    let prescale = &policy.config().prescale;
+    match nats.bus().load_curve().await {
+        Ok(Some(kept)) => match kept.reuse(prescale.bucket, prescale.weight) {
+            Some(curve) => {
+                tracing::info!(
+                    days = curve.days(),
+                    "continuing the day curve kept by an earlier manager"
+                );
+                policy.with_curve(curve)
+            }
+            None => {
+                tracing::warn!(
+                    "the kept day curve has other buckets than policy.prescale.bucket: learning anew"
+                );
+                policy
+            }
+        },
+        Ok(None) => policy,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "the kept day curve could not be read: learning anew");
+            policy
+        }
+    }
+}
+
+/// With the NATS source, keeps the manager's day curve there for the next manager.
+async fn keep_curve<P: Provider>(manager: &Manager<P>, source: &Source) {
+    if let Source::Nats(nats) = source
+        && let Err(e) = nats.bus().save_curve(manager.policy().curve()).await
+    {
+        tracing::warn!(error = %error_chain(&e), "the day curve could not be kept");
+    }
+}
+
 /// Decides on every sample until the source ends or `stop` resolves.
 async fn drive<P: Provider>(
     manager: &mut Manager<P>,
@@ -295,11 +336,15 @@ async fn drive<P: Provider>(
     stop: &mut (impl Future<Output = ()> + Unpin),
 ) -> anyhow::Result<ExitCode> {
     let mut failing = false;
+    // The day curve is kept once per bucket of the day, and on the way out.
+    let every = manager.policy().config().prescale.bucket;
+    let mut kept = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             next = source.next_sample() => next,
             () = &mut *stop => {
                 tracing::info!("signal received: stopping");
+                keep_curve(manager, source).await;
                 return Ok(ExitCode::SUCCESS);
             }
         };
@@ -307,6 +352,7 @@ async fn drive<P: Provider>(
             Ok(Some(sample)) => sample,
             Ok(None) => {
                 tracing::info!(source = source.name(), "the load source ended");
+                keep_curve(manager, source).await;
                 return Ok(ExitCode::SUCCESS);
             }
             Err(e) => {
@@ -336,6 +382,10 @@ async fn drive<P: Provider>(
         if let Err(e) = manager.step(sample).await {
             tracing::error!(provider = manager.provider().name(), error = %error_chain(&e),
                 "the provider failed; the next decision tries again");
+        }
+        if kept.elapsed() >= every {
+            keep_curve(manager, source).await;
+            kept = tokio::time::Instant::now();
         }
     }
 }
