@@ -320,14 +320,23 @@ async fn continue_curve(policy: Autoscaler, source: &Source) -> Autoscaler {
     }
 }
 
-/// With the NATS source, keeps the manager's day curve there for the next manager.
+/// With the NATS source, keeps the manager's day curve there for the next manager; a
+/// broker that does not take it within [`KEEP_PATIENCE`] is not waited for (the next
+/// bucket, or the next manager, tries again).
 async fn keep_curve<P: Provider>(manager: &Manager<P>, source: &Source) {
-    if let Source::Nats(nats) = source
-        && let Err(e) = nats.bus().save_curve(manager.policy().curve()).await
-    {
-        tracing::warn!(error = %error_chain(&e), "the day curve could not be kept");
+    let Source::Nats(nats) = source else {
+        return;
+    };
+    let save = nats.bus().save_curve(manager.policy().curve());
+    match tokio::time::timeout(KEEP_PATIENCE, save).await {
+        Ok(Ok(())) => tracing::debug!("day curve kept"),
+        Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "the day curve could not be kept"),
+        Err(_) => tracing::warn!("the day curve could not be kept: the broker did not answer"),
     }
 }
+
+/// How long keeping the day curve may take.
+const KEEP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Decides on every sample until the source ends or `stop` resolves.
 async fn drive<P: Provider>(
