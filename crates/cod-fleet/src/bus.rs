@@ -319,15 +319,20 @@ impl Bus {
         })
     }
 
-    /// The manager's day curve as an earlier manager left it, if any.
-    pub async fn load_curve(&self) -> Result<Option<crate::DayCurve>, BusError> {
-        let kv = bucket(
+    /// The manager's bucket, made if it does not exist (only the manager uses it).
+    async fn manager_bucket(&self) -> Result<kv::Store, BusError> {
+        bucket(
             &self.js,
             MANAGER_BUCKET,
             Duration::ZERO,
             self.config.replicas,
         )
-        .await?;
+        .await
+    }
+
+    /// The manager's day curve as an earlier manager left it, if any.
+    pub async fn load_curve(&self) -> Result<Option<crate::DayCurve>, BusError> {
+        let kv = self.manager_bucket().await?;
         match kv
             .get(CURVE_KEY)
             .await
@@ -342,15 +347,10 @@ impl Bus {
 
     /// Keeps the manager's day curve for the next manager (a restart, a replacement).
     pub async fn save_curve(&self, curve: &crate::DayCurve) -> Result<(), BusError> {
-        let kv = bucket(
-            &self.js,
-            MANAGER_BUCKET,
-            Duration::ZERO,
-            self.config.replicas,
-        )
-        .await?;
         let bytes = serde_json::to_vec(curve).map_err(bus_err("keeping the day curve"))?;
-        kv.put(CURVE_KEY, bytes.into())
+        self.manager_bucket()
+            .await?
+            .put(CURVE_KEY, bytes.into())
             .await
             .map_err(bus_err("keeping the day curve"))?;
         Ok(())

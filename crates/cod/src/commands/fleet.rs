@@ -296,7 +296,13 @@ async fn continue_curve(policy: Autoscaler, source: &Source) -> Autoscaler {
         return policy;
     };
     let prescale = &policy.config().prescale;
-    match nats.bus().load_curve().await {
+    let load = tokio::time::timeout(KEEP_PATIENCE, nats.bus().load_curve()).await;
+    match load.unwrap_or_else(|_| {
+        Err(cod_fleet::bus::BusError {
+            what: "reading the day curve",
+            message: "the broker did not answer".into(),
+        })
+    }) {
         Ok(Some(kept)) => match kept.reuse(prescale.bucket, prescale.weight) {
             Some(curve) => {
                 tracing::info!(
@@ -335,7 +341,7 @@ async fn keep_curve<P: Provider>(manager: &Manager<P>, source: &Source) {
     }
 }
 
-/// How long keeping the day curve may take.
+/// How long keeping (or reading) the day curve may take.
 const KEEP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Decides on every sample until the source ends or `stop` resolves.
