@@ -339,6 +339,8 @@ fn launch_woken(
             }
             other => {
                 drop(begun);
+                tracing::debug!(job = %job.item.id, claimed_another = other.is_some(),
+                    "early start dropped: the claim did not bring the announced job");
                 if let Some(msg) = other {
                     serve_job(&ctx, msg, held, None).await;
                 }
