@@ -110,7 +110,7 @@ pub async fn serve_jobs(
     if ctx.opts.prebuild
         && let Some(slot) = free.pop()
     {
-        tokio::spawn(prebuild(ctx.clone(), slot, freed_tx.clone()));
+        tokio::spawn(prebuild(ctx.clone(), Held::new(&ctx, slot, &freed_tx)));
     }
     info!(worker = %ctx.opts.id, slots = total, runtimes = ?ctx.opts.runtimes, "worker ready");
     let mut wake: Option<SelectAll<async_nats::Subscriber>> = None;
@@ -260,13 +260,7 @@ fn hold(
         let last = free.len() - 1;
         free.swap(i, last);
     }
-    let slot = free.pop()?;
-    ctx.busy.fetch_add(1, Ordering::Relaxed);
-    Some(Held {
-        ctx: ctx.clone(),
-        slot,
-        freed: Some(freed.clone()),
-    })
+    Some(Held::new(ctx, free.pop()?, freed))
 }
 
 fn launch(
@@ -321,7 +315,7 @@ fn launch_woken(
             return;
         };
         let span = info_span!("job", id = %job.item.id, language = %job.item.language, attempt = 1u32, slot = held.slot);
-        let mut begun = Begun::start(&ctx, prepared, held.slot, span);
+        let mut begun = Begun::start(&ctx, prepared, held.slot, None, span);
         let claim = claim_woken(&consumer);
         tokio::pin!(claim);
         let msg = loop {
@@ -349,7 +343,8 @@ fn launch_woken(
     });
 }
 
-/// A run started before its job was claimed: its events wait until the claim succeeds.
+/// A started run: its result, and its events until it ends. One started before its job
+/// was claimed holds its events until the claim succeeds.
 struct Begun {
     run: std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>>,
     events: mpsc::Receiver<RunEvent>,
@@ -359,13 +354,17 @@ struct Begun {
 }
 
 impl Begun {
-    fn start(ctx: &Ctx, prepared: cod_runtime::Job, slot: u32, span: tracing::Span) -> Begun {
+    /// Starts `prepared` in `slot`, with `input` for an interactive run, in `span`.
+    fn start(
+        ctx: &Ctx,
+        prepared: cod_runtime::Job,
+        slot: u32,
+        input: Option<mpsc::Receiver<RunInput>>,
+        span: tracing::Span,
+    ) -> Begun {
         let (tx, rx) = mpsc::channel(16);
         let executor = ctx.executor.clone();
-        let mut io = RunIo {
-            events: tx,
-            input: None,
-        };
+        let mut io = RunIo { events: tx, input };
         Begun {
             run: Box::pin(
                 async move { executor.execute_streaming(&prepared, slot, &mut io).await }
@@ -399,6 +398,16 @@ struct Held {
 }
 
 impl Held {
+    /// Holds `slot`: counted busy until given back on `freed`.
+    fn new(ctx: &Arc<Ctx>, slot: u32, freed: &mpsc::UnboundedSender<u32>) -> Held {
+        ctx.busy.fetch_add(1, Ordering::Relaxed);
+        Held {
+            ctx: ctx.clone(),
+            slot,
+            freed: Some(freed.clone()),
+        }
+    }
+
     /// The run is over: the slot can take the next job while this one's result is stored.
     fn release(&mut self) {
         if let Some(freed) = self.freed.take() {
@@ -414,8 +423,9 @@ impl Drop for Held {
     }
 }
 
-async fn prebuild(ctx: Arc<Ctx>, slot: u32, freed: mpsc::UnboundedSender<u32>) {
-    ctx.busy.fetch_add(1, Ordering::Relaxed);
+/// Builds the missing prebuilds in the `held` slot, then gives it back.
+async fn prebuild(ctx: Arc<Ctx>, held: Held) {
+    let slot = held.slot;
     for lang in ctx.executor.registry().all() {
         if !ctx.opts.runtimes.contains(&lang.name)
             || lang.prebuild().is_none()
@@ -431,8 +441,7 @@ async fn prebuild(ctx: Arc<Ctx>, slot: u32, freed: mpsc::UnboundedSender<u32>) {
             }
         }
     }
-    ctx.busy.fetch_sub(1, Ordering::Relaxed);
-    let _ = freed.send(slot);
+    drop(held);
 }
 
 fn heartbeat(ctx: &Ctx) -> Vec<u8> {
@@ -699,15 +708,9 @@ async fn run(
                     );
                 }
             };
-            let (tx, rx) = mpsc::channel(16);
-            let mut io = RunIo {
-                events: tx,
-                input: job.interactive.then_some(in_rx),
-            };
-            let executor = ctx.executor.clone();
-            let run: std::pin::Pin<Box<dyn std::future::Future<Output = RunResult> + Send>> =
-                Box::pin(async move { executor.execute_streaming(&prepared, slot, &mut io).await });
-            (run, rx, None)
+            let input = job.interactive.then_some(in_rx);
+            let b = Begun::start(ctx, prepared, slot, input, tracing::Span::current());
+            (b.run, b.events, None)
         }
     };
     let mut progress =

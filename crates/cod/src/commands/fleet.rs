@@ -297,12 +297,7 @@ async fn continue_curve(policy: Autoscaler, source: &Source) -> Autoscaler {
     };
     let prescale = &policy.config().prescale;
     let load = tokio::time::timeout(KEEP_PATIENCE, nats.bus().load_curve()).await;
-    match load.unwrap_or_else(|_| {
-        Err(cod_fleet::bus::BusError {
-            what: "reading the day curve",
-            message: "the broker did not answer".into(),
-        })
-    }) {
+    match load.unwrap_or_else(|e| Err(cod_fleet::bus::bus_err("reading the day curve")(e))) {
         Ok(Some(kept)) => match kept.reuse(prescale.bucket, prescale.weight) {
             Some(curve) => {
                 tracing::info!(
