@@ -81,6 +81,10 @@ pub(crate) const CMD_AWAIT: u8 = b'A';
 /// serves the run like any prepared one. Reports [`REPORT_DROPPED`].
 pub(crate) const CMD_DROP: u8 = b'X';
 
+/// `K`: a zygote's last run is over and accounted for: start the next run's processes
+/// now, while the slot is idle (see `zygote.rs`). No report.
+pub(crate) const CMD_PARK: u8 = b'K';
+
 /// Largest command message (the socket's own limit is about 200 KiB).
 pub(crate) const MAX_MESSAGE: usize = 160 * 1024;
 /// Most arguments and environment entries of a stage.

@@ -306,10 +306,18 @@ impl Python {
         unsafe { (self.after_fork_parent)() }
     }
 
+    /// Call in the child, right after forking (before waiting for its run).
+    pub(crate) fn after_fork_child(&self) {
+        // SAFETY: this is the child of a fork prepared by `before_fork`, on the thread that
+        // held the GIL.
+        unsafe { (self.after_fork_child)() }
+    }
+
     /// Runs `script` (a path relative to `dir`) as `program script args...` run from `dir`
     /// would, with `env` as `os.environ` when it differs from the zygote's, and ends the
     /// process with the interpreter's status. Call in the run's process, after the fork, once
-    /// its descriptors, limits and privileges are those of the program.
+    /// its descriptors, limits and privileges are those of the program, and
+    /// [`after_fork_child`](Self::after_fork_child) ran.
     pub(crate) fn run_main(
         &self,
         dir: &str,
@@ -317,9 +325,6 @@ impl Python {
         args: &[&CStr],
         env: Option<&[&CStr]>,
     ) -> ! {
-        // SAFETY: this is the child of a fork prepared by `before_fork`, on the thread that
-        // held the GIL.
-        unsafe { (self.after_fork_child)() };
         let Some(script) = args.first() else {
             crate::sys::exit_now(2)
         };

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
+use rustix::net::SendFlags;
 use rustix::pipe::{PipeFlags, pipe_with};
 use rustix::process::Resource;
 
@@ -162,6 +163,7 @@ pub(crate) fn supervise_one(
     let (result, served) = match pick_zygote(&spec, state, zygotes) {
         Some(z) => {
             let index = i32::try_from(z.index).unwrap_or(0);
+            let zygote_cmd = z.cmd.try_clone().ok();
             let result = run_warm(&spec, state, slot, &mut sock, z);
             if zygote_failed(&result) {
                 // The zygote died or misbehaved (its keeper replaces it): the run is not
@@ -170,7 +172,21 @@ pub(crate) fn supervise_one(
                 let cold = run(&spec, state, slot, &mut sock, fitting, &mut used);
                 (cold, Served::WarmDoubt(index))
             } else {
-                (result, Served::Warm(index))
+                let served = finish_run(
+                    sock,
+                    result,
+                    Served::Warm(index),
+                    used,
+                    prepared,
+                    slot,
+                    zygote_pids,
+                );
+                // The run is accounted for and the slot checked: the zygote may start the
+                // next run's processes now.
+                if let Some(cmd) = zygote_cmd {
+                    let _ = rustix::net::send(&cmd, &[init::CMD_PARK], SendFlags::NOSIGNAL);
+                }
+                return served;
             }
         }
         None => match prestarted_for(prepared.as_ref(), &spec, state) {
@@ -334,18 +350,42 @@ fn pick_zygote(
 }
 
 /// Kills what is left in the slot's cgroup after a run: anything but cod's own processes
-/// (this supervisor, the keeper, the slot's zygotes). The run's PID namespace is gone by
-/// then, so this finds nothing unless something escaped it: check rather than trust.
+/// (this supervisor, the keeper, the slot's zygotes and the runs they parked). The run's PID
+/// namespace is gone by then, so this finds nothing unless something escaped it: check
+/// rather than trust.
+///
+/// A zygote's child is the `G` of a run (pid 1 of its PID namespace), and a child of that
+/// is its `H`: a warm run's `G` has killed and reaped everything else of its run before the
+/// zygote reports, so what is there now is a run parked for later.
 fn kill_leftovers(slot: &SlotContext<'_>, zygote_pids: &[i32], keep_ns: Option<u64>) {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     if let Ok(procs) = slot.cgroup.procs() {
+        let parked = |p: i32| {
+            let g = parent(p);
+            g.is_some_and(|g| zygote_pids.contains(&g))
+                || g.and_then(parent).is_some_and(|z| zygote_pids.contains(&z))
+        };
         crate::cgroup::kill_and_wait(procs.into_iter().filter(|p| {
             *p != me
                 && *p != slot.keeper
                 && !zygote_pids.contains(p)
                 && (keep_ns.is_none() || pid_namespace(*p) != keep_ns)
+                && !parked(*p)
         }));
     }
+}
+
+/// The parent of `pid` (from `/proc/PID/stat`), if it still exists.
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so read after the
+    // last `)`.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Runs a single-stage spec in a zygote (see `zygote.rs`).

@@ -2,26 +2,31 @@
 //! isolated process for each run, so that a run pays neither `execve` nor the interpreter's
 //! start-up (about 10 ms for CPython, most of a `print(1)`).
 //!
-//! The zygote never runs a program's code itself. For each stage it clones a process `G`
+//! The zygote never runs a program's code itself. For each run it clones a process `G`
 //! into new PID, mount and IPC namespaces; `G` mounts the run's own work tmpfs on `/box`,
-//! `/tmp` and `/dev/shm` and a new `/proc`, then forks `H`, which drops every privilege
-//! exactly as a cold run's program does (same rlimits, uid, empty capability sets, seccomp
-//! policy) and runs the program in the interpreter. When `H` ends, `G` reports its status
-//! and exits, and the kernel kills whatever else the run left in its PID namespace before
-//! the zygote's `wait` returns. Nothing of one run can reach the next:
+//! `/tmp` and `/dev/shm` and a new `/proc`, then forks `H`. All of that happens ahead, while
+//! the slot is idle (the run is *parked*): `H` runs the interpreter's after-fork hooks and
+//! waits for its run. When the run comes, its files go into the parked tmpfs and `H`
+//! receives the plan and stdio, drops every privilege exactly as a cold run's program does
+//! (same rlimits, uid, empty capability sets, seccomp policy) and runs the program in the
+//! interpreter. When `H` ends, `G` kills and reaps whatever else the run left in its PID
+//! namespace, reports its status and exits. Nothing of one run can reach the next:
 //!
 //! - files: every run gets a new tmpfs, created by the zygote before its files arrive and
-//!   dropped after it; the root stays read-only;
+//!   dropped after it (a parked run that received files and was not started is discarded);
+//!   the root stays read-only;
 //! - processes: a run's PID namespace dies with `G`;
 //! - interpreter state: each run is a copy of the pristine zygote, which no program's code
 //!   ever touched;
 //! - random state: forking runs the interpreter's after-fork hooks (CPython reseeds
-//!   `random`), and each run draws fresh entropy from the kernel;
+//!   `random`) in each parked `H`, and each run draws fresh entropy from the kernel;
 //! - environment: set from the stage for each run;
 //! - SysV IPC and POSIX message queues: a new IPC namespace per run.
 //!
 //! The zygote lives in the slot's cgroup; the supervisor takes the cgroup's usage at the
-//! stage's start as its baseline, as on the cold path. A stage the warm interpreter cannot
+//! stage's start as its baseline, as on the cold path. It tells the zygote to park the next
+//! run ([`CMD_PARK`]) only once it has read the last run's figures, so that parking is
+//! counted in no run's (a run that must park its own, the first in a slot, pays for it). A stage the warm interpreter cannot
 //! take (another program, an option before the script) is `execve`d by `H` like on the cold
 //! path, in the same fresh namespaces.
 
@@ -39,7 +44,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg}
 use rustix::process::{Signal, WaitOptions};
 
 use crate::init::{
-    self, CMD_DATA, CMD_DISK, CMD_END, CMD_FILE, CMD_STAGE, InitBuffers, InitPlan,
+    self, CMD_DATA, CMD_DISK, CMD_END, CMD_FILE, CMD_PARK, CMD_STAGE, InitBuffers, InitPlan,
     NOT_STARTED_FORK, NOT_STARTED_PLAN, Plan, REPORT_NOT_STARTED, REPORT_STAGE_DONE,
     REPORT_WARM_FAILED, REPORT_WARM_READY,
 };
@@ -179,7 +184,6 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
     init::report(p.report, REPORT_WARM_READY, 0, 0, 0);
 
     let mut disk: u64 = 16 << 20;
-    let mut scratch: Option<Scratch> = None;
     let mut incoming = init::Incoming::new();
     let Some(stack) = Stack::new() else {
         init::report(p.report, REPORT_WARM_FAILED, WARM_SETUP, libc::ENOMEM, 0);
@@ -192,6 +196,7 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
         env: &warm.env,
         stack,
         last_g: None,
+        parked: None,
     };
     loop {
         let mut fds = [-1; 5];
@@ -205,47 +210,53 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
                     Some(b) => disk = u64::from_le_bytes(b),
                     None => incoming.fail(init::NOT_STARTED_DISK, -1, Errno::INVAL),
                 }
-                // Sent before the run's first file: the next one makes the tmpfs.
-                scratch = None;
+                // Sent before the run's first file: a parked run of another size, or one
+                // that already holds files, is not for this run.
+                if zygote
+                    .parked
+                    .as_ref()
+                    .is_some_and(|r| r.disk != disk || r.has_files)
+                {
+                    zygote.discard_parked();
+                }
             }
             CMD_FILE => {
                 incoming.begin(|| {
-                    // The run's first file makes its tmpfs.
-                    let made = match &scratch {
-                        Some(s) => Ok(s),
-                        None => new_scratch(disk).map(|s| &*scratch.insert(s)),
-                    };
-                    made.and_then(|s| init::create_file(&s.work, body))
+                    // The run's files go into the parked run's tmpfs.
+                    let run = zygote.ensure_parked(disk)?;
+                    run.has_files = true;
+                    init::create_file(&run.scratch.work, body)
                 });
                 incoming.copy_attached(&fds[..nfds]);
             }
             CMD_DATA => incoming.data(body),
             CMD_END => incoming.end(),
+            CMD_PARK => {
+                // The supervisor is done with the last run: get the next one's processes
+                // ready now, off its request path. Failing here only means the run parks
+                // its own when it comes.
+                let _ = zygote.ensure_parked(disk);
+            }
             CMD_STAGE if nfds == 3 => {
                 let stdio = [fds[0], fds[1], fds[2]];
-                let pending = incoming.stage();
-                let run_scratch = match scratch.take() {
-                    Some(s) => Ok(s),
-                    None => new_scratch(disk),
-                };
-                let not_started: Result<(), (i32, i32, Errno)> = match (pending, run_scratch) {
-                    (Some(p), _) => Err(p),
-                    (None, Err(e)) => Err((init::NOT_STARTED_DISK, -1, e)),
-                    (None, Ok(s)) => {
+                let not_started: Result<(), (i32, i32, Errno)> = match incoming.stage() {
+                    Some(p) => Err(p),
+                    None => {
                         let InitBuffers { message, argv, env } = &mut *bufs;
-                        match init::decode_plan(&message[1..len], argv, env) {
-                            Some(plan) => {
-                                zygote.stage(&plan, stdio, s);
-                                continue;
-                            }
-                            None => Err((NOT_STARTED_PLAN, -1, Errno::INVAL)),
+                        // Checked here, decoded again by `H` from its own copy.
+                        if init::decode_plan(&message[1..len], argv, env).is_some() {
+                            zygote.stage(&message[..len], stdio, disk);
+                            continue;
                         }
+                        Err((NOT_STARTED_PLAN, -1, Errno::INVAL))
                     }
                 };
                 if let Err((what, index, e)) = not_started {
                     for f in stdio {
                         sys::close(f);
                     }
+                    // Its tmpfs may hold this run's files.
+                    zygote.discard_parked();
                     send_started(p.cmd, None);
                     init::report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
                 }
@@ -254,6 +265,7 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
                 for f in fds.iter().take(nfds) {
                     sys::close(*f);
                 }
+                zygote.discard_parked();
                 sys::exit_now(0);
             }
         }
@@ -294,26 +306,65 @@ struct Zygote<'a> {
     python: &'a Python,
     program: &'a CStr,
     env: &'a [String],
-    /// The stack `G` runs on.
+    /// The stack `G` runs on (one `G` lives at a time).
     stack: Stack,
     /// The last run's `G`, to reap.
     last_g: Option<i32>,
+    /// The next run's processes, started ahead and waiting for it.
+    parked: Option<Parked>,
 }
 
-/// What `G` needs, passed through `clone`.
+/// A run started ahead of its request: `G` (pid 1 of new PID, mount and IPC namespaces, its
+/// tmpfs and `/proc` mounted) and its fork `H`, a copy of the interpreter that ran its
+/// after-fork hooks and waits, with every privilege still, for the run's plan and stdio.
+struct Parked {
+    g: i32,
+    /// A pidfd of `G`: killing it ends the run (the supervisor gets a copy).
+    pidfd: OwnedFd,
+    /// The zygote's end of the socket `H` waits on.
+    go: OwnedFd,
+    /// `G` writes the program's status here once every process of the run is gone.
+    status: OwnedFd,
+    scratch: Scratch,
+    disk: u64,
+    /// Whether a run's files were written into the tmpfs already.
+    has_files: bool,
+}
+
+impl Parked {
+    /// Whether `G` is still there, waiting: it writes its status (or its end closes) only
+    /// once the run is over.
+    fn waiting(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.status,
+            rustix::event::PollFlags::IN,
+        )];
+        matches!(
+            rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())),
+            Ok(0)
+        )
+    }
+}
+
+/// What `G` needs, passed through `clone`. Valid only until `G` tells the zygote that `H`
+/// exists: from then on the two run side by side.
 struct GArgs<'z, 'p> {
     zygote: &'z Zygote<'z>,
-    plan: &'p Plan<'p>,
-    stdio: [RawFd; 3],
     scratch: &'p Scratch,
+    /// `G`'s ends.
     status_w: RawFd,
+    ready_w: RawFd,
+    go_h: RawFd,
+    /// The zygote's ends, which `G` closes.
     status_r: RawFd,
+    ready_r: RawFd,
+    go_z: RawFd,
 }
 
 extern "C" fn g_entry(arg: *mut std::ffi::c_void) -> std::ffi::c_int {
-    // SAFETY: `arg` is the `GArgs` that `Zygote::stage` passed to clone; it stays valid
-    // because the zygote is suspended (CLONE_VFORK) until this process exits, which
-    // `g_main` always does.
+    // SAFETY: `arg` is the `GArgs` that `Zygote::park` passed to clone; the zygote keeps it
+    // alive, blocked in a read, until `G` writes on its ready pipe, and `g_main` does not
+    // touch it after that write.
     let a = unsafe { &*arg.cast::<GArgs<'_, '_>>() };
     a.zygote.g_main(a)
 }
@@ -356,25 +407,146 @@ impl Stack {
 }
 
 impl Zygote<'_> {
-    /// Runs one stage in a fresh `G`, waits for its report, and reports.
-    ///
-    /// `G` is cloned like `posix_spawn` clones its child: sharing this process's memory
-    /// (`CLONE_VM`) on a stack of its own, with this process suspended until `G` exits
-    /// (`CLONE_VFORK`). So no page table is copied for it (only `H`, its fork, copies the
-    /// zygote), and `G` must not change any memory but its stack: it makes only system
-    /// calls and one `fork`.
-    fn stage(&mut self, plan: &Plan<'_>, stdio: [RawFd; 3], scratch: Scratch) {
-        let p = self.p;
-        // The previous run's G exited before this process resumed; its namespaces may
-        // still have been going away. Reap it now.
+    /// Reaps the last run's `G`, which may still have been going away (its namespaces).
+    fn reap_last(&mut self) {
         if let Some(pid) = self.last_g.take().and_then(rustix::process::Pid::from_raw) {
             while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
             }
         }
-        let not_started = |e: Errno| {
-            for f in stdio {
-                sys::close(f);
+    }
+
+    /// The parked run, started now if there is none fit for a run with `disk` bytes of
+    /// tmpfs, or if the one there died meanwhile (killed from outside, say).
+    fn ensure_parked(&mut self, disk: u64) -> Result<&mut Parked, Errno> {
+        let fit = self
+            .parked
+            .as_ref()
+            .is_some_and(|r| r.disk == disk && r.waiting());
+        if !fit {
+            self.discard_parked();
+            let run = self.park(disk)?;
+            self.parked = Some(run);
+        }
+        self.parked.as_mut().ok_or(Errno::NOMEM)
+    }
+
+    /// Kills the parked run, if any, and reaps its `G` (which takes its namespaces, and so
+    /// `H`, with it).
+    fn discard_parked(&mut self) {
+        if let Some(run) = self.parked.take() {
+            let _ = rustix::process::pidfd_send_signal(&run.pidfd, Signal::KILL);
+            self.last_g = Some(run.g);
+            self.reap_last();
+        }
+    }
+
+    /// Starts a run ahead: a fresh tmpfs, then `G`, which mounts it and forks `H`.
+    ///
+    /// `G` is cloned like `posix_spawn` clones its child: sharing this process's memory
+    /// (`CLONE_VM`) on a stack of its own, so that no page table is copied for it (only `H`,
+    /// its fork, copies the zygote). Until `G` reports on the ready pipe that `H` exists,
+    /// this process waits in a `read`, so `H` is a copy of a zygote at rest; after that `G`
+    /// makes only system calls and touches nothing but its stack.
+    fn park(&mut self, disk: u64) -> Result<Parked, Errno> {
+        self.reap_last();
+        let scratch = new_scratch(disk)?;
+        let cloexec = rustix::pipe::PipeFlags::CLOEXEC;
+        let (status_r, status_w) = rustix::pipe::pipe_with(cloexec)?;
+        let (ready_r, ready_w) = rustix::pipe::pipe_with(cloexec)?;
+        let (go_z, go_h) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let stack_top = self.stack.top().ok_or(Errno::NOMEM)?;
+        let args = GArgs {
+            zygote: self,
+            scratch: &scratch,
+            status_w: status_w.as_raw_fd(),
+            ready_w: ready_w.as_raw_fd(),
+            go_h: go_h.as_raw_fd(),
+            status_r: status_r.as_raw_fd(),
+            ready_r: ready_r.as_raw_fd(),
+            go_z: go_z.as_raw_fd(),
+        };
+        self.python.before_fork();
+        let flags = libc::CLONE_VM
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWIPC
+            | libc::SIGCHLD;
+        // SAFETY: `g_entry` runs on the stack `stack_top` points into (a private mapping of
+        // this process that no other process uses while this `G` lives: the next one is
+        // cloned only after this one is reaped) with `args`, which outlives the child's use
+        // of it: this thread blocks reading `ready_r` below until `G` is done with it. The
+        // child makes system calls and one fork (see `g_main`).
+        let g = unsafe {
+            libc::clone(
+                g_entry,
+                stack_top,
+                flags,
+                (&raw const args).cast_mut().cast(),
+            )
+        };
+        let clone_errno = (g < 0).then(sys::errno);
+        // `G` writes 0 once `H` is forked, or the errno of what failed before.
+        let mut word = [0u8; 4];
+        let mut got = 0;
+        if g > 0 {
+            drop(ready_w);
+            while got < word.len() {
+                match rustix::io::read(&ready_r, &mut word[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(Errno::INTR) => {}
+                    Err(_) => break,
+                }
             }
+        }
+        self.python.after_fork_parent();
+        if g <= 0 {
+            return Err(clone_errno.unwrap_or(Errno::AGAIN));
+        }
+        self.last_g = Some(g);
+        let errno = i32::from_le_bytes(word);
+        if got < word.len() || errno != 0 {
+            if let Some(pid) = rustix::process::Pid::from_raw(g) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            self.reap_last();
+            return Err(if got < word.len() {
+                Errno::CHILD
+            } else {
+                Errno::from_raw_os_error(errno)
+            });
+        }
+        let pid = rustix::process::Pid::from_raw(g).ok_or(Errno::SRCH)?;
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+                self.reap_last();
+                return Err(e);
+            }
+        };
+        self.last_g = None;
+        Ok(Parked {
+            g,
+            pidfd,
+            go: go_z,
+            status: status_r,
+            scratch,
+            disk,
+            has_files: false,
+        })
+    }
+
+    /// Runs one stage (`message` is its [`CMD_STAGE`]) in the parked run, parking one now
+    /// if none is ready, waits for `G`'s report, and reports.
+    fn stage(&mut self, message: &[u8], stdio: [RawFd; 3], disk: u64) {
+        let p = self.p;
+        let not_started = |e: Errno| {
             send_started(p.cmd, None);
             init::report(
                 p.report,
@@ -384,66 +556,49 @@ impl Zygote<'_> {
                 NOT_STARTED_FORK,
             );
         };
-        let (status_r, status_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
-            Ok(pair) => pair,
-            Err(e) => return not_started(e),
+        let run = match self.ensure_parked(disk) {
+            Ok(_) => self.parked.take(),
+            Err(e) => {
+                for f in stdio {
+                    sys::close(f);
+                }
+                return not_started(e);
+            }
         };
-        let Some(stack_top) = self.stack.top() else {
+        let Some(run) = run else {
             return not_started(Errno::NOMEM);
         };
-        let args = GArgs {
-            zygote: self,
-            plan,
-            stdio,
-            scratch: &scratch,
-            status_w: status_w.as_raw_fd(),
-            status_r: status_r.as_raw_fd(),
-        };
-        self.python.before_fork();
-        let flags = libc::CLONE_VM
-            | libc::CLONE_VFORK
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWIPC
-            | libc::SIGCHLD;
-        // SAFETY: `g_entry` runs on the stack `stack_top` points into (a private mapping of
-        // this process that nothing else uses) with `args`, which outlives the child's use of
-        // it because CLONE_VFORK suspends this thread until the child exits. The child only
-        // makes system calls and forks (see `g_main`).
-        let g = unsafe {
-            libc::clone(
-                g_entry,
-                stack_top,
-                flags,
-                (&raw const args).cast_mut().cast(),
+        // `H` takes the plan and its stdio; it is a copy of a zygote that had neither.
+        let sent = {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+            let mut anc = SendAncillaryBuffer::new(&mut space);
+            let fds = stdio.map(init::fd);
+            anc.push(SendAncillaryMessage::ScmRights(&fds));
+            sendmsg(
+                &run.go,
+                &[IoSlice::new(message)],
+                &mut anc,
+                SendFlags::NOSIGNAL,
             )
         };
-        let clone_errno = sys::errno();
-        self.python.after_fork_parent();
-        drop(status_w);
-        drop(scratch);
         for f in stdio {
             sys::close(f);
         }
-        if g < 0 {
-            send_started(p.cmd, None);
-            init::report(
-                p.report,
-                REPORT_NOT_STARTED,
-                clone_errno.raw_os_error(),
-                -1,
-                NOT_STARTED_FORK,
-            );
-            return;
+        self.last_g = Some(run.g);
+        if let Err(e) = sent {
+            // `H` is gone: the run was not started, and another one is parked for the next.
+            let _ = rustix::process::pidfd_send_signal(&run.pidfd, Signal::KILL);
+            self.reap_last();
+            return not_started(e);
         }
-        self.last_g = Some(g);
+        send_started(p.cmd, Some(&run.pidfd));
         // G's report: the program's wait status and the errno of a failed set-up, written
         // once every process of the run is gone; nothing if G was killed (a limit, or the
         // caller cancelled), which the kernel then finishes by killing the rest.
         let mut buf = [0u8; 12];
         let mut got = 0;
         while got < buf.len() {
-            match rustix::io::read(&status_r, &mut buf[got..]) {
+            match rustix::io::read(&run.status, &mut buf[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(Errno::INTR) => {}
@@ -471,71 +626,66 @@ impl Zygote<'_> {
             }
             (g_status, 0, 0)
         };
+        drop(run);
         init::report(p.report, REPORT_STAGE_DONE, status, errno, peak);
     }
 
-    /// `G`: pid 1 of the run's PID namespace. Tells the supervisor how to kill it, mounts
-    /// the run's tmpfs and `/proc`, forks the program, waits for it, kills and reaps
-    /// whatever else the run left, and writes the program's status on `status_w`.
+    /// `G`: pid 1 of the run's PID namespace. Mounts the run's tmpfs and `/proc`, forks `H`,
+    /// tells the zygote, then waits for `H`, kills and reaps whatever else the run left,
+    /// and writes the program's status on `status_w`.
     fn g_main(&self, a: &GArgs<'_, '_>) -> ! {
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-        let status_w = init::fd(a.status_w);
-        let tell = |status: i32, errno: i32, peak: i32| {
-            let mut buf = [0u8; 12];
-            buf[..4].copy_from_slice(&status.to_le_bytes());
-            buf[4..8].copy_from_slice(&errno.to_le_bytes());
-            buf[8..].copy_from_slice(&peak.to_le_bytes());
-            let _ = rustix::io::write(status_w, &buf);
+        // Everything `G` needs after telling the zygote, copied onto its own stack.
+        let (ready_w, status_w) = (a.ready_w, a.status_w);
+        let fail = |e: Errno| -> ! {
+            let _ = rustix::io::write(init::fd(ready_w), &e.raw_os_error().to_le_bytes());
+            sys::exit_now(1)
         };
-        sys::close(a.status_r);
-        // Pid 1 of the new namespace is this process.
-        let me = rustix::process::Pid::from_raw(1).and_then(|pid| {
-            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-        });
-        send_started(self.p.cmd, me.as_ref());
-        drop(me);
-        // The zygote's own channels are not the run's business.
-        sys::close(self.p.cmd);
-        sys::close(self.p.report);
+        for f in [a.status_r, a.ready_r, a.go_z, self.p.cmd, self.p.report] {
+            sys::close(f);
+        }
         if let Err(e) = mount_run(a.scratch) {
-            tell(0, e.raw_os_error(), 0);
-            sys::exit_now(1);
+            fail(e);
         }
         let (err_r, err_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
             Ok(pair) => pair,
-            Err(e) => {
-                tell(0, e.raw_os_error(), 0);
-                sys::exit_now(1);
-            }
+            Err(e) => fail(e),
         };
         // glibc's fork, not a raw clone: the program's process gets libc's per-thread data
         // (its thread id) right, which a program that forks or signals itself relies on.
-        // SAFETY: this process has one thread; the child only runs `h_main`, which ends in
-        // the interpreter or execve. The zygote is suspended meanwhile, and fork leaves the
-        // memory it shares with this process as it found it.
+        // SAFETY: this process has one thread; the child only runs `h_parked`, which ends in
+        // the interpreter or execve. The zygote is blocked in a read meanwhile, and fork
+        // leaves the memory it shares with this process as it found it.
         let h = unsafe { libc::fork() };
         if h == 0 {
             drop(err_r);
-            self.h_main(a.plan, a.stdio, err_w)
-        }
-        drop(err_w);
-        for f in a.stdio {
-            sys::close(f);
+            sys::close(ready_w);
+            sys::close(status_w);
+            self.h_parked(a.go_h, err_w)
         }
         if h < 0 {
-            tell(0, sys::errno().raw_os_error(), 0);
-            sys::exit_now(1);
+            fail(sys::errno());
         }
+        sys::close(a.go_h);
+        drop(err_w);
+        // From here on the zygote runs again: nothing but this stack and system calls.
+        let _ = rustix::io::write(init::fd(ready_w), &0i32.to_le_bytes());
+        sys::close(ready_w);
         let errno = init::read_exec_errno(err_r);
         // Whatever the program leaves behind (daemons, double forks) dies too, and is reaped
         // before the status goes out: when the zygote reports, the run is over.
         let (status, peak) = init::finish_stage(h);
-        tell(status, errno, peak);
+        let mut buf = [0u8; 12];
+        buf[..4].copy_from_slice(&status.to_le_bytes());
+        buf[4..8].copy_from_slice(&errno.to_le_bytes());
+        buf[8..].copy_from_slice(&peak.to_le_bytes());
+        let _ = rustix::io::write(init::fd(status_w), &buf);
         sys::exit_now(0)
     }
 
-    /// `H`: the program's process.
-    fn h_main(&self, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: OwnedFd) -> ! {
+    /// `H` while parked: the interpreter's after-fork work is done ahead, then it waits for
+    /// the run's plan and stdio (or for the zygote to give up on it).
+    fn h_parked(&self, go: RawFd, err_w: OwnedFd) -> ! {
         // The run's processes are the OOM killer's first choice, before the zygote (raising
         // one's own score needs no privilege).
         if let Ok(f) = rustix::fs::open(
@@ -545,6 +695,27 @@ impl Zygote<'_> {
         ) {
             let _ = rustix::io::write(&f, b"1000");
         }
+        self.python.after_fork_child();
+        let mut bufs = InitBuffers::new();
+        let mut fds = [-1; 5];
+        let Some((len, nfds)) = init::receive(go, &mut bufs.message, &mut fds) else {
+            sys::exit_now(0)
+        };
+        sys::close(go);
+        let InitBuffers { message, argv, env } = &mut bufs;
+        let plan = match message.get(1..len) {
+            Some(body) if nfds == 3 => init::decode_plan(body, argv, env),
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            let _ = rustix::io::write(&err_w, &libc::EINVAL.to_le_bytes());
+            sys::exit_now(127)
+        };
+        self.h_main(&plan, [fds[0], fds[1], fds[2]], err_w)
+    }
+
+    /// `H`: the program's process.
+    fn h_main(&self, plan: &Plan<'_>, stdio: [RawFd; 3], err_w: OwnedFd) -> ! {
         let mut err_fd = err_w.as_raw_fd();
         std::mem::forget(err_w);
         let errno = match init::prepare_exec(self.p, plan, stdio, &[], &mut err_fd, false) {

@@ -324,16 +324,122 @@ fn concurrent_warm_runs_see_only_their_own_files() {
     }
 }
 
-/// Host pids of processes running libpython with host uid `uid` (a slot's zygote).
-fn zygotes_of(uid: u32) -> Vec<u32> {
+/// Host pids and parents of the live processes holding libpython with host uid `uid`: a
+/// slot's zygote and the run it parked (its `G` and `H`).
+fn pythons_of(uid: u32) -> Vec<(u32, u32)> {
     host_processes_with_uid(uid..uid + 1)
         .into_iter()
         .filter(|(pid, _)| {
             std::fs::read_to_string(format!("/proc/{pid}/maps"))
                 .is_ok_and(|m| m.contains("libpython"))
         })
-        .map(|(pid, _)| pid)
+        .filter_map(|(pid, _)| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut after = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = after.next()?;
+            let ppid = after.next()?.parse().ok()?;
+            (state != "Z").then_some((pid, ppid))
+        })
         .collect()
+}
+
+/// The slot's zygote: the one such process whose parent is not one of them.
+fn zygotes_of(uid: u32) -> Vec<u32> {
+    let all = pythons_of(uid);
+    all.iter()
+        .filter(|(_, ppid)| !all.iter().any(|(p, _)| p == ppid))
+        .map(|&(pid, _)| pid)
+        .collect()
+}
+
+/// The run the zygote parked, once it is there: `(G, H)`.
+fn parked_of(uid: u32) -> (u32, u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = pythons_of(uid);
+        let zygote = zygotes_of(uid);
+        let g = all.iter().find(|(_, ppid)| zygote.contains(ppid));
+        let h = g.and_then(|&(g, _)| all.iter().find(|(_, ppid)| *ppid == g));
+        if let (Some(&(g, _)), Some(&(h, _))) = (g, h) {
+            return (g, h);
+        }
+        assert!(Instant::now() < deadline, "no run was parked: {all:?}");
+        std::thread::yield_now();
+    }
+}
+
+/// Waits until `pid` has exited (it may stay a zombie until its parent reaps it).
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    }) {
+        assert!(Instant::now() < deadline, "{pid} did not exit");
+        std::thread::yield_now();
+    }
+}
+
+fn kill9(pid: u32) {
+    let st = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(st.success());
+}
+
+#[test]
+fn the_next_run_is_parked_ahead_and_one_killed_meanwhile_is_replaced() {
+    let (base, slot) = (UID_BASE + 140, 17);
+    let jail = warm_jail(base, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    let init_uid = base + common::SLOTS + slot;
+    let zygote = zygotes_of(init_uid);
+    assert_eq!(zygote.len(), 1, "one zygote: {:?}", pythons_of(init_uid));
+    // The next run is the parked H: the same process (its start time, which no namespace
+    // changes), pid 2 under the parked G.
+    let (g, h) = parked_of(init_uid);
+    let started = |stat: &str| {
+        stat.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(19).map(str::to_owned))
+            .expect("a start time")
+    };
+    let h_start = started(&std::fs::read_to_string(format!("/proc/{h}/stat")).expect("H"));
+    let o = run_warm(
+        &jail,
+        &script(
+            slot,
+            "import os\nprint(os.getpid(), open('/proc/self/stat').read())",
+            &[],
+        ),
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (pid, stat) = out.split_once(' ').expect("two fields");
+    assert_eq!(pid, "2", "{}", describe(&o));
+    assert_eq!(started(stat), h_start, "the run was the parked process");
+    assert_ne!(
+        parked_of(init_uid),
+        (g, h),
+        "another run is parked after it"
+    );
+    // Killing either parked process from outside costs the next run nothing but the
+    // time to park another: it still runs warm, in the same zygote.
+    for round in 0..2 {
+        let (g, h) = parked_of(init_uid);
+        let victim = if round == 0 { h } else { g };
+        kill9(victim);
+        wait_gone(g);
+        let o = run_full(&jail, &script(slot, "print(6 * 7)", &[]));
+        assert!(o.warm.is_some(), "round {round}: the run was warm: {o:?}");
+        let stage = &o.stages[0];
+        assert_eq!(stage.status(), Status::Ok, "{}", describe(stage));
+        assert_eq!(stage.stdout, b"42\n");
+        assert_eq!(
+            zygotes_of(init_uid),
+            zygote,
+            "round {round}: the same zygote"
+        );
+    }
 }
 
 #[test]
@@ -346,11 +452,7 @@ fn a_killed_zygote_is_replaced_and_no_run_is_lost() {
     for round in 0..3 {
         let z = zygotes_of(init_uid);
         assert_eq!(z.len(), 1, "round {round}: one zygote: {z:?}");
-        let st = std::process::Command::new("kill")
-            .args(["-9", &z[0].to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(st.success());
+        kill9(z[0]);
         // The very next run must not be lost, whatever state the slot is in.
         let o = run_full(&jail, &script(slot, "print(6 * 7)", &[]));
         let stage = &o.stages[0];
