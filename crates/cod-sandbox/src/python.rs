@@ -43,9 +43,12 @@ pub(crate) struct Python {
     incref: unsafe extern "C" fn(Obj),
     decref: unsafe extern "C" fn(Obj),
     err_print: unsafe extern "C" fn(),
+    err_clear: unsafe extern "C" fn(),
     none: Obj,
     /// The runner function (see [`RUNNER`]), once initialised.
     runner: Obj,
+    /// The runner's `prime` function.
+    prime: Obj,
 }
 
 /// Why the interpreter could not be loaded or started.
@@ -53,7 +56,8 @@ pub(crate) struct Python {
 pub(crate) struct PythonError(pub(crate) String);
 
 /// Defines the function each run calls: `run(path, argv, orig_argv, env, path0)` runs the
-/// script at `path` in `__main__` as `python3` does and ends the process. Everything it
+/// script at `path` in `__main__` as `python3` does and ends the process, and `prime()`,
+/// which a run's process calls while it waits for its run. Everything it
 /// uses is bound before any program runs, so a program that rebinds builtins or `sys`
 /// attributes cannot break how its own run ends. It leaves nothing in `__main__`.
 const RUNNER: &CStr = c"
@@ -142,10 +146,32 @@ def _cod_make():
     _compile('pass', '<warm-up>', 'exec')
     with _open(os.devnull, 'rb') as f:
         f.read()
-    return run
+
+    # In each parked copy, ahead of its run: what compiling and running a small program
+    # writes to the interpreter's memory (the compiler's, the allocator's, the reference
+    # counts of common objects) is copied from the zygote now rather than during the run.
+    # It runs in a namespace of its own and leaves nothing behind.
+    prime_source = '''
+def f(n):
+    return [str(i) for i in range(n)]
+d = {k: len(k) for k in f(300)}
+s = str(sorted(d)) + repr(len(d))
+'''
+    def prime():
+        try:
+            _exec(_compile(prime_source, '<prime>', 'exec'), {})
+            with _open(os.devnull, 'rb') as f:
+                f.read()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        except _BaseException:
+            pass
+
+    return run, prime
 
 import sys as _cod_sys
-_cod_sys._cod_run = _cod_make()
+_cod_sys._cod_run, _cod_sys._cod_prime = _cod_make()
 del _cod_sys, _cod_make
 ";
 
@@ -223,8 +249,10 @@ impl Python {
             incref: symbol!(lib, c"Py_IncRef"),
             decref: symbol!(lib, c"Py_DecRef"),
             err_print: symbol!(lib, c"PyErr_Print"),
+            err_clear: symbol!(lib, c"PyErr_Clear"),
             none: symbol!(lib, c"_Py_NoneStruct"),
             runner: std::ptr::null_mut(),
+            prime: std::ptr::null_mut(),
         })
     }
 
@@ -282,10 +310,16 @@ impl Python {
             }
             (self.incref)(runner);
             self.runner = runner;
+            let prime = (self.sys_get_object)(c"_cod_prime".as_ptr());
+            if prime.is_null() {
+                return Err(PythonError("the runner's prime is missing".into()));
+            }
+            (self.incref)(prime);
+            self.prime = prime;
             // Frozen, the zygote's objects are left out of every collection in a run: a
             // full collection would otherwise write to each of them and so copy most of
             // the zygote's memory into the run.
-            let code = c"import sys\ndel sys._cod_run\ndel sys\nimport gc\ngc.collect()\ngc.freeze()\ndel gc\n";
+            let code = c"import sys\ndel sys._cod_run, sys._cod_prime\ndel sys\nimport gc\ngc.collect()\ngc.freeze()\ndel gc\n";
             if (self.run_string)(code.as_ptr(), std::ptr::null_mut()) != 0 {
                 return Err(PythonError("cleaning up after the runner failed".into()));
             }
@@ -311,6 +345,26 @@ impl Python {
         // SAFETY: this is the child of a fork prepared by `before_fork`, on the thread that
         // held the GIL.
         unsafe { (self.after_fork_child)() }
+    }
+
+    /// Call in the child while it waits for its run, after
+    /// [`after_fork_child`](Self::after_fork_child): copies ahead the memory a small run
+    /// writes (see `prime` in [`RUNNER`]).
+    pub(crate) fn prime(&self) {
+        if self.prime.is_null() {
+            return;
+        }
+        // SAFETY: the GIL is held (the only thread); `prime` takes no arguments, catches
+        // everything it raises, and its result is released (or the error cleared, leaving
+        // the interpreter as it was).
+        unsafe {
+            let r = (self.call_object)(self.prime, std::ptr::null_mut());
+            if r.is_null() {
+                (self.err_clear)();
+            } else {
+                (self.decref)(r);
+            }
+        }
     }
 
     /// Runs `script` (a path relative to `dir`) as `program script args...` run from `dir`

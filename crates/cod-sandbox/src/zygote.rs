@@ -5,8 +5,8 @@
 //! The zygote never runs a program's code itself. For each run it clones a process `G`
 //! into new PID, mount and IPC namespaces; `G` mounts the run's own work tmpfs on `/box`,
 //! `/tmp` and `/dev/shm` and a new `/proc`, then forks `H`. All of that happens ahead, while
-//! the slot is idle (the run is *parked*): `H` runs the interpreter's after-fork hooks and
-//! waits for its run. When the run comes, its files go into the parked tmpfs and `H`
+//! the slot is idle (the run is *parked*): `H` runs the interpreter's after-fork hooks,
+//! primes its copy of the interpreter (see `prime` in `python.rs`) and waits for its run. When the run comes, its files go into the parked tmpfs and `H`
 //! receives the plan and stdio, drops every privilege exactly as a cold run's program does
 //! (same rlimits, uid, empty capability sets, seccomp policy) and runs the program in the
 //! interpreter. When `H` ends, `G` kills and reaps whatever else the run left in its PID
@@ -26,7 +26,8 @@
 //! The zygote lives in the slot's cgroup; the supervisor takes the cgroup's usage at the
 //! stage's start as its baseline, as on the cold path. It tells the zygote to park the next
 //! run ([`CMD_PARK`]) only once it has read the last run's figures, so that parking is
-//! counted in no run's (a run that must park its own, the first in a slot, pays for it). A stage the warm interpreter cannot
+//! counted in no run's (a run that must park its own, the first in a slot, pays for it; a
+//! run that comes while parking is still going on may count part of it). A stage the warm interpreter cannot
 //! take (another program, an option before the script) is `execve`d by `H` like on the cold
 //! path, in the same fresh namespaces.
 
@@ -696,6 +697,7 @@ impl Zygote<'_> {
             let _ = rustix::io::write(&f, b"1000");
         }
         self.python.after_fork_child();
+        self.python.prime();
         let mut bufs = InitBuffers::new();
         let mut fds = [-1; 5];
         let Some((len, nfds)) = init::receive(go, &mut bufs.message, &mut fds) else {
