@@ -147,7 +147,7 @@ def _cod_make():
     with _open(os.devnull, 'rb') as f:
         f.read()
 
-    # In each parked copy, ahead of its run: what compiling and running a small program
+    # In a parked copy whose run is slow to come, ahead of it: what compiling and running a small program
     # writes to the interpreter's memory (the compiler's, the allocator's, the reference
     # counts of common objects) is copied from the zygote now rather than during the run.
     # It runs in a namespace of its own and leaves nothing behind.
