@@ -767,7 +767,7 @@ fn exec_program(
 ) -> ! {
     // Where the error pipe is: `prepare_exec` moves it to fd 3.
     let mut err_fd = err_w.as_raw_fd();
-    let errno = match prepare_exec(p, plan, stdio, extra, &mut err_fd, true) {
+    let errno = match prepare_exec(p, plan, stdio, extra, &mut err_fd, true, false) {
         Ok(()) => {
             // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
             // which this process does not touch again before exec.
@@ -786,7 +786,9 @@ fn exec_program(
 /// stdio on 0 to 2 and the error pipe on 3 (nothing else open), the work dir as cwd, the
 /// stage's rlimits, no capabilities, the program's uid, and the seccomp policy. With
 /// `reset_signals`, every signal disposition is reset too (an `execve` keeps ignored
-/// ones); a zygote's run keeps the interpreter's.
+/// ones); a zygote's run keeps the interpreter's. With `seccomp_installed`, the policy is
+/// in place already (a zygote's run installs it while it waits: the policy denies none of
+/// the calls made here).
 pub(crate) fn prepare_exec(
     p: &InitPlan<'_>,
     plan: &Plan<'_>,
@@ -794,6 +796,7 @@ pub(crate) fn prepare_exec(
     extra: &[RawFd],
     err_fd: &mut RawFd,
     reset_signals: bool,
+    seccomp_installed: bool,
 ) -> Result<(), Errno> {
     if reset_signals {
         sys::reset_signals();
@@ -852,7 +855,9 @@ pub(crate) fn prepare_exec(
         },
     )?;
     rustix::thread::clear_ambient_capability_set()?;
-    p.seccomp.install()?;
+    if !seccomp_installed {
+        p.seccomp.install()?;
+    }
     Ok(())
 }
 

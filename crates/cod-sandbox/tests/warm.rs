@@ -264,6 +264,48 @@ fn nothing_of_a_warm_run_reaches_the_next() {
 }
 
 #[test]
+fn a_warm_run_has_exactly_a_cold_runs_privileges() {
+    // A parked process installs the seccomp policy while it waits and drops the rest when
+    // its run comes: the run must see the same state as a cold one.
+    let slot = 19;
+    let jail = warm_jail(UID_BASE + 160, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    let src = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, *args):
+    rc = getattr(libc, name)(*args)
+    return f"{name} {rc} {ctypes.get_errno() if rc < 0 else 0}"
+print(call("unshare", 0x10000000))
+print(call("mount", b"tmpfs", b"/tmp", b"tmpfs", 0, None))
+print(call("ptrace", 0, 0, None, None))
+status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+for k in ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"):
+    print(k, status[k].split())
+"#;
+    let warm = run_warm(&jail, &script(slot, src, &[]));
+    let cold = cold(script(slot, src, &[])).run_on(&jail);
+    assert_eq!(warm.status(), Status::Ok, "{}", describe(&warm));
+    assert_eq!(
+        warm.stdout,
+        cold.stdout,
+        "{}\n{}",
+        describe(&warm),
+        describe(&cold)
+    );
+    let out = String::from_utf8_lossy(&warm.stdout);
+    for call in ["unshare", "mount", "ptrace"] {
+        assert!(
+            out.contains(&format!("{call} -1 1\n")),
+            "{call} is denied: {out}"
+        );
+    }
+    assert!(out.contains("CapEff ['0000000000000000']"), "{out}");
+    assert!(out.contains("NoNewPrivs ['1']"), "{out}");
+    assert!(out.contains("Seccomp ['2']"), "{out}");
+}
+
+#[test]
 fn random_numbers_differ_between_runs() {
     let jail = warm_jail(UID_BASE + 30, &[4]);
     let src = "import random, os\nprint(random.random(), random.getrandbits(64), os.urandom(8).hex(), hash('cod') != 0)";
