@@ -422,6 +422,14 @@ fn wait_gone(pid: u32) {
     }
 }
 
+/// A jail whose slot `slot` runs Python warm, once it does, and the host uid of that
+/// slot's init (uid_base + slots + slot), which its zygote and parked runs run as.
+fn warm_slot(base: u32, slot: u32) -> (Jail, u32) {
+    let jail = warm_jail(base, &[slot]);
+    run_warm(&jail, &script(slot, "pass", &[]));
+    (jail, base + common::SLOTS + slot)
+}
+
 fn kill9(pid: u32) {
     let st = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -432,10 +440,8 @@ fn kill9(pid: u32) {
 
 #[test]
 fn the_next_run_is_parked_ahead_and_one_killed_meanwhile_is_replaced() {
-    let (base, slot) = (UID_BASE + 140, 17);
-    let jail = warm_jail(base, &[slot]);
-    run_warm(&jail, &script(slot, "pass", &[]));
-    let init_uid = base + common::SLOTS + slot;
+    let slot = 17;
+    let (jail, init_uid) = warm_slot(UID_BASE + 140, slot);
     let zygote = zygotes_of(init_uid);
     assert_eq!(zygote.len(), 1, "one zygote: {:?}", pythons_of(init_uid));
     // The next run is the parked H: the same process (its start time, which no namespace
@@ -486,11 +492,8 @@ fn the_next_run_is_parked_ahead_and_one_killed_meanwhile_is_replaced() {
 
 #[test]
 fn a_killed_zygote_is_replaced_and_no_run_is_lost() {
-    let (base, slot) = (UID_BASE + 60, 8);
-    let jail = warm_jail(base, &[slot]);
-    run_warm(&jail, &script(slot, "pass", &[]));
-    // The zygote's init runs as the slot's init uid (uid_base + slots + slot).
-    let init_uid = base + common::SLOTS + slot;
+    let slot = 8;
+    let (jail, init_uid) = warm_slot(UID_BASE + 60, slot);
     for round in 0..3 {
         let z = zygotes_of(init_uid);
         assert_eq!(z.len(), 1, "round {round}: one zygote: {z:?}");
@@ -508,10 +511,8 @@ fn a_killed_zygote_is_replaced_and_no_run_is_lost() {
 
 #[test]
 fn a_slot_told_to_stop_ends_its_zygote() {
-    let (base, slot) = (UID_BASE + 70, 9);
-    let jail = warm_jail(base, &[slot]);
-    run_warm(&jail, &script(slot, "pass", &[]));
-    let init_uid = base + common::SLOTS + slot;
+    let slot = 9;
+    let (jail, init_uid) = warm_slot(UID_BASE + 70, slot);
     assert_eq!(zygotes_of(init_uid).len(), 1);
     jail.set_warm(slot, 0).expect("the mask is set");
     // The keeper ends it when it reads the mask; a run after that is cold.
