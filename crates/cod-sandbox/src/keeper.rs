@@ -548,7 +548,9 @@ impl Keeper<'_> {
         match read_report(&z.sandbox.report) {
             Ok(Some((init::REPORT_WARM_READY, ..))) => {
                 z.ready = true;
-                z.idle_memory = crate::sandbox::private_memory(&z.sandbox.init.pid().to_string());
+                // The zygote's own, and what the run it keeps parked adds to it.
+                z.idle_memory = crate::sandbox::private_memory(&z.sandbox.init.pid().to_string())
+                    + zygote::PARKED_RUN_MEMORY;
             }
             Ok(Some((init::REPORT_WARM_FAILED, what, errno, _))) => {
                 let mut text = [0u8; 4097];
