@@ -130,7 +130,7 @@ pub(super) async fn start_server(
 }
 
 /// Waits until the server's prebuilt files (the C++ header, the javac archive) exist.
-async fn wait_prebuilt(server: &Server) -> anyhow::Result<()> {
+pub(super) async fn wait_prebuilt(server: &Server) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let want = ["stdc++.h.gch", "javac.jsa"];
     loop {
