@@ -260,7 +260,7 @@ fn hold(
         let last = free.len() - 1;
         free.swap(i, last);
     }
-    Some(Held::new(ctx, free.pop()?, freed))
+    Some(Held::uncounted(ctx, free.pop()?, freed))
 }
 
 fn launch(
@@ -269,13 +269,14 @@ fn launch(
     free: &mut Vec<u32>,
     freed: &mpsc::UnboundedSender<u32>,
 ) {
-    let Some(held) = hold(ctx, &msg.subject, free, freed) else {
+    let Some(mut held) = hold(ctx, &msg.subject, free, freed) else {
         // Not reached: callers claim only with a free slot. Let another worker have it.
         tokio::spawn(async move {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
         });
         return;
     };
+    held.count();
     let ctx = ctx.clone();
     ctx.tasks
         .clone()
@@ -302,7 +303,7 @@ fn launch_woken(
     free: &mut Vec<u32>,
     freed: &mpsc::UnboundedSender<u32>,
 ) {
-    let Some(held) = hold(ctx, &woke.subject, free, freed) else {
+    let Some(mut held) = hold(ctx, &woke.subject, free, freed) else {
         return;
     };
     let ctx = ctx.clone();
@@ -310,6 +311,7 @@ fn launch_woken(
         let Ok(prepared) = job.item.to_job(&ctx.executor) else {
             // The delivery will say why.
             if let Some(msg) = claim_woken(&consumer).await {
+                held.count();
                 serve_job(&ctx, msg, held, None).await;
             }
             return;
@@ -329,6 +331,7 @@ fn launch_woken(
                 if msg.payload == woke.payload
                     && msg.info().is_ok_and(|i| i.delivered == 1) =>
             {
+                held.count();
                 serve_job(&ctx, msg, held, Some((job, begun))).await;
             }
             other => {
@@ -336,6 +339,7 @@ fn launch_woken(
                 tracing::debug!(job = %job.item.id, claimed_another = other.is_some(),
                     "early start dropped: the claim did not bring the announced job");
                 if let Some(msg) = other {
+                    held.count();
                     serve_job(&ctx, msg, held, None).await;
                 }
             }
@@ -395,23 +399,44 @@ struct Held {
     ctx: Arc<Ctx>,
     slot: u32,
     freed: Option<mpsc::UnboundedSender<u32>>,
+    /// Whether the slot counts in the heartbeat's `busy`.
+    counted: bool,
 }
 
 impl Held {
     /// Holds `slot`: counted busy until given back on `freed`.
     fn new(ctx: &Arc<Ctx>, slot: u32, freed: &mpsc::UnboundedSender<u32>) -> Held {
-        ctx.busy.fetch_add(1, Ordering::Relaxed);
+        let mut held = Held::uncounted(ctx, slot, freed);
+        held.count();
+        held
+    }
+
+    /// Holds `slot` for a run started before its job is claimed: it counts as busy only
+    /// once the claim brought a job ([`Held::count`]), so that a worker that reports a
+    /// run in hand has its delivery.
+    fn uncounted(ctx: &Arc<Ctx>, slot: u32, freed: &mpsc::UnboundedSender<u32>) -> Held {
         Held {
             ctx: ctx.clone(),
             slot,
             freed: Some(freed.clone()),
+            counted: false,
+        }
+    }
+
+    /// Counts the slot busy from now on.
+    fn count(&mut self) {
+        if !self.counted && self.freed.is_some() {
+            self.counted = true;
+            self.ctx.busy.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The run is over: the slot can take the next job while this one's result is stored.
     fn release(&mut self) {
         if let Some(freed) = self.freed.take() {
-            self.ctx.busy.fetch_sub(1, Ordering::Relaxed);
+            if std::mem::take(&mut self.counted) {
+                self.ctx.busy.fetch_sub(1, Ordering::Relaxed);
+            }
             let _ = freed.send(self.slot);
         }
     }
