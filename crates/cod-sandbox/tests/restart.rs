@@ -24,25 +24,14 @@ fn a_killed_helper_is_replaced_on_the_next_run() {
     // Wait (bounded) until it is really gone: a run handed to a helper in the middle of dying
     // is lost with it, which is not what this test is about.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while helper_alive(old) && std::time::Instant::now() < deadline {
+    while common::alive(old) && std::time::Instant::now() < deadline {
         std::thread::yield_now();
     }
-    assert!(!helper_alive(old), "the helper died");
+    assert!(!common::alive(old), "the helper died");
 
     let second = Run::cmd(1, &["/bin/sh", "-c", "echo two"]).run_on(&jail);
     assert_eq!(second.status(), Status::Ok, "{}", describe(&second));
     assert_eq!(String::from_utf8_lossy(&second.stdout), "two\n");
     let new = jail.helper_pid().expect("a helper runs again");
     assert_ne!(new, old, "a new helper was started");
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
-fn helper_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .is_some_and(|zombie| !zombie)
 }

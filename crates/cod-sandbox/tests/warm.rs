@@ -9,7 +9,9 @@ use cod_core::Status;
 use cod_sandbox::{
     FileEntry, Jail, JailConfig, SandboxOutcome, StageOutcome, WarmKind, WarmRuntime,
 };
-use common::{ENV, Run, describe, error_chain, helper, host_processes_with_uid, layout};
+use common::{
+    ENV, Run, alive, describe, error_chain, helper, host_processes_with_uid, layout, stat_fields,
+};
 
 const UID_BASE: u32 = 63_000;
 const PYTHON: &str = "/usr/bin/python3";
@@ -377,10 +379,9 @@ fn pythons_of(uid: u32) -> Vec<(u32, u32)> {
         })
         .filter_map(|(pid, _)| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let mut after = stat.rsplit_once(')')?.1.split_whitespace();
-            let state = after.next()?;
-            let ppid = after.next()?.parse().ok()?;
-            (state != "Z").then_some((pid, ppid))
+            let fields = stat_fields(&stat);
+            let ppid = fields.get(1)?.parse().ok()?;
+            (fields[0] != "Z").then_some((pid, ppid))
         })
         .collect()
 }
@@ -413,10 +414,7 @@ fn parked_of(uid: u32) -> (u32, u32) {
 /// Waits until `pid` has exited (it may stay a zombie until its parent reaps it).
 fn wait_gone(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-    }) {
+    while alive(pid) {
         assert!(Instant::now() < deadline, "{pid} did not exit");
         std::thread::yield_now();
     }
@@ -447,11 +445,8 @@ fn the_next_run_is_parked_ahead_and_one_killed_meanwhile_is_replaced() {
     // The next run is the parked H: the same process (its start time, which no namespace
     // changes), pid 2 under the parked G.
     let (g, h) = parked_of(init_uid);
-    let started = |stat: &str| {
-        stat.rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().nth(19).map(str::to_owned))
-            .expect("a start time")
-    };
+    // `starttime`, field 22.
+    let started = |stat: &str| stat_fields(stat).get(19).expect("a start time").to_string();
     let h_start = started(&std::fs::read_to_string(format!("/proc/{h}/stat")).expect("H"));
     let o = run_warm(
         &jail,

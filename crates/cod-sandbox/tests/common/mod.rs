@@ -292,6 +292,21 @@ pub fn num(o: &StageOutcome, key: &str) -> i64 {
         .unwrap_or_else(|_| panic!("{key}={v} is not a number\n{}", describe(o)))
 }
 
+/// The fields of a `/proc/PID/stat` text after the command name (`state ppid pgrp ...`,
+/// field 3 on as `proc(5)` counts them): the name may hold spaces and parentheses, so they
+/// start after the last `)`.
+pub fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// Whether host process `pid` is alive: there, and not a zombie waiting to be reaped.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| stat_fields(&s).first().is_some_and(|state| *state != "Z"))
+}
+
 /// Host processes (pid, name) any of whose uids (real, effective, saved, fs) is in `uids`.
 pub fn host_processes_with_uid(uids: std::ops::Range<u32>) -> Vec<(u32, String)> {
     let mut found = Vec::new();
