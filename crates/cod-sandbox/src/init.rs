@@ -741,20 +741,26 @@ fn start_program(
 /// closed empty (the exec happened).
 pub(crate) fn read_exec_errno(err_r: OwnedFd) -> i32 {
     let mut errno_buf = [0u8; 4];
+    if read_full(&err_r, &mut errno_buf) == errno_buf.len() {
+        i32::from_le_bytes(errno_buf)
+    } else {
+        0
+    }
+}
+
+/// Reads into `buf` until it is full, the writer closed its end, or a read fails (not
+/// counting interruptions); returns how many bytes came. Makes only system calls.
+pub(crate) fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
     let mut got = 0;
-    while got < 4 {
-        match rustix::io::read(&err_r, &mut errno_buf[got..]) {
+    while got < buf.len() {
+        match rustix::io::read(fd, &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(Errno::INTR) => {}
             Err(_) => break,
         }
     }
-    if got == 4 {
-        i32::from_le_bytes(errno_buf)
-    } else {
-        0
-    }
+    got
 }
 
 /// The program child: wire up stdio, drop every privilege, install seccomp, exec.

@@ -160,6 +160,8 @@ pub(crate) fn supervise_one(
     // caller need not wait for it. The slot's keeper hands out its next run only once this
     // one is cleaned up, so that run still starts on a clean slot.
     let mut used = None;
+    // The zygote that served the run, told to park the next one once the run is over.
+    let mut park = None;
     let (result, served) = match pick_zygote(&spec, state, zygotes) {
         Some(z) => {
             let index = i32::try_from(z.index).unwrap_or(0);
@@ -172,21 +174,8 @@ pub(crate) fn supervise_one(
                 let cold = run(&spec, state, slot, &mut sock, fitting, &mut used);
                 (cold, Served::WarmDoubt(index))
             } else {
-                let served = finish_run(
-                    sock,
-                    result,
-                    Served::Warm(index),
-                    used,
-                    prepared,
-                    slot,
-                    zygote_pids,
-                );
-                // The run is accounted for and the slot checked: the zygote may start the
-                // next run's processes now.
-                if let Some(cmd) = zygote_cmd {
-                    let _ = rustix::net::send(&cmd, &[init::CMD_PARK], SendFlags::NOSIGNAL);
-                }
-                return served;
+                park = zygote_cmd;
+                (result, Served::Warm(index))
             }
         }
         None => match prestarted_for(prepared.as_ref(), &spec, state) {
@@ -241,7 +230,13 @@ pub(crate) fn supervise_one(
             }
         },
     };
-    finish_run(sock, result, served, used, prepared, slot, zygote_pids)
+    let served = finish_run(sock, result, served, used, prepared, slot, zygote_pids);
+    // The run is accounted for and the slot checked: the zygote may start the next run's
+    // processes now.
+    if let Some(cmd) = park {
+        let _ = rustix::net::send(&cmd, &[init::CMD_PARK], SendFlags::NOSIGNAL);
+    }
+    served
 }
 
 /// Sends the result, then tears down the run's sandbox and checks the slot.

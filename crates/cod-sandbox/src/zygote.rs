@@ -36,8 +36,8 @@ use std::ffi::{CStr, CString, c_char};
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
-use rustix::event::Timespec;
 use rustix::fs::{AtFlags, CWD, Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
 use rustix::mount::{
@@ -53,6 +53,7 @@ use crate::init::{
 };
 use crate::python::Python;
 use crate::spec::{SANDBOX_ID, WarmKind, WarmRuntime};
+use crate::supervisor::timespec;
 use crate::sys;
 
 /// Message from the zygote to the supervisor after each [`CMD_STAGE`]: `P` with a pidfd of
@@ -73,7 +74,7 @@ pub(crate) const WARM_SETUP: i32 = 3;
 pub(crate) const PARKED_RUN_MEMORY: u64 = 3 << 19;
 
 /// How long a parked process waits for its run before it primes its interpreter.
-const PRIME_AFTER_IDLE_NS: i64 = 2_000_000;
+const PRIME_AFTER_IDLE: Duration = Duration::from_millis(2);
 
 /// A run's private tmpfs: a detached mount holding `box`, `tmp` and `shm`.
 struct Scratch {
@@ -351,7 +352,7 @@ impl Parked {
             rustix::event::PollFlags::IN,
         )];
         matches!(
-            rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())),
+            rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))),
             Ok(0)
         )
     }
@@ -418,6 +419,14 @@ impl Stack {
 }
 
 impl Zygote<'_> {
+    /// Kills the last run's `G` (and so every process of its run) and reaps it.
+    fn kill_last(&mut self) {
+        if let Some(pid) = self.last_g.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+        self.reap_last();
+    }
+
     /// Reaps the last run's `G`, which may still have been going away (its namespaces).
     fn reap_last(&mut self) {
         if let Some(pid) = self.last_g.take().and_then(rustix::process::Pid::from_raw) {
@@ -429,25 +438,28 @@ impl Zygote<'_> {
     /// The parked run, started now if there is none fit for a run with `disk` bytes of
     /// tmpfs, or if the one there died meanwhile (killed from outside, say).
     fn ensure_parked(&mut self, disk: u64) -> Result<&mut Parked, Errno> {
-        let fit = self
-            .parked
-            .as_ref()
-            .is_some_and(|r| r.disk == disk && r.waiting());
-        if !fit {
-            self.discard_parked();
-            let run = self.park(disk)?;
-            self.parked = Some(run);
+        let run = self.take_parked(disk)?;
+        Ok(self.parked.insert(run))
+    }
+
+    /// [`ensure_parked`](Self::ensure_parked)'s run, taken for a run that starts now.
+    fn take_parked(&mut self, disk: u64) -> Result<Parked, Errno> {
+        match self.parked.take() {
+            Some(run) if run.disk == disk && run.waiting() => Ok(run),
+            unfit => {
+                self.parked = unfit;
+                self.discard_parked();
+                self.park(disk)
+            }
         }
-        self.parked.as_mut().ok_or(Errno::NOMEM)
     }
 
     /// Kills the parked run, if any, and reaps its `G` (which takes its namespaces, and so
     /// `H`, with it).
     fn discard_parked(&mut self) {
         if let Some(run) = self.parked.take() {
-            let _ = rustix::process::pidfd_send_signal(&run.pidfd, Signal::KILL);
             self.last_g = Some(run.g);
-            self.reap_last();
+            self.kill_last();
         }
     }
 
@@ -506,14 +518,7 @@ impl Zygote<'_> {
         let mut got = 0;
         if g > 0 {
             drop(ready_w);
-            while got < word.len() {
-                match rustix::io::read(&ready_r, &mut word[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(Errno::INTR) => {}
-                    Err(_) => break,
-                }
-            }
+            got = init::read_full(&ready_r, &mut word);
         }
         self.python.after_fork_parent();
         if g <= 0 {
@@ -522,10 +527,7 @@ impl Zygote<'_> {
         self.last_g = Some(g);
         let errno = i32::from_le_bytes(word);
         if got < word.len() || errno != 0 {
-            if let Some(pid) = rustix::process::Pid::from_raw(g) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-            }
-            self.reap_last();
+            self.kill_last();
             return Err(if got < word.len() {
                 Errno::CHILD
             } else {
@@ -536,8 +538,7 @@ impl Zygote<'_> {
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-                self.reap_last();
+                self.kill_last();
                 return Err(e);
             }
         };
@@ -567,17 +568,14 @@ impl Zygote<'_> {
                 NOT_STARTED_FORK,
             );
         };
-        let run = match self.ensure_parked(disk) {
-            Ok(_) => self.parked.take(),
+        let run = match self.take_parked(disk) {
+            Ok(run) => run,
             Err(e) => {
                 for f in stdio {
                     sys::close(f);
                 }
                 return not_started(e);
             }
-        };
-        let Some(run) = run else {
-            return not_started(Errno::NOMEM);
         };
         // `H` takes the plan and its stdio; it is a copy of a zygote that had neither.
         let sent = {
@@ -598,8 +596,7 @@ impl Zygote<'_> {
         self.last_g = Some(run.g);
         if let Err(e) = sent {
             // `H` is gone: the run was not started, and another one is parked for the next.
-            let _ = rustix::process::pidfd_send_signal(&run.pidfd, Signal::KILL);
-            self.reap_last();
+            self.kill_last();
             return not_started(e);
         }
         send_started(p.cmd, Some(&run.pidfd));
@@ -607,15 +604,7 @@ impl Zygote<'_> {
         // once every process of the run is gone; nothing if G was killed (a limit, or the
         // caller cancelled), which the kernel then finishes by killing the rest.
         let mut buf = [0u8; 12];
-        let mut got = 0;
-        while got < buf.len() {
-            match rustix::io::read(&run.status, &mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(_) => break,
-            }
-        }
+        let got = init::read_full(&run.status, &mut buf);
         let word = |i: usize| i32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
         let (status, errno, peak) = if got == 12 {
             (word(0), word(4), word(8))
@@ -721,10 +710,7 @@ impl Zygote<'_> {
             &go_fd,
             rustix::event::PollFlags::IN,
         )];
-        let idle = Timespec {
-            tv_sec: 0,
-            tv_nsec: PRIME_AFTER_IDLE_NS,
-        };
+        let idle = timespec(PRIME_AFTER_IDLE);
         if matches!(rustix::event::poll(&mut go_in, Some(&idle)), Ok(0)) {
             self.python.prime();
         }
