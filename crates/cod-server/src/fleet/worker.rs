@@ -269,14 +269,13 @@ fn launch(
     free: &mut Vec<u32>,
     freed: &mpsc::UnboundedSender<u32>,
 ) {
-    let Some(mut held) = hold(ctx, &msg.subject, free, freed) else {
+    let Some(held) = hold(ctx, &msg.subject, free, freed) else {
         // Not reached: callers claim only with a free slot. Let another worker have it.
         tokio::spawn(async move {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
         });
         return;
     };
-    held.count();
     let ctx = ctx.clone();
     ctx.tasks
         .clone()
@@ -303,7 +302,7 @@ fn launch_woken(
     free: &mut Vec<u32>,
     freed: &mpsc::UnboundedSender<u32>,
 ) {
-    let Some(mut held) = hold(ctx, &woke.subject, free, freed) else {
+    let Some(held) = hold(ctx, &woke.subject, free, freed) else {
         return;
     };
     let ctx = ctx.clone();
@@ -311,7 +310,6 @@ fn launch_woken(
         let Ok(prepared) = job.item.to_job(&ctx.executor) else {
             // The delivery will say why.
             if let Some(msg) = claim_woken(&consumer).await {
-                held.count();
                 serve_job(&ctx, msg, held, None).await;
             }
             return;
@@ -331,7 +329,6 @@ fn launch_woken(
                 if msg.payload == woke.payload
                     && msg.info().is_ok_and(|i| i.delivered == 1) =>
             {
-                held.count();
                 serve_job(&ctx, msg, held, Some((job, begun))).await;
             }
             other => {
@@ -339,7 +336,6 @@ fn launch_woken(
                 tracing::debug!(job = %job.item.id, claimed_another = other.is_some(),
                     "early start dropped: the claim did not bring the announced job");
                 if let Some(msg) = other {
-                    held.count();
                     serve_job(&ctx, msg, held, None).await;
                 }
             }
@@ -411,9 +407,9 @@ impl Held {
         held
     }
 
-    /// Holds `slot` for a run started before its job is claimed: it counts as busy only
-    /// once the claim brought a job ([`Held::count`]), so that a worker that reports a
-    /// run in hand has its delivery.
+    /// Holds `slot` for a job: it counts as busy only once a claim brought the job
+    /// ([`Held::count`], which `serve_job` calls), so that a worker that reports a run in
+    /// hand has its delivery even when the run started before its claim.
     fn uncounted(ctx: &Arc<Ctx>, slot: u32, freed: &mpsc::UnboundedSender<u32>) -> Held {
         Held {
             ctx: ctx.clone(),
@@ -592,6 +588,8 @@ async fn serve_job(
     mut held: Held,
     begun: Option<(JobMessage, Begun)>,
 ) {
+    // Claimed: the slot counts busy from now on (an early start held it uncounted).
+    held.count();
     let slot = held.slot;
     let (job, begun) = match begun {
         Some((job, b)) => (job, Some(b)),
