@@ -55,6 +55,9 @@ fn setup(slot: u32, state: &HelperState) -> Result<SlotCgroup, Failure> {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     cg.attach(me)
         .map_err(|e| fail("moving the slot's keeper into its cgroup", &e))?;
+    // Opened once here, shared by every supervisor this keeper forks.
+    cg.open_controls()
+        .map_err(|e| fail("opening the slot's cgroup files", &e))?;
     // Best effort: lowering needs CAP_SYS_RESOURCE, which containers often drop. The run's
     // processes get +1000 (which needs nothing), so the OOM killer picks them first anyway.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");

@@ -146,6 +146,7 @@ impl Sandbox {
             .map_err(errno_failure("creating the init's report pipe"))?;
         let mut close_in_init: Vec<RawFd> = close.to_vec();
         close_in_init.extend([cmd_sup.as_raw_fd(), rep_r.as_raw_fd()]);
+        close_in_init.extend(slot.cgroup.open_fds());
         let init_plan = InitPlan {
             mounts: &plan,
             seccomp: &st.seccomp,

@@ -284,6 +284,14 @@ print(call("ptrace", 0, 0, None, None))
 status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
 for k in ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"):
     print(k, status[k].split())
+# Open descriptors (the listing's own is closed by the time it is resolved).
+fds = []
+for f in sorted(os.listdir("/proc/self/fd"), key=int):
+    try:
+        fds.append((int(f), os.readlink(f"/proc/self/fd/{f}").split(":")[0]))
+    except OSError:
+        pass
+print("fds", fds)
 "#;
     let warm = run_warm(&jail, &script(slot, src, &[]));
     let cold = cold(script(slot, src, &[])).run_on(&jail);
@@ -305,6 +313,12 @@ for k in ("Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNew
     assert!(out.contains("CapEff ['0000000000000000']"), "{out}");
     assert!(out.contains("NoNewPrivs ['1']"), "{out}");
     assert!(out.contains("Seccomp ['2']"), "{out}");
+    // Nothing of cod's (its sockets, the slot's cgroup files) is open in a run: the
+    // standard streams (pipes) alone.
+    assert!(
+        out.contains("fds [(0, 'pipe'), (1, 'pipe'), (2, 'pipe')]\n"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Baseline, CgroupError, CgroupLimits, Usage, mkdir, read_keyed, read_u64,
-    remove_stale_instances, remove_tree, write,
+    Baseline, CgroupError, CgroupLimits, Control, Usage, mkdir, remove_stale_instances,
+    remove_tree, write,
 };
 
 const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
@@ -38,13 +38,21 @@ pub struct Tree {
     cpus: u32,
 }
 
-/// One slot's directories.
+/// One slot's control files (kept open, see [`Control`]).
 #[derive(Debug)]
 pub struct Slot {
-    memory: PathBuf,
-    pids: PathBuf,
-    cpuacct: PathBuf,
-    memsw: bool,
+    usage: Control,
+    stat: Control,
+    limit: Control,
+    /// `memory.memsw.limit_in_bytes` and `memory.memsw.max_usage_in_bytes`, when swap
+    /// accounting is on.
+    memsw: Option<(Control, Control)>,
+    peak: Control,
+    oom: Control,
+    pids_current: Control,
+    pids_max: Control,
+    cpu: Control,
+    procs: Control,
     /// Directories to write a pid into to attach it: `cpu` and `cpuacct` may be one
     /// co-mounted hierarchy.
     attach: Vec<PathBuf>,
@@ -97,12 +105,26 @@ impl Tree {
         if !same_cpu {
             attach.push(cpuacct.clone());
         }
-        let memsw = memory.join("memory.memsw.limit_in_bytes").exists();
+        let memsw = memory
+            .join("memory.memsw.limit_in_bytes")
+            .exists()
+            .then(|| {
+                (
+                    Control::writable(memory.join("memory.memsw.limit_in_bytes")),
+                    Control::writable(memory.join("memory.memsw.max_usage_in_bytes")),
+                )
+            });
         Ok(Slot {
-            memory,
-            pids,
-            cpuacct,
+            usage: Control::read_only(memory.join("memory.usage_in_bytes")),
+            stat: Control::read_only(memory.join("memory.stat")),
+            limit: Control::writable(memory.join("memory.limit_in_bytes")),
             memsw,
+            peak: Control::writable(memory.join("memory.max_usage_in_bytes")),
+            oom: Control::read_only(memory.join("memory.oom_control")),
+            pids_current: Control::read_only(pids.join("pids.current")),
+            pids_max: Control::writable(pids.join("pids.max")),
+            cpu: Control::read_only(cpuacct.join("cpuacct.usage")),
+            procs: Control::read_only(pids.join("cgroup.procs")),
             attach,
         })
     }
@@ -116,37 +138,50 @@ impl Tree {
 }
 
 impl Slot {
+    pub(super) fn controls(&self) -> impl Iterator<Item = &Control> {
+        let memsw = self.memsw.iter().flat_map(|(a, b)| [a, b]);
+        [
+            &self.usage,
+            &self.stat,
+            &self.limit,
+            &self.peak,
+            &self.oom,
+            &self.pids_current,
+            &self.pids_max,
+            &self.cpu,
+            &self.procs,
+        ]
+        .into_iter()
+        .chain(memsw)
+    }
+
     pub(super) fn prepare(&self, limits: CgroupLimits) -> Result<Baseline, CgroupError> {
-        let m = &self.memory;
         // What cod's own processes (and a zygote) hold, apart from reclaimable page cache,
         // is not the run's: the run may use its limit on top of it.
-        let usage = read_u64(&m.join("memory.usage_in_bytes"))?;
-        let cache = read_keyed(&m.join("memory.stat"), "total_cache").unwrap_or(0);
+        let usage = self.usage.read_u64()?;
+        let cache = self.stat.read_keyed("total_cache").unwrap_or(0);
         let held = usage.saturating_sub(cache);
         let limit = limits.memory.saturating_add(held).to_string();
-        if self.memsw {
+        if let Some((memsw_limit, memsw_peak)) = &self.memsw {
             // memsw must stay >= the memory limit at every step: lift it, set memory, then
             // set memsw to the same value so that swap adds nothing.
-            write(&m.join("memory.memsw.limit_in_bytes"), "-1")?;
-            write(&m.join("memory.limit_in_bytes"), &limit)?;
-            write(&m.join("memory.memsw.limit_in_bytes"), &limit)?;
-            write(&m.join("memory.memsw.max_usage_in_bytes"), "0")?;
+            memsw_limit.write("-1")?;
+            self.limit.write(&limit)?;
+            memsw_limit.write(&limit)?;
+            memsw_peak.write("0")?;
         } else {
-            write(&m.join("memory.limit_in_bytes"), &limit)?;
+            self.limit.write(&limit)?;
         }
-        write(&m.join("memory.max_usage_in_bytes"), "0")?;
+        self.peak.write("0")?;
         // The tasks already there (cod's own, or one still exiting) do not eat into the
         // run's allowance.
-        let current = read_u64(&self.pids.join("pids.current"))?;
-        write(
-            &self.pids.join("pids.max"),
-            &current.saturating_add(limits.pids).to_string(),
-        )?;
+        let current = self.pids_current.read_u64()?;
+        self.pids_max
+            .write(&current.saturating_add(limits.pids).to_string())?;
         Ok(Baseline {
             cpu: self.cpu_total()?,
-            memory: read_u64(&m.join("memory.usage_in_bytes"))?,
-            oom_kills: read_keyed(&m.join("memory.oom_control"), "oom_kill")?,
-            peak_fd: None,
+            memory: self.usage.read_u64()?,
+            oom_kills: self.oom.read_keyed("oom_kill")?,
         })
     }
 
@@ -159,27 +194,26 @@ impl Slot {
     }
 
     pub(super) fn cpu_total(&self) -> Result<Duration, CgroupError> {
-        read_u64(&self.cpuacct.join("cpuacct.usage")).map(Duration::from_nanos)
+        self.cpu.read_u64().map(Duration::from_nanos)
     }
 
     pub(super) fn usage(&self, base: &Baseline) -> Result<Usage, CgroupError> {
-        let m = &self.memory;
-        let peak = if self.memsw {
-            read_u64(&m.join("memory.memsw.max_usage_in_bytes"))?
-                .max(read_u64(&m.join("memory.max_usage_in_bytes"))?)
-        } else {
-            read_u64(&m.join("memory.max_usage_in_bytes"))?
+        let peak = match &self.memsw {
+            Some((_, memsw_peak)) => memsw_peak.read_u64()?.max(self.peak.read_u64()?),
+            None => self.peak.read_u64()?,
         };
         Ok(Usage {
             cpu: self.cpu_total()?.saturating_sub(base.cpu),
             memory_peak: peak.saturating_sub(base.memory),
-            oom_kills: read_keyed(&m.join("memory.oom_control"), "oom_kill")?
+            oom_kills: self
+                .oom
+                .read_keyed("oom_kill")?
                 .saturating_sub(base.oom_kills),
         })
     }
 
-    pub(super) fn procs_file(&self) -> PathBuf {
-        self.pids.join("cgroup.procs")
+    pub(super) fn procs(&self) -> &Control {
+        &self.procs
     }
 }
 
@@ -241,7 +275,7 @@ mod tests {
         let SlotCgroup::V1(ref s) = slot else {
             panic!("expected v1")
         };
-        assert!(s.memsw);
+        assert!(s.memsw.is_some());
         let base = slot
             .prepare(CgroupLimits {
                 memory: 256 << 20,

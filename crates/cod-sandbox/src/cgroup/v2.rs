@@ -7,15 +7,13 @@
 //!
 //! This machine's v2 mount has no controllers, so these paths are tested against a fake tree.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Baseline, CgroupError, CgroupLimits, Usage, kill_and_wait, mkdir, read_keyed, read_string,
-    read_u64, remove_stale_instances, remove_tree, write,
+    Baseline, CgroupError, CgroupLimits, Control, Usage, kill_and_wait, mkdir, read_string,
+    remove_stale_instances, remove_tree, write,
 };
 
 const NEEDED: [&str; 3] = ["memory", "pids", "cpu"];
@@ -47,10 +45,22 @@ pub struct Tree {
     cpus: u32,
 }
 
-/// `<root>/<name>/<instance>/slot-<n>`.
+/// `<root>/<name>/<instance>/slot-<n>` and its control files (kept open, see [`Control`]).
 #[derive(Debug)]
 pub struct Slot {
     dir: PathBuf,
+    current: Control,
+    stat: Control,
+    max: Control,
+    swap_max: Control,
+    pids_current: Control,
+    pids_max: Control,
+    /// Reset and read through this one descriptor: the peak it shows is the one since its
+    /// own last reset (Linux 6.12+).
+    peak: Control,
+    events: Control,
+    cpu_stat: Control,
+    procs: Control,
 }
 
 fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
@@ -100,7 +110,21 @@ impl Tree {
             };
             write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
         }
-        Ok(Slot { dir })
+        let read = |f: &str| Control::read_only(dir.join(f));
+        let written = |f: &str| Control::writable(dir.join(f));
+        Ok(Slot {
+            current: read("memory.current"),
+            stat: read("memory.stat"),
+            max: written("memory.max"),
+            swap_max: written("memory.swap.max"),
+            pids_current: read("pids.current"),
+            pids_max: written("pids.max"),
+            peak: written("memory.peak"),
+            events: read("memory.events"),
+            cpu_stat: read("cpu.stat"),
+            procs: read("cgroup.procs"),
+            dir,
+        })
     }
 
     pub(super) fn remove(&self) -> Result<(), CgroupError> {
@@ -109,47 +133,42 @@ impl Tree {
 }
 
 impl Slot {
+    pub(super) fn controls(&self) -> impl Iterator<Item = &Control> {
+        [
+            &self.current,
+            &self.stat,
+            &self.max,
+            &self.swap_max,
+            &self.pids_current,
+            &self.pids_max,
+            &self.peak,
+            &self.events,
+            &self.cpu_stat,
+            &self.procs,
+        ]
+        .into_iter()
+    }
+
     pub(super) fn prepare(&self, limits: CgroupLimits) -> Result<Baseline, CgroupError> {
-        let d = &self.dir;
         // What cod's own processes (and a zygote) hold, apart from reclaimable page cache,
         // is not the run's: the run may use its limit on top of it.
-        let current = read_u64(&d.join("memory.current"))?;
-        let file = read_keyed(&d.join("memory.stat"), "file").unwrap_or(0);
+        let current = self.current.read_u64()?;
+        let file = self.stat.read_keyed("file").unwrap_or(0);
         let held = current.saturating_sub(file);
-        write(
-            &d.join("memory.max"),
-            &limits.memory.saturating_add(held).to_string(),
-        )?;
-        write(&d.join("memory.swap.max"), "0")?;
+        self.max
+            .write(&limits.memory.saturating_add(held).to_string())?;
+        self.swap_max.write("0")?;
         // The tasks already there (cod's own, or one still exiting) do not eat into the
         // run's allowance.
-        let current = read_u64(&d.join("pids.current"))?;
-        write(
-            &d.join("pids.max"),
-            &current.saturating_add(limits.pids).to_string(),
-        )?;
+        let tasks = self.pids_current.read_u64()?;
+        self.pids_max
+            .write(&tasks.saturating_add(limits.pids).to_string())?;
         // Writing to memory.peak resets the peak seen through this open file (Linux 6.12+).
-        let peak_path = d.join("memory.peak");
-        let mut peak_fd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&peak_path)
-            .map_err(|source| CgroupError::Read {
-                path: peak_path.clone(),
-                source,
-            })?;
-        peak_fd
-            .write_all(b"reset\n")
-            .map_err(|source| CgroupError::Write {
-                path: peak_path.clone(),
-                value: "reset".into(),
-                source,
-            })?;
+        self.peak.write("reset\n")?;
         Ok(Baseline {
             cpu: self.cpu_total()?,
-            memory: read_u64(&d.join("memory.current"))?,
-            oom_kills: read_keyed(&d.join("memory.events"), "oom_kill")?,
-            peak_fd: Some(peak_fd),
+            memory: self.current.read_u64()?,
+            oom_kills: self.events.read_keyed("oom_kill")?,
         })
     }
 
@@ -158,44 +177,30 @@ impl Slot {
     }
 
     pub(super) fn cpu_total(&self) -> Result<Duration, CgroupError> {
-        read_keyed(&self.dir.join("cpu.stat"), "usage_usec").map(Duration::from_micros)
+        self.cpu_stat
+            .read_keyed("usage_usec")
+            .map(Duration::from_micros)
     }
 
     pub(super) fn usage(&self, base: &Baseline) -> Result<Usage, CgroupError> {
-        let d = &self.dir;
-        let peak_path = d.join("memory.peak");
-        let peak = match &base.peak_fd {
-            Some(f) => {
-                // Read from offset 0: the reset write moved the file position.
-                let mut buf = [0u8; 32];
-                let n = f.read_at(&mut buf, 0).map_err(|source| CgroupError::Read {
-                    path: peak_path.clone(),
-                    source,
-                })?;
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                text.trim().parse().map_err(|_| CgroupError::Parse {
-                    path: peak_path,
-                    content: text,
-                })?
-            }
-            None => read_u64(&peak_path)?,
-        };
         Ok(Usage {
             cpu: self.cpu_total()?.saturating_sub(base.cpu),
             // The fd-local peak starts at the usage at reset time, like v1's max_usage.
-            memory_peak: peak.saturating_sub(base.memory),
-            oom_kills: read_keyed(&d.join("memory.events"), "oom_kill")?
+            memory_peak: self.peak.read_u64()?.saturating_sub(base.memory),
+            oom_kills: self
+                .events
+                .read_keyed("oom_kill")?
                 .saturating_sub(base.oom_kills),
         })
     }
 
-    pub(super) fn procs_file(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
+    pub(super) fn procs(&self) -> &Control {
+        &self.procs
     }
 
     pub(super) fn kill_all(&self) -> Result<(), CgroupError> {
         write(&self.dir.join("cgroup.kill"), "1")?;
-        let text = read_string(&self.procs_file())?;
+        let text = self.procs.read_string()?;
         kill_and_wait(text.split_whitespace().filter_map(|p| p.parse().ok()));
         Ok(())
     }
@@ -219,9 +224,10 @@ mod tests {
             ("memory.current", "2097152\n"),
             // 1 MiB held by cod's processes, 1 MiB of page cache.
             ("memory.stat", "anon 1048576\nfile 1048576\nkernel 0\n"),
-            // Empty: `prepare` writes "reset\n" at offset 0, and unlike the kernel's file a
-            // regular file would keep the tail of a longer old value after it.
-            ("memory.peak", ""),
+            ("memory.peak", "0\n"),
+            ("memory.max", "max\n"),
+            ("memory.swap.max", "max\n"),
+            ("pids.max", "max\n"),
             (
                 "memory.events",
                 "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
