@@ -16,7 +16,7 @@
 use std::ffi::{CStr, c_char};
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use rustix::io::Errno;
@@ -74,8 +74,11 @@ pub(crate) const CMD_WARM: u8 = b'W';
 /// start the program now, with those two on fds 4 and 5, and leave it waiting for its run
 /// (see `Sandbox::prestart`). Reports [`REPORT_PRESTARTED`].
 pub(crate) const CMD_PRESTART: u8 = b'Q';
-/// `A`, rlimits (as in a plan): the prestarted program's run begins; set its limits and
-/// wait for it like a stage. Reports [`REPORT_STAGE_DONE`].
+/// `A`, the number of rlimits (u32), the rlimits (as in a plan), then the program's
+/// arguments (each NUL-terminated), with the argument pipe attached: the prestarted
+/// program's run begins. The init sets its limits, writes the arguments (which is what the
+/// program waits for, so it starts only after its limits, and after the run's files that
+/// came before), and waits for it like a stage. Reports [`REPORT_STAGE_DONE`].
 pub(crate) const CMD_AWAIT: u8 = b'A';
 /// `X`: the run is not for the program started ahead: kill and reap it, so that the sandbox
 /// serves the run like any prepared one. Reports [`REPORT_DROPPED`].
@@ -121,6 +124,23 @@ impl InitBuffers {
             env: vec![std::ptr::null(); MAX_ENV + 1],
         }
     }
+}
+
+/// A descriptor received with a command, closed when dropped.
+struct Received(RawFd);
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        sys::close(self.0);
+    }
+}
+
+/// Splits a [`CMD_AWAIT`] body into its rlimits (12 bytes each) and the arguments.
+fn split_await(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let count = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
+    let len = usize::try_from(count).ok()?.checked_mul(12)?;
+    let rest = &body[4..];
+    (len <= rest.len()).then(|| rest.split_at(len))
 }
 
 pub(crate) fn fd(raw: RawFd) -> BorrowedFd<'static> {
@@ -374,6 +394,11 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                 report(p.report, REPORT_DROPPED, 0, 0, 0);
             }
             CMD_AWAIT => {
+                // Closed when this arm ends, whichever way: the program's end of file.
+                let mut received: Vec<Received> =
+                    fds[..nfds].iter().map(|&f| Received(f)).collect();
+                let args = if nfds == 1 { received.pop() } else { None };
+                drop(received);
                 let Some(child) = prestarted.take() else {
                     report(
                         p.report,
@@ -411,8 +436,23 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
                     continue;
                 }
+                let (Some(args), Some((limits, words))) = (args, split_await(body)) else {
+                    let _ = rustix::process::kill_process(
+                        rustix::process::Pid::from_raw(child).expect("a child's pid"),
+                        Signal::KILL,
+                    );
+                    let _ = finish_stage(child);
+                    report(
+                        p.report,
+                        REPORT_NOT_STARTED,
+                        Errno::INVAL.raw_os_error(),
+                        -1,
+                        NOT_STARTED_PLAN,
+                    );
+                    continue;
+                };
                 // The run's own limits (the program started with the largest ones).
-                for chunk in body.chunks_exact(12) {
+                for chunk in limits.chunks_exact(12) {
                     let res = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
                     let mut v = [0u8; 8];
                     v.copy_from_slice(&chunk[4..12]);
@@ -430,6 +470,11 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                         );
                     }
                 }
+                // Now the program may go. A program that died meanwhile gets nothing
+                // (EPIPE: this process ignores SIGPIPE, as the supervisor it was forked
+                // from does), and its status says why.
+                let _ = write_all(fd(args.0), words);
+                drop(args);
                 let (status, peak) = finish_stage(child);
                 report(p.report, REPORT_STAGE_DONE, status, 0, peak);
             }
@@ -653,7 +698,8 @@ pub(crate) fn create_file(work: &OwnedFd, body: &[u8]) -> Result<OwnedFd, Errno>
     Ok(f)
 }
 
-pub(crate) fn write_all(f: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
+pub(crate) fn write_all(f: impl AsFd, mut data: &[u8]) -> Result<(), Errno> {
+    let f = f.as_fd();
     while !data.is_empty() {
         match rustix::io::write(f, data) {
             Ok(n) => data = &data[n..],

@@ -498,8 +498,10 @@ impl Sandbox {
         }
     }
 
-    /// Starts the prestarted program's run: its limits, then its script and arguments on
-    /// `args` (the program's end of file when this returns).
+    /// Starts the prestarted program's run: the init sets its limits, then writes its script
+    /// and arguments on `args` and closes it (the program's end of file). The init does
+    /// both after the run's files, which were sent before: the program, waiting for its
+    /// arguments, starts neither before its files are in place nor before its limits.
     pub(crate) fn go(
         &self,
         args: OwnedFd,
@@ -507,21 +509,29 @@ impl Sandbox {
         argv: &[String],
     ) -> Result<(), Failure> {
         let mut msg = vec![init::CMD_AWAIT];
+        let count = u32::try_from(rlimits.len()).expect("a handful of limits");
+        msg.extend_from_slice(&count.to_le_bytes());
         for &(res, v) in rlimits {
             msg.extend_from_slice(&(res as u32).to_le_bytes());
             msg.extend_from_slice(&v.to_le_bytes());
         }
-        let mut bytes = Vec::new();
         for a in argv.iter().skip(1) {
-            bytes.extend_from_slice(a.as_bytes());
-            bytes.push(0);
+            msg.extend_from_slice(a.as_bytes());
+            msg.push(0);
         }
-        self.send(&msg, &[])
-            .map_err(io_failure("starting the run"))?;
-        // Blocking: the program reads it at once, and it is only the arguments.
-        let mut f = std::fs::File::from(args);
-        std::io::Write::write_all(&mut f, &bytes).map_err(io_failure("starting the run"))?;
-        Ok(())
+        if msg.len() > MAX_MESSAGE {
+            return Err(failure(
+                "starting the run",
+                Some(libc::E2BIG),
+                format!(
+                    "arguments take {} bytes, more than {MAX_MESSAGE}",
+                    msg.len()
+                ),
+            ));
+        }
+        // This process's copy closes when `args` drops: the init's is the last.
+        self.send(&msg, &[args.as_fd()])
+            .map_err(io_failure("starting the run"))
     }
 
     /// Sets the work tmpfs to `disk` bytes (before any file is written).

@@ -667,6 +667,42 @@ fn node_started_ahead_runs_the_program_like_a_fresh_node() {
 }
 
 #[test]
+fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
+    // The program started ahead is released by its arguments. They must come after the
+    // run's files are all in place and its own limits set: here the last file is large
+    // (the init copies it for tens of milliseconds), and the script's first lines look at
+    // it and at the limits.
+    if !std::path::Path::new("/usr/bin/node").exists() {
+        eprintln!("no /usr/bin/node here; nothing to test");
+        return;
+    }
+    let slot = 21;
+    let jail = node_jail(UID_BASE + 330, slot);
+    let size = 48usize << 20;
+    let big = cod_sandbox::SharedFile::new("big.bin", &vec![7u8; size], false).unwrap();
+    let src = "const fs = require('fs');\n\
+        const cpu = fs.readFileSync('/proc/self/limits', 'utf8').split('\\n').find(l => l.startsWith('Max cpu time'));\n\
+        console.log(cpu.split(/\\s+/).slice(3, 5).join(' '));\n\
+        console.log(fs.statSync('big.bin').size);\n";
+    for round in 0..3 {
+        let mut run = js(slot, src, &[]).limits(|l| {
+            l.cpu = Duration::from_secs(3);
+            l.disk = cod_core::Bytes::mib(96);
+        });
+        run.spec.shared.push(big.clone());
+        let o = run_warm(&jail, &run);
+        assert_eq!(o.status(), Status::Ok, "round {round}: {}", describe(&o));
+        // RLIMIT_CPU is the CPU limit + 2 s, both soft and hard, from the first line on.
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("5 5\n{size}\n"),
+            "round {round}: {}",
+            describe(&o)
+        );
+    }
+}
+
+#[test]
 fn a_program_started_ahead_that_died_does_not_lose_the_run() {
     if !std::path::Path::new("/usr/bin/node").exists() {
         eprintln!("no /usr/bin/node here; nothing to test");
