@@ -135,6 +135,14 @@ impl Drop for Received {
     }
 }
 
+/// Kills the program started ahead and reaps it (and whatever it started).
+fn end_program(child: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child) {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+    let _ = finish_stage(child);
+}
+
 /// Splits a [`CMD_AWAIT`] body into its rlimits (12 bytes each) and the arguments.
 fn split_await(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let count = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
@@ -386,10 +394,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
             }
             CMD_DROP => {
                 if let Some(child) = prestarted.take() {
-                    if let Some(pid) = rustix::process::Pid::from_raw(child) {
-                        let _ = rustix::process::kill_process(pid, Signal::KILL);
-                    }
-                    let _ = finish_stage(child);
+                    end_program(child);
                 }
                 report(p.report, REPORT_DROPPED, 0, 0, 0);
             }
@@ -427,28 +432,18 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     );
                     continue;
                 }
-                if let Some((what, index, e)) = incoming.stage() {
-                    let _ = rustix::process::kill_process(
-                        rustix::process::Pid::from_raw(child).expect("a child's pid"),
-                        Signal::KILL,
-                    );
-                    let _ = finish_stage(child);
-                    report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
-                    continue;
-                }
-                let (Some(args), Some((limits, words))) = (args, split_await(body)) else {
-                    let _ = rustix::process::kill_process(
-                        rustix::process::Pid::from_raw(child).expect("a child's pid"),
-                        Signal::KILL,
-                    );
-                    let _ = finish_stage(child);
-                    report(
-                        p.report,
-                        REPORT_NOT_STARTED,
-                        Errno::INVAL.raw_os_error(),
-                        -1,
-                        NOT_STARTED_PLAN,
-                    );
+                // Files that failed, or a malformed command: the run does not start.
+                let parts = args.zip(split_await(body));
+                let refused = incoming.stage().or(parts.is_none().then_some((
+                    NOT_STARTED_PLAN,
+                    -1,
+                    Errno::INVAL,
+                )));
+                let (Some((args, (limits, words))), None) = (parts, refused) else {
+                    end_program(child);
+                    if let Some((what, index, e)) = refused {
+                        report(p.report, REPORT_NOT_STARTED, e.raw_os_error(), index, what);
+                    }
                     continue;
                 };
                 // The run's own limits (the program started with the largest ones).

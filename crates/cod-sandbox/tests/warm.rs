@@ -700,6 +700,16 @@ fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
             describe(&o)
         );
     }
+    // A file that does not fit: the run fails naming the file, and the slot carries on.
+    let mut run = js(slot, src, &[]).limits(|l| l.disk = cod_core::Bytes::mib(16));
+    run.spec.shared.push(big);
+    let err = jail
+        .run(&run.spec)
+        .expect_err("48 MiB do not fit in 16 MiB");
+    let why = common::error_chain(&err);
+    assert!(why.contains("big.bin"), "{why}");
+    let o = run_warm(&jail, &js(slot, "console.log(6 * 7)", &[]));
+    assert_eq!(o.stdout, b"42\n", "{}", describe(&o));
 }
 
 #[test]
