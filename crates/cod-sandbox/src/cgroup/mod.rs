@@ -363,7 +363,8 @@ fn parse_keyed(path: &Path, s: String, key: &str) -> Result<u64, CgroupError> {
 /// `close` for each cost several times the read or write itself (7–11 µs against 0.6–2.6
 /// µs on the reference machine). The slot's keeper opens them
 /// ([`SlotCgroup::open_controls`]) before it forks the supervisors that use them, so all of
-/// the slot's runs share one set. The descriptors are close-on-exec, and a zygote closes
+/// the slot's runs share one set. The descriptors are close-on-exec, a sandbox's init
+/// closes them as soon as it is forked ([`SlotCgroup::open_fds`]), and a zygote closes
 /// every descriptor it was not handed, so none reaches a run.
 #[derive(Debug)]
 pub(super) struct Control {
