@@ -117,6 +117,19 @@ pub(crate) struct ZygoteHandle {
     pub(crate) idle_memory: u64,
 }
 
+/// Refuses a command of `len` bytes, which the init could not receive whole (`what` names
+/// what made it that large).
+fn within_message(len: usize, step: &str, what: &str) -> Result<(), Failure> {
+    if len > MAX_MESSAGE {
+        return Err(failure(
+            step,
+            Some(libc::E2BIG),
+            format!("{what} would need {len} bytes, more than the {MAX_MESSAGE} one command holds"),
+        ));
+    }
+    Ok(())
+}
+
 impl Sandbox {
     /// Clones the init into new user, PID, mount, IPC and UTS namespaces (the network
     /// namespace and cgroup are the slot's, inherited), maps its uids, and waits until it
@@ -253,13 +266,7 @@ impl Sandbox {
         msg.extend(
             postcard::to_stdvec(warm).map_err(|e| failure("encoding the warm runtime", None, e))?,
         );
-        if msg.len() > MAX_MESSAGE {
-            return Err(failure(
-                "starting the warm runtime",
-                Some(libc::E2BIG),
-                "its description is too large",
-            ));
-        }
+        within_message(msg.len(), "starting the warm runtime", "its description")?;
         self.send(&msg, &[])
             .map_err(io_failure("starting the warm runtime"))?;
         self.zygote = true;
@@ -519,16 +526,7 @@ impl Sandbox {
             msg.extend_from_slice(a.as_bytes());
             msg.push(0);
         }
-        if msg.len() > MAX_MESSAGE {
-            return Err(failure(
-                "starting the run",
-                Some(libc::E2BIG),
-                format!(
-                    "arguments take {} bytes, more than {MAX_MESSAGE}",
-                    msg.len()
-                ),
-            ));
-        }
+        within_message(msg.len(), "starting the run", "its arguments")?;
         // This process's copy closes when `args` drops: the init's is the last.
         self.send(&msg, &[args.as_fd()])
             .map_err(io_failure("starting the run"))
@@ -637,16 +635,11 @@ impl Sandbox {
         plan: &[u8],
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<(), Failure> {
-        if plan.len() > MAX_MESSAGE {
-            return Err(failure(
-                "starting a stage",
-                Some(libc::E2BIG),
-                format!(
-                    "arguments and environment take {} bytes, more than {MAX_MESSAGE}",
-                    plan.len()
-                ),
-            ));
-        }
+        within_message(
+            plan.len(),
+            "starting a stage",
+            "its arguments and environment",
+        )?;
         self.send(plan, &stdio)
             .map_err(io_failure("starting a stage"))
     }

@@ -592,6 +592,15 @@ fn node_runtime() -> WarmRuntime {
     }
 }
 
+/// Whether this machine has Node.js (a test of it says so and passes when it has not).
+fn have_node() -> bool {
+    let there = std::path::Path::new("/usr/bin/node").exists();
+    if !there {
+        eprintln!("no /usr/bin/node here; nothing to test");
+    }
+    there
+}
+
 fn node_jail(uid_base: u32, slot: u32) -> Jail {
     let config = JailConfig {
         slots: common::SLOTS,
@@ -622,8 +631,7 @@ fn js(slot: u32, source: &str, args: &[&str]) -> Run {
 
 #[test]
 fn node_started_ahead_runs_the_program_like_a_fresh_node() {
-    if !std::path::Path::new("/usr/bin/node").exists() {
-        eprintln!("no /usr/bin/node here; nothing to test");
+    if !have_node() {
         return;
     }
     let slot = 12;
@@ -672,8 +680,7 @@ fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
     // run's files are all in place and its own limits set: here the last file is large
     // (the init copies it for tens of milliseconds), and the script's first lines look at
     // it and at the limits.
-    if !std::path::Path::new("/usr/bin/node").exists() {
-        eprintln!("no /usr/bin/node here; nothing to test");
+    if !have_node() {
         return;
     }
     let slot = 21;
@@ -714,8 +721,7 @@ fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
 
 #[test]
 fn a_program_started_ahead_that_died_does_not_lose_the_run() {
-    if !std::path::Path::new("/usr/bin/node").exists() {
-        eprintln!("no /usr/bin/node here; nothing to test");
+    if !have_node() {
         return;
     }
     let slot = 14;
@@ -783,8 +789,7 @@ fn throughput() {
 /// prepared sandbox once Node.js is ended: it sees no Node.js and an empty /tmp.
 #[test]
 fn a_run_of_another_program_ends_the_one_started_ahead() {
-    if !std::path::Path::new("/usr/bin/node").exists() {
-        eprintln!("no /usr/bin/node here; nothing to test");
+    if !have_node() {
         return;
     }
     let slot = 16;
