@@ -143,14 +143,6 @@ fn end_program(child: i32) {
     let _ = finish_stage(child);
 }
 
-/// Splits a [`CMD_AWAIT`] body into its rlimits (12 bytes each) and the arguments.
-fn split_await(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let count = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
-    let len = usize::try_from(count).ok()?.checked_mul(12)?;
-    let rest = &body[4..];
-    (len <= rest.len()).then(|| rest.split_at(len))
-}
-
 pub(crate) fn fd(raw: RawFd) -> BorrowedFd<'static> {
     // SAFETY: every descriptor passed here was created by the supervisor before `clone` or
     // received by this process, is open, and stays open until this process execs or exits.
@@ -182,11 +174,7 @@ pub(crate) fn parse_report(buf: &[u8; REPORT_LEN]) -> (u32, i32, i32, i32) {
 /// strings. Runs in the supervisor.
 pub(crate) fn encode_plan(rlimits: &[(Resource, u64)], argv: &[String], env: &[String]) -> Vec<u8> {
     let mut out = vec![CMD_STAGE];
-    out.extend_from_slice(&u32::try_from(rlimits.len()).unwrap_or(0).to_le_bytes());
-    for &(res, v) in rlimits {
-        out.extend_from_slice(&(res as u32).to_le_bytes());
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    encode_rlimits(&mut out, rlimits);
     out.extend_from_slice(&u32::try_from(argv.len()).unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&u32::try_from(env.len()).unwrap_or(0).to_le_bytes());
     for s in argv.iter().chain(env) {
@@ -194,6 +182,33 @@ pub(crate) fn encode_plan(rlimits: &[(Resource, u64)], argv: &[String], env: &[S
         out.push(0);
     }
     out
+}
+
+/// Appends `rlimits` as a plan and [`CMD_AWAIT`] carry them: their number (u32), then
+/// each resource (u32) and value (u64).
+pub(crate) fn encode_rlimits(out: &mut Vec<u8>, rlimits: &[(Resource, u64)]) {
+    out.extend_from_slice(&u32::try_from(rlimits.len()).unwrap_or(0).to_le_bytes());
+    for &(res, v) in rlimits {
+        out.extend_from_slice(&(res as u32).to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Splits `msg` into the rlimits [`encode_rlimits`] wrote at its start (their records)
+/// and what follows them.
+fn split_rlimits(msg: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = usize::try_from(u32_at(msg, 0)?).ok()?;
+    let end = 4 + n.checked_mul(12)?;
+    Some((msg.get(4..end)?, &msg[end..]))
+}
+
+/// The records of [`split_rlimits`]: each resource (`None` if unknown) and its value.
+fn rlimit_records(records: &[u8]) -> impl Iterator<Item = (Option<Resource>, u64)> + '_ {
+    records.chunks_exact(12).map(|c| {
+        let res = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        let v = u64::from_le_bytes([c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11]]);
+        (resource(res), v)
+    })
 }
 
 fn resource(raw: u32) -> Option<Resource> {
@@ -225,15 +240,13 @@ pub(crate) fn decode_plan<'a>(
     argv: &'a mut [*const c_char],
     env: &'a mut [*const c_char],
 ) -> Option<Plan<'a>> {
-    let n_limits = usize::try_from(u32_at(msg, 0)?).ok()?;
-    let limits_end = 4 + n_limits.checked_mul(12)?;
-    let rlimits = msg.get(4..limits_end)?;
-    let argc = usize::try_from(u32_at(msg, limits_end)?).ok()?;
-    let envc = usize::try_from(u32_at(msg, limits_end + 4)?).ok()?;
+    let (rlimits, msg) = split_rlimits(msg)?;
+    let argc = usize::try_from(u32_at(msg, 0)?).ok()?;
+    let envc = usize::try_from(u32_at(msg, 4)?).ok()?;
     if argc == 0 || argc > argv.len() - 1 || envc > env.len() - 1 {
         return None;
     }
-    let mut at = limits_end + 8;
+    let mut at = 8;
     for i in 0..argc + envc {
         let rest = msg.get(at..)?;
         let len = rest.iter().position(|&b| b == 0)?;
@@ -433,7 +446,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     continue;
                 }
                 // Files that failed, or a malformed command: the run does not start.
-                let parts = args.zip(split_await(body));
+                let parts = args.zip(split_rlimits(body));
                 let refused = incoming.stage().or(parts.is_none().then_some((
                     NOT_STARTED_PLAN,
                     -1,
@@ -447,14 +460,8 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     continue;
                 };
                 // The run's own limits (the program started with the largest ones).
-                for chunk in limits.chunks_exact(12) {
-                    let res = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                    let mut v = [0u8; 8];
-                    v.copy_from_slice(&chunk[4..12]);
-                    let v = u64::from_le_bytes(v);
-                    if let (Some(res), Some(pid)) =
-                        (resource(res), rustix::process::Pid::from_raw(child))
-                    {
+                for (res, v) in rlimit_records(limits) {
+                    if let (Some(res), Some(pid)) = (res, rustix::process::Pid::from_raw(child)) {
                         let _ = rustix::process::prlimit(
                             Some(pid),
                             res,
@@ -873,12 +880,8 @@ pub(crate) fn prepare_exec(
     sys::close_from(next.cast_unsigned())?;
 
     rustix::process::chdir(WORK_DIR_C)?;
-    for chunk in plan.rlimits.chunks_exact(12) {
-        let res = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&chunk[4..12]);
-        let v = u64::from_le_bytes(v);
-        let res = resource(res).ok_or(Errno::INVAL)?;
+    for (res, v) in rlimit_records(plan.rlimits) {
+        let res = res.ok_or(Errno::INVAL)?;
         rustix::process::setrlimit(
             res,
             Rlimit {

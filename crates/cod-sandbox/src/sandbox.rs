@@ -516,12 +516,7 @@ impl Sandbox {
         argv: &[String],
     ) -> Result<(), Failure> {
         let mut msg = vec![init::CMD_AWAIT];
-        let count = u32::try_from(rlimits.len()).expect("a handful of limits");
-        msg.extend_from_slice(&count.to_le_bytes());
-        for &(res, v) in rlimits {
-            msg.extend_from_slice(&(res as u32).to_le_bytes());
-            msg.extend_from_slice(&v.to_le_bytes());
-        }
+        init::encode_rlimits(&mut msg, rlimits);
         for a in argv.iter().skip(1) {
             msg.extend_from_slice(a.as_bytes());
             msg.push(0);
