@@ -424,13 +424,21 @@ impl Zygote<'_> {
         if let Some(pid) = self.last_g.and_then(rustix::process::Pid::from_raw) {
             let _ = rustix::process::kill_process(pid, Signal::KILL);
         }
-        self.reap_last();
+        let _ = self.reap_last();
     }
 
-    /// Reaps the last run's `G`, which may still have been going away (its namespaces).
-    fn reap_last(&mut self) {
-        if let Some(pid) = self.last_g.take().and_then(rustix::process::Pid::from_raw) {
-            while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+    /// Reaps the last run's `G`, which may still have been going away (its namespaces);
+    /// returns its raw wait status, if there was one to reap.
+    fn reap_last(&mut self) -> Option<i32> {
+        let pid = self
+            .last_g
+            .take()
+            .and_then(rustix::process::Pid::from_raw)?;
+        loop {
+            match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+                Ok(Some((_, st))) => return Some(st.as_raw()),
+                Err(Errno::INTR) => {}
+                _ => return None,
             }
         }
     }
@@ -471,7 +479,7 @@ impl Zygote<'_> {
     /// this process waits in a `read`, so `H` is a copy of a zygote at rest; after that `G`
     /// makes only system calls and touches nothing but its stack.
     fn park(&mut self, disk: u64) -> Result<Parked, Errno> {
-        self.reap_last();
+        let _ = self.reap_last();
         let scratch = new_scratch(disk)?;
         let cloexec = rustix::pipe::PipeFlags::CLOEXEC;
         let (status_r, status_w) = rustix::pipe::pipe_with(cloexec)?;
@@ -611,20 +619,7 @@ impl Zygote<'_> {
         } else {
             // Killed: wait until its namespace is empty, so that the run is over when this
             // is reported.
-            let mut g_status = libc::SIGKILL;
-            if let Some(pid) = self.last_g.take().and_then(rustix::process::Pid::from_raw) {
-                loop {
-                    match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-                        Ok(Some((_, st))) => {
-                            g_status = st.as_raw();
-                            break;
-                        }
-                        Err(Errno::INTR) => {}
-                        _ => break,
-                    }
-                }
-            }
-            (g_status, 0, 0)
+            (self.reap_last().unwrap_or(libc::SIGKILL), 0, 0)
         };
         drop(run);
         init::report(p.report, REPORT_STAGE_DONE, status, errno, peak);
