@@ -140,7 +140,7 @@ fn end_program(child: i32) {
     if let Some(pid) = rustix::process::Pid::from_raw(child) {
         let _ = rustix::process::kill_process(pid, Signal::KILL);
     }
-    let _ = finish_stage(child);
+    let _ = finish_stage(child, None);
 }
 
 pub(crate) fn fd(raw: RawFd) -> BorrowedFd<'static> {
@@ -399,7 +399,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     }
                     Ok((pid, errno)) => {
                         // The exec failed and the child exited: reap it.
-                        let _ = finish_stage(pid);
+                        let _ = finish_stage(pid, None);
                         report(p.report, REPORT_PRESTARTED, errno, 0, 0);
                     }
                     Err(e) => report(p.report, REPORT_PRESTARTED, e.raw_os_error(), 0, 0),
@@ -435,7 +435,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     )
                 });
                 if gone {
-                    let _ = finish_stage(child);
+                    let _ = finish_stage(child, None);
                     report(
                         p.report,
                         REPORT_NOT_STARTED,
@@ -477,7 +477,7 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                 // from does), and its status says why.
                 let _ = write_all(fd(args.0), words);
                 drop(args);
-                let (status, peak) = finish_stage(child);
+                let (status, peak) = finish_stage(child, None);
                 report(p.report, REPORT_STAGE_DONE, status, 0, peak);
             }
             CMD_STAGE if nfds == 3 => {
@@ -720,13 +720,14 @@ fn run_stage(
     stdio: [RawFd; 3],
 ) -> Result<(i32, i32, i32), Errno> {
     let (child, exec_errno) = start_program(p, plan, stdio, &[])?;
-    let (status, peak) = finish_stage(child);
+    let (status, peak) = finish_stage(child, None);
     Ok((status, exec_errno, peak))
 }
 
-/// Waits for `child`, then kills and reaps everything else; returns its raw wait status and
-/// the largest peak resident memory (KiB) of the run's processes.
-pub(crate) fn finish_stage(child: i32) -> (i32, i32) {
+/// Waits for `child`, then kills and reaps everything else (but `holder`, killed and left
+/// to [`reap_all`]); returns its raw wait status and the largest peak resident memory (KiB)
+/// of the run's processes.
+pub(crate) fn finish_stage(child: i32, holder: Option<i32>) -> (i32, i32) {
     let mut status = 0;
     let mut peak: i64 = 0;
     loop {
@@ -742,9 +743,17 @@ pub(crate) fn finish_stage(child: i32) -> (i32, i32) {
             Err(_) => break,
         }
     }
-    // Whatever the program left behind (daemons, double forks) dies now.
+    // Whatever the program left behind (daemons, double forks) dies now, and is reaped. A
+    // holder of the program's memory (see `zygote.rs`) dies with it but is not waited for,
+    // and frees the memory only when a CPU is idle: not while the result is on its way.
+    if let Some(x) = holder {
+        sys::set_idle_priority(x);
+    }
     let _ = sys::kill_all_but_self();
     loop {
+        if holder.is_some_and(|x| !sys::other_children(x)) {
+            break;
+        }
         match sys::wait_any() {
             Ok((_, _, rss)) => peak = peak.max(rss),
             Err(Errno::INTR) => {}
@@ -752,6 +761,16 @@ pub(crate) fn finish_stage(child: i32) -> (i32, i32) {
         }
     }
     (status, i32::try_from(peak).unwrap_or(i32::MAX))
+}
+
+/// Reaps every child left (after [`finish_stage`] with a holder: the holder).
+pub(crate) fn reap_all() {
+    loop {
+        match sys::wait_any() {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Forks and execs the stage's program (with `extra` descriptors from fd 4 up) and waits

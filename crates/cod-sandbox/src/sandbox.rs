@@ -86,6 +86,8 @@ pub(crate) struct Sandbox {
     pub(crate) zygote_idle_memory: u64,
     /// A program started ahead in this sandbox, waiting for its run.
     pub(crate) prestarted: Option<Prestarted>,
+    /// A zygote's last run: the pipe that ends once its memory is freed.
+    pub(crate) last_run: Option<OwnedFd>,
 }
 
 /// A program started ahead for one run (see [`WarmKind::Prestart`]): the supervisor's ends
@@ -228,6 +230,7 @@ impl Sandbox {
             zygote: false,
             zygote_idle_memory: 0,
             prestarted: None,
+            last_run: None,
         };
         sandbox
             .send(&[CMD_GO], &[])
@@ -251,6 +254,7 @@ impl Sandbox {
             zygote: true,
             zygote_idle_memory: z.idle_memory,
             prestarted: None,
+            last_run: None,
         }
     }
 
@@ -274,8 +278,9 @@ impl Sandbox {
     }
 
     /// After a stage was sent to a zygote: waits for its answer, the pidfd of the run's
-    /// namespace init (`None` if the stage did not start; its report says why).
-    pub(crate) fn stage_started(&self) -> Result<Option<OwnedFd>, Failure> {
+    /// namespace init and the pipe that ends once the run's memory is freed (`None` if the
+    /// stage did not start; its report says why).
+    pub(crate) fn stage_started(&self) -> Result<Option<(OwnedFd, OwnedFd)>, Failure> {
         let deadline = Instant::now() + SETUP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -293,7 +298,7 @@ impl Sandbox {
                 Err(e) => return Err(errno_failure("waiting for the zygote")(e)),
             }
             let mut byte = [0u8; 1];
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
             let mut anc = RecvAncillaryBuffer::new(&mut space);
             let msg = match recvmsg(
                 &self.cmd,
@@ -305,17 +310,16 @@ impl Sandbox {
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(errno_failure("reading the zygote's answer")(e)),
             };
-            let mut pidfd = None;
+            let mut got = Vec::with_capacity(2);
             for m in anc.drain() {
                 if let RecvAncillaryMessage::ScmRights(fds) = m {
-                    for f in fds {
-                        pidfd.get_or_insert(f);
-                    }
+                    got.extend(fds);
                 }
             }
-            return match (msg.bytes, byte[0], pidfd) {
-                (1, zygote::MSG_STARTED, Some(fd)) => Ok(Some(fd)),
-                (1, zygote::MSG_NOT_STARTED, _) => Ok(None),
+            let mut got = got.into_iter();
+            return match (msg.bytes, byte[0], got.next(), got.next()) {
+                (1, zygote::MSG_STARTED, Some(pidfd), Some(freed)) => Ok(Some((pidfd, freed))),
+                (1, zygote::MSG_NOT_STARTED, ..) => Ok(None),
                 (0, ..) => Err(failure(
                     "starting the run in the zygote",
                     None,

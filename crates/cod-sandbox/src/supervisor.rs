@@ -8,11 +8,12 @@
 
 use std::fmt::Display;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 use rustix::pipe::{PipeFlags, pipe_with};
@@ -162,11 +163,13 @@ pub(crate) fn supervise_one(
     let mut used = None;
     // The zygote that served the run, told to park the next one once the run is over.
     let mut park = None;
+    // A zygote run's pipe that ends once the run's memory is freed.
+    let mut last_run = None;
     let (result, served) = match pick_zygote(&spec, state, zygotes) {
         Some(z) => {
             let index = i32::try_from(z.index).unwrap_or(0);
             let zygote_cmd = z.cmd.try_clone().ok();
-            let result = run_warm(&spec, state, slot, &mut sock, z);
+            let result = run_warm(&spec, state, slot, &mut sock, z, &mut last_run);
             if zygote_failed(&result) {
                 // The zygote died or misbehaved (its keeper replaces it): the run is not
                 // lost, it runs again the usual way.
@@ -236,7 +239,33 @@ pub(crate) fn supervise_one(
     if let Some(cmd) = park {
         let _ = rustix::net::send(&cmd, &[init::CMD_PARK], SendFlags::NOSIGNAL);
     }
+    // The run's memory is unmapped after its result went out (see `zygote.rs`): the slot
+    // takes its next run once that is done, so that it is in none of that run's limits or
+    // figures.
+    if let Some(freed) = last_run {
+        await_end(&freed, RUN_MEMORY_FREED_WAIT);
+    }
     served
+}
+
+/// How long a supervisor waits for a zygote run's memory to be freed after the result went
+/// out: unmapping takes about a millisecond per 10 MiB.
+const RUN_MEMORY_FREED_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the pipe `fd` reads from has no writer left (or `limit` has passed).
+fn await_end(fd: &OwnedFd, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&timespec(left))) {
+            Ok(0) | Err(Errno::INTR) => {}
+            _ => return,
+        }
+    }
 }
 
 /// Sends the result, then tears down the run's sandbox and checks the slot.
@@ -350,8 +379,9 @@ fn pick_zygote(
 /// rather than trust.
 ///
 /// A zygote's child is the `G` of a run (pid 1 of its PID namespace), and a child of that
-/// is its `H`: a warm run's `G` has killed and reaped everything else of its run before the
-/// zygote reports, so what is there now is a run parked for later.
+/// is its `H` (or the holder of `H`'s memory): a warm run's `G` has killed and reaped
+/// everything else of its run before the zygote reports, so what is there now is a run
+/// parked for later, or the last run's holder, killed and freeing its memory.
 fn kill_leftovers(slot: &SlotContext<'_>, zygote_pids: &[i32], keep_ns: Option<u64>) {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     if let Ok(procs) = slot.cgroup.procs() {
@@ -390,6 +420,7 @@ fn run_warm(
     slot: &SlotContext<'_>,
     sock: &mut UnixStream,
     zygote: ZygoteHandle,
+    last_run: &mut Option<OwnedFd>,
 ) -> Result<SandboxOutcome, Failure> {
     validate(spec, slot.slot)?;
     let index = zygote.index as usize;
@@ -411,6 +442,7 @@ fn run_warm(
         &mut inbox,
     )?;
     outcome.stages.push(o);
+    *last_run = sandbox.last_run.take();
     outcome.warm = Some(crate::spec::WarmUse {
         runtime: st.config.warm[index].name.clone(),
         idle_memory: sandbox.zygote_idle_memory,
@@ -609,7 +641,7 @@ fn run_stage(
         cg,
         base: &base,
         init: &sandbox.init,
-        kill: run_init.as_ref(),
+        kill: run_init.as_ref().map(|(pidfd, _)| pidfd),
         report: &sandbox.report,
         sock,
         files: &spec.files,
@@ -620,6 +652,7 @@ fn run_stage(
         inbox,
     };
     let (outcome, alive) = watch.run(in_w, &stage.stdin, out_r, err_r)?;
+    sandbox.last_run = run_init.map(|(_, freed)| freed);
     if !stage.collect.is_empty() {
         // Artifacts of a successful stage only; a failed collection (too large, say) hands
         // back none, and the caller then has nothing to cache.

@@ -221,6 +221,48 @@ pub(crate) fn wait_any() -> Result<(i32, i32, i64), Errno> {
     }
 }
 
+/// Whether this process has a child other than `except` (zombies included), as
+/// `/proc/thread-self/children` lists them; true if that cannot be read. In a PID
+/// namespace's init after everything else was killed, false means that nothing else is
+/// left: an orphan becomes the init's child before its parent can be reaped. Allocates
+/// nothing.
+pub(crate) fn other_children(except: i32) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(f) = rustix::fs::open(
+        c"/proc/thread-self/children",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return true;
+    };
+    let mut buf = [0u8; 256];
+    let n = match rustix::io::read(&f, &mut buf) {
+        Ok(n) if n < buf.len() => n,
+        // Many children (or unreadable): certainly others.
+        _ => return true,
+    };
+    let mut except_digits = [0u8; 24];
+    let except = crate::zygote::digits(u64::try_from(except).unwrap_or(0), &mut except_digits);
+    buf[..n]
+        .split(|&c| c == b' ' || c == b'\n')
+        .any(|pid| !pid.is_empty() && pid != except.to_bytes())
+}
+
+/// Moves process `pid` to the `SCHED_IDLE` policy: it runs only when nothing else wants
+/// the CPU. Best effort.
+pub(crate) fn set_idle_priority(pid: i32) {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a local that outlives the call; the rest are plain integers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            libc::c_long::from(pid),
+            libc::c_long::from(libc::SCHED_IDLE),
+            &raw const param,
+        );
+    }
+}
+
 /// Unblocks every signal, leaving dispositions as they are.
 pub(crate) fn unblock_signals() {
     // SAFETY: `set` is a local, fully initialised by sigemptyset before use; the old-mask
@@ -274,4 +316,33 @@ pub(crate) fn seccomp_install(filter: &[libc::sock_filter]) -> Result<(), Errno>
         )
     };
     if rc < 0 { Err(errno()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::other_children;
+
+    #[test]
+    fn other_children_sees_every_child_but_the_one_left_out() {
+        let spawn = || {
+            std::process::Command::new("/bin/sleep")
+                .arg("60")
+                .spawn()
+                .expect("sleep starts")
+        };
+        let mut first = spawn();
+        let a = i32::try_from(first.id()).expect("a pid");
+        assert!(!other_children(a), "only the one left out");
+        assert!(other_children(a + 1_000_000), "one that is not left out");
+        let mut second = spawn();
+        assert!(other_children(a), "a second child");
+        second.kill().expect("killed");
+        // A zombie is still a child until it is reaped.
+        assert!(other_children(a), "an unreaped child");
+        second.wait().expect("reaped");
+        assert!(!other_children(a), "only the one left out again");
+        first.kill().expect("killed");
+        first.wait().expect("reaped");
+        assert!(!other_children(a));
+    }
 }

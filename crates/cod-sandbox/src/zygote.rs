@@ -11,7 +11,9 @@
 //! receives the plan and stdio, drops every privilege exactly as a cold run's program does
 //! (same rlimits, uid, empty capability sets, seccomp policy) and runs the program in the
 //! interpreter. When `H` ends, `G` kills and reaps whatever else the run left in its PID
-//! namespace, reports its status and exits. Nothing of one run can reach the next:
+//! namespace, reports its status and exits. A parked `H` that waited for its run starts a
+//! holder of its memory (see [`start_holder`]), so that unmapping it comes after the result.
+//! Nothing of one run can reach the next:
 //!
 //! - files: every run gets a new tmpfs, created by the zygote before its files arrive and
 //!   dropped after it (a parked run that received files and was not started is discarded);
@@ -57,7 +59,8 @@ use crate::supervisor::timespec;
 use crate::sys;
 
 /// Message from the zygote to the supervisor after each [`CMD_STAGE`]: `P` with a pidfd of
-/// the run's `G` attached (killing it ends the run), or `p` alone if it could not start.
+/// the run's `G` attached (killing it ends the run) and a pipe that ends once the run's
+/// memory is freed, or `p` alone if it could not start.
 pub(crate) const MSG_STARTED: u8 = b'P';
 pub(crate) const MSG_NOT_STARTED: u8 = b'p';
 /// Message from the zygote to its keeper: why its runtime did not start.
@@ -72,6 +75,9 @@ pub(crate) const WARM_SETUP: i32 = 3;
 /// about 0.3 MiB of its own (page tables, what the after-fork hooks wrote), 1.1 MiB once
 /// primed (private dirty memory of `H`, measured here with the default preloads).
 pub(crate) const PARKED_RUN_MEMORY: u64 = 3 << 19;
+
+/// At most this many stacks for `G`s (one per `G` alive at once).
+const MAX_STACKS: usize = 4;
 
 /// How long a parked process waits for its run before it primes its interpreter.
 const PRIME_AFTER_IDLE: Duration = Duration::from_millis(2);
@@ -206,8 +212,8 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
         python: &python,
         program: &program_c,
         env: &warm.env,
-        stack,
-        last_g: None,
+        stacks: vec![stack],
+        ending: Vec::new(),
         parked: None,
     };
     loop {
@@ -292,13 +298,13 @@ fn send_text(cmd: RawFd, text: &str) {
 }
 
 /// Tells the supervisor that a stage started (with `G`'s pidfd) or did not.
-fn send_started(cmd: RawFd, pidfd: Option<&OwnedFd>) {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+fn send_started(cmd: RawFd, started: Option<&Parked>) {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
     let fds;
-    let msg = match pidfd {
-        Some(fd) => {
-            fds = [fd.as_fd()];
+    let msg = match started {
+        Some(run) => {
+            fds = [run.pidfd.as_fd(), run.status.as_fd()];
             anc.push(SendAncillaryMessage::ScmRights(&fds));
             [MSG_STARTED]
         }
@@ -318,10 +324,12 @@ struct Zygote<'a> {
     python: &'a Python,
     program: &'a CStr,
     env: &'a [String],
-    /// The stack `G` runs on (one `G` lives at a time).
-    stack: Stack,
-    /// The last run's `G`, to reap.
-    last_g: Option<i32>,
+    /// The stacks `G`s run on, one each: the `G`s of runs that reported may still be ending
+    /// (freeing their run's memory, see [`start_holder`], and namespaces) while the next
+    /// run's is cloned.
+    stacks: Vec<Stack>,
+    /// The `G`s of runs that reported, and the indexes of their stacks, to reap.
+    ending: Vec<(i32, usize)>,
     /// The next run's processes, started ahead and waiting for it.
     parked: Option<Parked>,
 }
@@ -331,6 +339,8 @@ struct Zygote<'a> {
 /// after-fork hooks and waits, with every privilege still, for the run's plan and stdio.
 struct Parked {
     g: i32,
+    /// The index of `G`'s stack.
+    stack: usize,
     /// A pidfd of `G`: killing it ends the run (the supervisor gets a copy).
     pidfd: OwnedFd,
     /// The zygote's end of the socket `H` waits on.
@@ -381,6 +391,26 @@ extern "C" fn g_entry(arg: *mut std::ffi::c_void) -> std::ffi::c_int {
     a.zygote.g_main(a)
 }
 
+/// Kills `g` (a run's `G`, and so every process of its run) and reaps it.
+fn kill_and_reap(g: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(g) {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+    let _ = reap(g);
+}
+
+/// Waits for the child `g` to end; returns its raw wait status, if there was one to reap.
+fn reap(g: i32) -> Option<i32> {
+    let pid = rustix::process::Pid::from_raw(g)?;
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, st))) => return Some(st.as_raw()),
+            Err(Errno::INTR) => {}
+            _ => return None,
+        }
+    }
+}
+
 /// A stack for `G`: an anonymous mapping with a guard page at its low end.
 struct Stack {
     base: *mut std::ffi::c_void,
@@ -419,28 +449,31 @@ impl Stack {
 }
 
 impl Zygote<'_> {
-    /// Kills the last run's `G` (and so every process of its run) and reaps it.
-    fn kill_last(&mut self) {
-        if let Some(pid) = self.last_g.and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process(pid, Signal::KILL);
+    /// A stack no living `G` runs on: one of an ended `G` (reaped now), a new one, or, with
+    /// [`MAX_STACKS`] in use, the oldest ending `G`'s once it is gone.
+    fn free_stack(&mut self) -> Result<usize, Errno> {
+        self.ending
+            .retain(|&(g, _)| match rustix::process::Pid::from_raw(g) {
+                Some(pid) => !matches!(
+                    rustix::process::waitpid(Some(pid), WaitOptions::NOHANG),
+                    Ok(Some(_)) | Err(Errno::CHILD)
+                ),
+                None => false,
+            });
+        if let Some(free) =
+            (0..self.stacks.len()).find(|i| self.ending.iter().all(|&(_, s)| s != *i))
+        {
+            return Ok(free);
         }
-        let _ = self.reap_last();
-    }
-
-    /// Reaps the last run's `G`, which may still have been going away (its namespaces);
-    /// returns its raw wait status, if there was one to reap.
-    fn reap_last(&mut self) -> Option<i32> {
-        let pid = self
-            .last_g
-            .take()
-            .and_then(rustix::process::Pid::from_raw)?;
-        loop {
-            match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-                Ok(Some((_, st))) => return Some(st.as_raw()),
-                Err(Errno::INTR) => {}
-                _ => return None,
-            }
+        if self.stacks.len() < MAX_STACKS
+            && let Some(stack) = Stack::new()
+        {
+            self.stacks.push(stack);
+            return Ok(self.stacks.len() - 1);
         }
+        let (g, stack) = self.ending.remove(0);
+        let _ = reap(g);
+        Ok(stack)
     }
 
     /// The parked run, started now if there is none fit for a run with `disk` bytes of
@@ -466,8 +499,7 @@ impl Zygote<'_> {
     /// `H`, with it).
     fn discard_parked(&mut self) {
         if let Some(run) = self.parked.take() {
-            self.last_g = Some(run.g);
-            self.kill_last();
+            kill_and_reap(run.g);
         }
     }
 
@@ -479,7 +511,9 @@ impl Zygote<'_> {
     /// this process waits in a `read`, so `H` is a copy of a zygote at rest; after that `G`
     /// makes only system calls and touches nothing but its stack.
     fn park(&mut self, disk: u64) -> Result<Parked, Errno> {
-        let _ = self.reap_last();
+        // When parking, the only `G`s alive are ending ones: the parked one was taken or
+        // discarded.
+        let stack = self.free_stack()?;
         let scratch = new_scratch(disk)?;
         let cloexec = rustix::pipe::PipeFlags::CLOEXEC;
         let (status_r, status_w) = rustix::pipe::pipe_with(cloexec)?;
@@ -490,7 +524,7 @@ impl Zygote<'_> {
             rustix::net::SocketFlags::CLOEXEC,
             None,
         )?;
-        let stack_top = self.stack.top().ok_or(Errno::NOMEM)?;
+        let stack_top = self.stacks[stack].top().ok_or(Errno::NOMEM)?;
         let args = GArgs {
             zygote: self,
             scratch: &scratch,
@@ -508,10 +542,10 @@ impl Zygote<'_> {
             | libc::CLONE_NEWIPC
             | libc::SIGCHLD;
         // SAFETY: `g_entry` runs on the stack `stack_top` points into (a private mapping of
-        // this process that no other process uses while this `G` lives: the next one is
-        // cloned only after this one is reaped) with `args`, which outlives the child's use
-        // of it: this thread blocks reading `ready_r` below until `G` is done with it. The
-        // child makes system calls and one fork (see `g_main`).
+        // this process that no other process uses while this `G` lives: every other living
+        // `G` has a stack of its own, see `free_stack`) with `args`, which outlives the
+        // child's use of it: this thread blocks reading `ready_r` below until `G` is done
+        // with it. The child makes system calls and one fork (see `g_main`).
         let g = unsafe {
             libc::clone(
                 g_entry,
@@ -532,10 +566,9 @@ impl Zygote<'_> {
         if g <= 0 {
             return Err(clone_errno.unwrap_or(Errno::AGAIN));
         }
-        self.last_g = Some(g);
         let errno = i32::from_le_bytes(word);
         if got < word.len() || errno != 0 {
-            self.kill_last();
+            kill_and_reap(g);
             return Err(if got < word.len() {
                 Errno::CHILD
             } else {
@@ -546,13 +579,13 @@ impl Zygote<'_> {
         let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
             Ok(fd) => fd,
             Err(e) => {
-                self.kill_last();
+                kill_and_reap(g);
                 return Err(e);
             }
         };
-        self.last_g = None;
         Ok(Parked {
             g,
+            stack,
             pidfd,
             go: go_z,
             status: status_r,
@@ -601,13 +634,12 @@ impl Zygote<'_> {
         for f in stdio {
             sys::close(f);
         }
-        self.last_g = Some(run.g);
         if let Err(e) = sent {
             // `H` is gone: the run was not started, and another one is parked for the next.
-            self.kill_last();
+            kill_and_reap(run.g);
             return not_started(e);
         }
-        send_started(p.cmd, Some(&run.pidfd));
+        send_started(p.cmd, Some(&run));
         // G's report: the program's wait status and the errno of a failed set-up, written
         // once every process of the run is gone; nothing if G was killed (a limit, or the
         // caller cancelled), which the kernel then finishes by killing the rest.
@@ -615,11 +647,13 @@ impl Zygote<'_> {
         let got = init::read_full(&run.status, &mut buf);
         let word = |i: usize| i32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
         let (status, errno, peak) = if got == 12 {
+            // `G` ends on its own, after freeing the run's memory; reaped later.
+            self.ending.push((run.g, run.stack));
             (word(0), word(4), word(8))
         } else {
             // Killed: wait until its namespace is empty, so that the run is over when this
             // is reported.
-            (self.reap_last().unwrap_or(libc::SIGKILL), 0, 0)
+            (reap(run.g).unwrap_or(libc::SIGKILL), 0, 0)
         };
         drop(run);
         init::report(p.report, REPORT_STAGE_DONE, status, errno, peak);
@@ -666,15 +700,25 @@ impl Zygote<'_> {
         // From here on the zygote runs again: nothing but this stack and system calls.
         let _ = rustix::io::write(init::fd(ready_w), &0i32.to_le_bytes());
         sys::close(ready_w);
+        let mut word = [0u8; 4];
+        let holder = match init::read_full(&err_r, &mut word) {
+            4 => Some(i32::from_le_bytes(word)).filter(|&x| x > 0),
+            _ => None,
+        };
         let errno = init::read_exec_errno(err_r);
         // Whatever the program leaves behind (daemons, double forks) dies too, and is reaped
-        // before the status goes out: when the zygote reports, the run is over.
-        let (status, peak) = init::finish_stage(h);
+        // before the status goes out: when the zygote reports, the run is over. The holder
+        // is killed with them, and reaped only after: unmapping the run's memory is most of
+        // the work of its end, and it is done after the result went out.
+        let (status, peak) = init::finish_stage(h, holder);
         let mut buf = [0u8; 12];
         buf[..4].copy_from_slice(&status.to_le_bytes());
         buf[4..8].copy_from_slice(&errno.to_le_bytes());
         buf[8..].copy_from_slice(&peak.to_le_bytes());
         let _ = rustix::io::write(init::fd(status_w), &buf);
+        init::reap_all();
+        // The end of this pipe tells the supervisor that the run's memory is freed.
+        sys::close(status_w);
         sys::exit_now(0)
     }
 
@@ -694,20 +738,30 @@ impl Zygote<'_> {
         // The program's seccomp policy goes in now, off the run's path (the kernel checks
         // and compiles it, about 0.15 ms): it denies nothing that is left to do here.
         if let Err(e) = self.p.seccomp.install() {
-            let _ = rustix::io::write(&err_w, &e.raw_os_error().to_le_bytes());
+            // No holder (see below), then why.
+            let mut words = [0u8; 8];
+            words[4..].copy_from_slice(&e.raw_os_error().to_le_bytes());
+            let _ = rustix::io::write(&err_w, &words);
             sys::exit_now(127)
         }
-        // Priming costs about half a millisecond of CPU and saves the run a little less
-        // wall time: worth it when the slot is idle, not when runs come back to back (their
-        // next one is here within a millisecond or two).
+        // Priming and a holder of this memory (see `start_holder`) cost CPU (about half a
+        // millisecond, and a tenth) and save the run wall time (a little less, and about
+        // 0.8 ms): worth it when the slot is idle, not when runs come back to back (their
+        // next one is here within a millisecond or two, and the CPU is the limit).
         let go_fd = init::fd(go);
         let mut go_in = [rustix::event::PollFd::new(
             &go_fd,
             rustix::event::PollFlags::IN,
         )];
         let idle = timespec(PRIME_AFTER_IDLE);
+        let mut holder = 0;
         if matches!(rustix::event::poll(&mut go_in, Some(&idle)), Ok(0)) {
+            holder = start_holder();
             self.python.prime();
+        }
+        // `G` learns the holder's pid (or 0) before anything else comes on this pipe.
+        if rustix::io::write(&err_w, &holder.to_le_bytes()) != Ok(4) {
+            sys::exit_now(127)
         }
         let mut bufs = InitBuffers::new();
         let mut fds = [-1; 5];
@@ -806,6 +860,150 @@ impl Zygote<'_> {
                 .zip(self.env)
                 .all(|(a, b)| a.to_bytes() == b.as_bytes());
         Some((args, (!same).then_some(env)))
+    }
+}
+
+/// Starts `X`, the holder of this process's memory, and waits until it sleeps for good;
+/// returns its pid, or 0 if there is none (the run then goes as well without it).
+///
+/// `X` shares `H`'s memory (`CLONE_VM`, not its descriptors) and is `G`'s child
+/// (`CLONE_PARENT`), out of sight of the program's `wait`. While it lives, the memory is
+/// not unmapped when `H` exits: that takes a forked interpreter about 0.8 ms (tearing down
+/// the entries of thousands of pages), which would come between the program's end and its
+/// result. `G` moves `X` to `SCHED_IDLE`, kills it with the rest of the run, reports, and
+/// only then reaps it and closes its status pipe; the supervisor holds a copy of that pipe
+/// and lets the slot take its next run only once it has closed (see `supervisor.rs`), so
+/// the memory is freed before the next run's limits and baselines are taken.
+///
+/// `X` must never run code in that memory once the program can write it: it blocks every
+/// signal, closes every descriptor, drops its capabilities and then waits in
+/// `rt_sigsuspend`, which only `SIGKILL` ends. `H` takes the run only once `X` is in that
+/// wait. `X` has the program's seccomp policy too (it is installed before). The program
+/// cannot signal or trace it (another uid, no capabilities), and with `/proc` mounted
+/// `hidepid=invisible` cannot even see it.
+fn start_holder() -> i32 {
+    let Some(top) = Stack::new().and_then(|s| s.top()) else {
+        return 0;
+    };
+    // With CLONE_PARENT the exit signal is `H`'s own (SIGCHLD), so none is given.
+    let flags = libc::CLONE_VM | libc::CLONE_PARENT;
+    // Its state is read from `/proc`, which shows it to this process only while their
+    // memory is dumpable (the run's program makes it so again after dropping privileges).
+    let dumpable = rustix::process::dumpable_behavior();
+    if rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable).is_err()
+    {
+        return 0;
+    }
+    // `X` closes its end of this pipe right before its last wait: no polling until then.
+    let Ok((near_r, near_w)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
+        return 0;
+    };
+    let arg = std::ptr::without_provenance_mut(usize::try_from(near_w.as_raw_fd()).unwrap_or(0));
+    // SAFETY: `holder_main` runs on the fresh stack `top` points to the end of (never
+    // unmapped: the mapping lives as long as this memory does), takes a descriptor number
+    // as its argument, and makes only raw system calls: it touches no libc or thread-local
+    // state it shares with this process.
+    let x = unsafe { libc::clone(holder_main, top, flags, arg) };
+    drop(near_w);
+    let asleep = x > 0 && {
+        let mut byte = [0u8; 1];
+        let mut fds = [rustix::event::PollFd::new(
+            &near_r,
+            rustix::event::PollFlags::IN,
+        )];
+        let limit = timespec(Duration::from_secs(1));
+        matches!(rustix::event::poll(&mut fds, Some(&limit)), Ok(1))
+            && rustix::io::read(&near_r, &mut byte) == Ok(0)
+            && holder_asleep(x)
+    };
+    if let Ok(d) = dumpable {
+        let _ = rustix::process::set_dumpable_behavior(d);
+    }
+    if x <= 0 {
+        return 0;
+    }
+    if asleep {
+        return x;
+    }
+    // Not asleep in time (or gone): it must not outlive this, unchecked, into the run.
+    if let Some(pid) = rustix::process::Pid::from_raw(x) {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+    0
+}
+
+/// `X`'s main function (see [`start_holder`]); `near` is the descriptor to close last.
+extern "C" fn holder_main(near: *mut std::ffi::c_void) -> std::ffi::c_int {
+    let near = u32::try_from(near.addr()).unwrap_or(0);
+    let all: u64 = !0;
+    // `_LINUX_CAPABILITY_VERSION_3` for this process, and empty sets.
+    let header: [u32; 2] = [0x2008_0522, 0];
+    let data = [0u32; 6];
+    // SAFETY: raw system calls on integers and on pointers to these locals, which live as
+    // long as the calls; none of them fails here, so glibc's `syscall` writes no `errno`
+    // (thread-local data this process shares with `H`).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const all,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+        if near > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, near - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, near + 1, u32::MAX, 0u32);
+        libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr());
+        libc::syscall(
+            libc::SYS_prctl,
+            libc::PR_SET_NO_NEW_PRIVS,
+            1usize,
+            0usize,
+            0usize,
+            0usize,
+        );
+        libc::syscall(libc::SYS_close, near);
+        loop {
+            libc::syscall(libc::SYS_rt_sigsuspend, &raw const all, 8usize);
+        }
+    }
+}
+
+/// Waits (at most a second) until `X` sleeps: the only sleep it can be in is its last wait,
+/// a few instructions after it closed its end of the pipe.
+fn holder_asleep(x: i32) -> bool {
+    let mut digits_buf = [0u8; 24];
+    let pid = digits(u64::try_from(x).unwrap_or(0), &mut digits_buf).to_bytes();
+    let mut path = [0u8; 48];
+    let mut at = 0;
+    for part in [b"/proc/".as_slice(), pid, b"/stat"] {
+        path[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    let Ok(path) = CStr::from_bytes_until_nul(&path) else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut stat = [0u8; 512];
+    loop {
+        let Ok(f) = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
+            return false;
+        };
+        let n = rustix::io::read(&f, &mut stat).unwrap_or(0);
+        // `pid (comm) S ...`: the state follows the last `)`.
+        let stat = &stat[..n];
+        let state = stat
+            .iter()
+            .rposition(|&c| c == b')')
+            .and_then(|i| stat.get(i + 2).copied());
+        match state {
+            Some(b'S') => return true,
+            Some(b'R' | b'D') if std::time::Instant::now() < deadline => {
+                rustix::thread::sched_yield();
+            }
+            _ => return false,
+        }
     }
 }
 

@@ -411,14 +411,42 @@ fn zygotes_of(uid: u32) -> Vec<u32> {
 
 /// The run the zygote parked, once it is there: `(G, H)`.
 fn parked_of(uid: u32) -> (u32, u32) {
+    let (g, h, _) = parked_with(uid, false);
+    (g, h)
+}
+
+/// The system call host process `pid` is blocked in (`/proc/PID/syscall`), if any.
+fn blocked_in(pid: u32) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The run the zygote parked, once it is there (and, with `holder`, once its `H` started
+/// the holder of its memory, which it does when the slot is idle): `(G, H, holder)`. The
+/// holder is the child of `G` that waits in `rt_sigsuspend`.
+fn parked_with(uid: u32, holder: bool) -> (u32, u32, Option<u32>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let all = pythons_of(uid);
         let zygote = zygotes_of(uid);
         let g = all.iter().find(|(_, ppid)| zygote.contains(ppid));
-        let h = g.and_then(|&(g, _)| all.iter().find(|(_, ppid)| *ppid == g));
-        if let (Some(&(g, _)), Some(&(h, _))) = (g, h) {
-            return (g, h);
+        let children: Vec<u32> = g.map_or_else(Vec::new, |&(g, _)| {
+            all.iter()
+                .filter(|(_, ppid)| *ppid == g)
+                .map(|&(pid, _)| pid)
+                .collect()
+        });
+        let (x, h): (Vec<u32>, Vec<u32>) = children
+            .iter()
+            .partition(|&&pid| blocked_in(pid) == Some(libc::SYS_rt_sigsuspend));
+        if let (Some(&(g, _)), [h]) = (g, h.as_slice())
+            && (!holder || x.len() == 1)
+        {
+            return (g, *h, x.first().copied());
         }
         assert!(Instant::now() < deadline, "no run was parked: {all:?}");
         std::thread::yield_now();
@@ -545,6 +573,96 @@ fn a_memory_hog_in_a_warm_run_gets_the_memory_verdict_and_the_zygote_survives() 
     assert_eq!(o.status(), Status::MemoryLimit, "{}", describe(&o));
     let next = run_warm(&jail, &script(slot, "print('still here')", &[]));
     assert_eq!(next.stdout, b"still here\n");
+}
+
+#[test]
+fn a_parked_runs_memory_holder_can_do_nothing_and_is_out_of_the_programs_sight() {
+    let slot = 22;
+    let (jail, init_uid) = warm_slot(UID_BASE + 200, slot);
+    let (_, h, x) = parked_with(init_uid, true);
+    let x = x.expect("a holder");
+    let status = std::fs::read_to_string(format!("/proc/{x}/status")).expect("its status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:\t")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // No capability, no way to gain one, every signal blocked, no descriptor: it waits in
+    // the kernel until it is killed.
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(cap), "0000000000000000", "{cap}: {status}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+    assert_eq!(field("SigBlk"), "fffffffffffbfeff", "{status}");
+    let fds = std::fs::read_dir(format!("/proc/{x}/fd")).expect("its descriptors");
+    assert_eq!(fds.count(), 0, "it holds no descriptor");
+    // It shares `H`'s memory: the same mappings.
+    let maps = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    assert_eq!(maps(x), maps(h));
+
+    // The program sees only itself; a wait for any child finds none.
+    let src = "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\ntry:\n    os.wait()\nexcept ChildProcessError:\n    print('no child')\n";
+    let o = run_warm(&jail, &script(slot, src, &[]));
+    assert_eq!(o.stdout, b"[2]\nno child\n", "{}", describe(&o));
+    // And the holder went with the run.
+    wait_gone(x);
+}
+
+#[test]
+fn a_warm_runs_memory_is_in_none_of_the_next_runs_limits_or_figures() {
+    // A run's memory is unmapped after its result went out, by its holder's end: the slot
+    // must not take its next run before that is done, even one that was waiting for it.
+    let slot = 23;
+    let base = UID_BASE + 210;
+    let (jail, init_uid) = warm_slot(base, slot);
+    let program_uid = base + slot;
+    // Written, so that every page is the run's (a bytearray's zeroes would not be), and
+    // held by a module that lives until the process exits (`__main__`'s globals are
+    // released before).
+    let touch =
+        |mib: u64| format!("import sys\nsys.held = b'\\x01' * ({mib} << 20)\nprint('ok')\n");
+    let limited = |mib: u64, limit: u64| {
+        script(slot, &touch(mib), &[]).limits(|l| l.memory = cod_core::Bytes::mib(limit))
+    };
+    for round in 0..3 {
+        parked_with(init_uid, true);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| run_warm(&jail, &limited(512, 1024)));
+            // Once A's program runs, B comes: the slot takes it the moment A is done.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while host_processes_with_uid(program_uid..program_uid + 1).is_empty() {
+                assert!(Instant::now() < deadline, "round {round}: A never ran");
+                std::thread::yield_now();
+            }
+            // With a 64 MiB limit, B may not use A's 512 MiB as well.
+            let o = run_warm(&jail, &limited(128, 64));
+            let a = a.join().expect("A ran");
+            assert_eq!(a.stdout, b"ok\n", "round {round}: {}", describe(&a));
+            assert_eq!(
+                o.status(),
+                Status::MemoryLimit,
+                "round {round}: {}",
+                describe(&o)
+            );
+            assert_eq!(o.stdout, b"", "round {round}: {}", describe(&o));
+        });
+        parked_with(init_uid, true);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| run_warm(&jail, &limited(512, 1024)));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while host_processes_with_uid(program_uid..program_uid + 1).is_empty() {
+                assert!(Instant::now() < deadline, "round {round}: A never ran");
+                std::thread::yield_now();
+            }
+            // And its figures are its own.
+            let o = run_warm(&jail, &limited(16, 64));
+            a.join().expect("A ran");
+            assert_eq!(o.status(), Status::Ok, "round {round}: {}", describe(&o));
+            assert!(o.memory_peak < 48 << 20, "round {round}: {}", describe(&o));
+        });
+    }
 }
 
 /// Where the test's Node.js bootstrap is bound in the sandbox.
