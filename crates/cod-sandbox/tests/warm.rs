@@ -626,42 +626,37 @@ fn a_warm_runs_memory_is_in_none_of_the_next_runs_limits_or_figures() {
     let limited = |mib: u64, limit: u64| {
         script(slot, &touch(mib), &[]).limits(|l| l.memory = cod_core::Bytes::mib(limit))
     };
-    for round in 0..3 {
+    // A run that holds 512 MiB until its exit (so its holder frees them), and `next`, sent
+    // once A's program runs: the slot takes it the moment A is done.
+    let behind_a_big_run = |round: u32, next: &Run| {
         parked_with(init_uid, true);
         std::thread::scope(|s| {
             let a = s.spawn(|| run_warm(&jail, &limited(512, 1024)));
-            // Once A's program runs, B comes: the slot takes it the moment A is done.
             let deadline = Instant::now() + Duration::from_secs(10);
             while host_processes_with_uid(program_uid..program_uid + 1).is_empty() {
                 assert!(Instant::now() < deadline, "round {round}: A never ran");
                 std::thread::yield_now();
             }
-            // With a 64 MiB limit, B may not use A's 512 MiB as well.
-            let o = run_warm(&jail, &limited(128, 64));
+            let o = run_warm(&jail, next);
             let a = a.join().expect("A ran");
             assert_eq!(a.stdout, b"ok\n", "round {round}: {}", describe(&a));
-            assert_eq!(
-                o.status(),
-                Status::MemoryLimit,
-                "round {round}: {}",
-                describe(&o)
-            );
-            assert_eq!(o.stdout, b"", "round {round}: {}", describe(&o));
-        });
-        parked_with(init_uid, true);
-        std::thread::scope(|s| {
-            let a = s.spawn(|| run_warm(&jail, &limited(512, 1024)));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while host_processes_with_uid(program_uid..program_uid + 1).is_empty() {
-                assert!(Instant::now() < deadline, "round {round}: A never ran");
-                std::thread::yield_now();
-            }
-            // And its figures are its own.
-            let o = run_warm(&jail, &limited(16, 64));
-            a.join().expect("A ran");
-            assert_eq!(o.status(), Status::Ok, "round {round}: {}", describe(&o));
-            assert!(o.memory_peak < 48 << 20, "round {round}: {}", describe(&o));
-        });
+            o
+        })
+    };
+    for round in 0..3 {
+        // With a 64 MiB limit, B may not use A's 512 MiB as well.
+        let o = behind_a_big_run(round, &limited(128, 64));
+        assert_eq!(
+            o.status(),
+            Status::MemoryLimit,
+            "round {round}: {}",
+            describe(&o)
+        );
+        assert_eq!(o.stdout, b"", "round {round}: {}", describe(&o));
+        // And its figures are its own.
+        let o = behind_a_big_run(round, &limited(16, 64));
+        assert_eq!(o.status(), Status::Ok, "round {round}: {}", describe(&o));
+        assert!(o.memory_peak < 48 << 20, "round {round}: {}", describe(&o));
     }
 }
 
