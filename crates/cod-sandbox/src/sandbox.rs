@@ -284,17 +284,15 @@ impl Sandbox {
         let deadline = Instant::now() + SETUP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(failure(
-                    "starting the run in the zygote",
-                    Some(libc::ETIMEDOUT),
-                    "timed out",
-                ));
-            }
-            let mut fds = [PollFd::new(&self.cmd, PollFlags::IN)];
-            match poll(&mut fds, Some(&timespec(left))) {
-                Ok(0) | Err(Errno::INTR) => continue,
-                Ok(_) => {}
+            match sys::wait_readable(&self.cmd, left) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(failure(
+                        "starting the run in the zygote",
+                        Some(libc::ETIMEDOUT),
+                        "timed out",
+                    ));
+                }
                 Err(e) => return Err(errno_failure("waiting for the zygote")(e)),
             }
             let mut byte = [0u8; 1];
@@ -466,22 +464,14 @@ impl Sandbox {
 
     /// Waits up to `timeout` for the init's next report.
     fn wait_report(&self, timeout: Duration, step: &str) -> Result<(u32, i32, i32, i32), Failure> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(failure(step, Some(libc::ETIMEDOUT), "timed out"));
-            }
-            let mut fds = [PollFd::new(&self.report, PollFlags::IN)];
-            match poll(&mut fds, Some(&timespec(left))) {
-                Ok(0) | Err(Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(errno_failure(step.to_owned())(e)),
-            }
-            return match read_report(&self.report).map_err(io_failure(step.to_owned()))? {
-                Some(r) => Ok(r),
-                None => Err(failure(step, None, "the init died")),
-            };
+        match sys::wait_readable(&self.report, timeout) {
+            Ok(true) => {}
+            Ok(false) => return Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
+            Err(e) => return Err(errno_failure(step.to_owned())(e)),
+        }
+        match read_report(&self.report).map_err(io_failure(step.to_owned()))? {
+            Some(r) => Ok(r),
+            None => Err(failure(step, None, "the init died")),
         }
     }
 
@@ -489,14 +479,10 @@ impl Sandbox {
     /// when its run comes); an error if it died instead.
     pub(crate) fn wait_prestarted(pre: &Prestarted) -> Result<(), Failure> {
         let step = "waiting for the program started ahead";
-        let mut fds = [PollFd::new(&pre.ready, PollFlags::IN)];
-        loop {
-            match poll(&mut fds, Some(&timespec(SETUP_TIMEOUT))) {
-                Ok(0) => return Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
-                Ok(_) => break,
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(errno_failure(step)(e)),
-            }
+        match sys::wait_readable(&pre.ready, SETUP_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => return Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
+            Err(e) => return Err(errno_failure(step)(e)),
         }
         let mut byte = [0u8; 1];
         match rustix::io::read(&pre.ready, &mut byte) {
@@ -644,49 +630,41 @@ impl Sandbox {
     }
 
     fn wait_ready(&self, plan: &MountPlan) -> Result<(), Failure> {
-        let deadline = Instant::now() + SETUP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        match sys::wait_readable(&self.report, SETUP_TIMEOUT) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(failure(
                     "building the root filesystem",
                     Some(libc::ETIMEDOUT),
                     "timed out",
                 ));
             }
-            let mut fds = [PollFd::new(&self.report, PollFlags::IN)];
-            match poll(&mut fds, Some(&timespec(left))) {
-                Ok(0) | Err(Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(errno_failure("waiting for the init")(e)),
+            Err(e) => return Err(errno_failure("waiting for the init")(e)),
+        }
+        match read_report(&self.report).map_err(io_failure("reading the init's report"))? {
+            Some((init::REPORT_READY, ..)) => Ok(()),
+            Some((init::REPORT_SETUP_FAILED, step, index, errno)) => {
+                let step = Step::from_u32(step.cast_unsigned());
+                let what = step.map_or("setting up", Step::describe);
+                let item = step
+                    .map(|s| plan.describe_item(s, index))
+                    .unwrap_or_default();
+                Err(failure(
+                    format!("{what}{item}"),
+                    Some(errno),
+                    io::Error::from_raw_os_error(errno),
+                ))
             }
-            return match read_report(&self.report)
-                .map_err(io_failure("reading the init's report"))?
-            {
-                Some((init::REPORT_READY, ..)) => Ok(()),
-                Some((init::REPORT_SETUP_FAILED, step, index, errno)) => {
-                    let step = Step::from_u32(step.cast_unsigned());
-                    let what = step.map_or("setting up", Step::describe);
-                    let item = step
-                        .map(|s| plan.describe_item(s, index))
-                        .unwrap_or_default();
-                    Err(failure(
-                        format!("{what}{item}"),
-                        Some(errno),
-                        io::Error::from_raw_os_error(errno),
-                    ))
-                }
-                Some(other) => Err(failure(
-                    "waiting for the init",
-                    None,
-                    format!("unexpected report {other:?}"),
-                )),
-                None => Err(failure(
-                    "building the root filesystem",
-                    None,
-                    "the init died",
-                )),
-            };
+            Some(other) => Err(failure(
+                "waiting for the init",
+                None,
+                format!("unexpected report {other:?}"),
+            )),
+            None => Err(failure(
+                "building the root filesystem",
+                None,
+                "the init died",
+            )),
         }
     }
 }

@@ -13,7 +13,6 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 use rustix::pipe::{PipeFlags, pipe_with};
@@ -243,30 +242,15 @@ pub(crate) fn supervise_one(
     // takes its next run once that is done, so that it is in none of that run's limits or
     // figures.
     if let Some(freed) = last_run {
-        await_end(&freed, RUN_MEMORY_FREED_WAIT);
+        let _ = sys::wait_readable(&freed, RUN_MEMORY_FREED_WAIT);
     }
     served
 }
 
 /// How long a supervisor waits for a zygote run's memory to be freed after the result went
-/// out: unmapping takes about a millisecond per 10 MiB.
+/// out (the pipe it holds then has no writer left): unmapping takes about a millisecond per
+/// 10 MiB.
 const RUN_MEMORY_FREED_WAIT: Duration = Duration::from_secs(30);
-
-/// Waits until the pipe `fd` reads from has no writer left (or `limit` has passed).
-fn await_end(fd: &OwnedFd, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&timespec(left))) {
-            Ok(0) | Err(Errno::INTR) => {}
-            _ => return,
-        }
-    }
-}
 
 /// Sends the result, then tears down the run's sandbox and checks the slot.
 fn finish_run(
@@ -402,15 +386,7 @@ fn kill_leftovers(slot: &SlotContext<'_>, zygote_pids: &[i32], keep_ns: Option<u
 
 /// The parent of `pid` (from `/proc/PID/stat`), if it still exists.
 fn parent(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so read after the
-    // last `)`.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    sys::proc_stat(pid)?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Runs a single-stage spec in a zygote (see `zygote.rs`).

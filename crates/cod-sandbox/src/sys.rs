@@ -221,6 +221,36 @@ pub(crate) fn wait_any() -> Result<(i32, i32, i64), Errno> {
     }
 }
 
+/// Waits until `fd` is readable (or at its end), at most `limit`; an interrupted wait goes
+/// on with the time left. `Ok(false)` when the time is up.
+pub(crate) fn wait_readable(
+    fd: impl rustix::fd::AsFd,
+    limit: std::time::Duration,
+) -> Result<bool, Errno> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&crate::supervisor::timespec(left))) {
+            Ok(0) | Err(Errno::INTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (`state ppid ...`), if the
+/// process is there. The name may hold spaces and parentheses, so they start after the
+/// last `)`.
+pub(crate) fn proc_stat(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.trim_start().to_owned())
+}
+
 /// Whether this process has a child other than `except` (zombies included), as
 /// `/proc/thread-self/children` lists them; true if that cannot be read. In a PID
 /// namespace's init after everything else was killed, false means that nothing else is

@@ -748,14 +748,8 @@ impl Zygote<'_> {
         // millisecond, and a tenth) and save the run wall time (a little less, and about
         // 0.8 ms): worth it when the slot is idle, not when runs come back to back (their
         // next one is here within a millisecond or two, and the CPU is the limit).
-        let go_fd = init::fd(go);
-        let mut go_in = [rustix::event::PollFd::new(
-            &go_fd,
-            rustix::event::PollFlags::IN,
-        )];
-        let idle = timespec(PRIME_AFTER_IDLE);
         let mut holder = 0;
-        if matches!(rustix::event::poll(&mut go_in, Some(&idle)), Ok(0)) {
+        if sys::wait_readable(init::fd(go), PRIME_AFTER_IDLE) == Ok(false) {
             holder = start_holder();
             self.python.prime();
         }
@@ -907,12 +901,7 @@ fn start_holder() -> i32 {
     drop(near_w);
     let asleep = x > 0 && {
         let mut byte = [0u8; 1];
-        let mut fds = [rustix::event::PollFd::new(
-            &near_r,
-            rustix::event::PollFlags::IN,
-        )];
-        let limit = timespec(Duration::from_secs(1));
-        matches!(rustix::event::poll(&mut fds, Some(&limit)), Ok(1))
+        sys::wait_readable(&near_r, Duration::from_secs(1)) == Ok(true)
             && rustix::io::read(&near_r, &mut byte) == Ok(0)
             && holder_asleep(x)
     };
@@ -973,33 +962,12 @@ extern "C" fn holder_main(near: *mut std::ffi::c_void) -> std::ffi::c_int {
 /// Waits (at most a second) until `X` sleeps: the only sleep it can be in is its last wait,
 /// a few instructions after it closed its end of the pipe.
 fn holder_asleep(x: i32) -> bool {
-    let mut digits_buf = [0u8; 24];
-    let pid = digits(u64::try_from(x).unwrap_or(0), &mut digits_buf).to_bytes();
-    let mut path = [0u8; 48];
-    let mut at = 0;
-    for part in [b"/proc/".as_slice(), pid, b"/stat"] {
-        path[at..at + part.len()].copy_from_slice(part);
-        at += part.len();
-    }
-    let Ok(path) = CStr::from_bytes_until_nul(&path) else {
-        return false;
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    let mut stat = [0u8; 512];
     loop {
-        let Ok(f) = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
-            return false;
-        };
-        let n = rustix::io::read(&f, &mut stat).unwrap_or(0);
-        // `pid (comm) S ...`: the state follows the last `)`.
-        let stat = &stat[..n];
-        let state = stat
-            .iter()
-            .rposition(|&c| c == b')')
-            .and_then(|i| stat.get(i + 2).copied());
-        match state {
-            Some(b'S') => return true,
-            Some(b'R' | b'D') if std::time::Instant::now() < deadline => {
+        let stat = sys::proc_stat(x);
+        match stat.as_deref().and_then(|s| s.split_whitespace().next()) {
+            Some("S") => return true,
+            Some("R" | "D") if std::time::Instant::now() < deadline => {
                 rustix::thread::sched_yield();
             }
             _ => return false,
