@@ -169,7 +169,13 @@ impl Sandbox {
             report: rep_w.as_raw_fd(),
             close_first: &close_in_init,
         };
-        let mut buffers = InitBuffers::new();
+        let mut buffers = InitBuffers::new().ok_or_else(|| {
+            failure(
+                "allocating the init's buffers",
+                Some(libc::ENOMEM),
+                "no memory for them",
+            )
+        })?;
 
         // No CLONE_NEWNET: the slot's keeper made a network namespace (loopback down, nothing
         // else) that its runs share one after another; creating one per run costs half a

@@ -757,7 +757,10 @@ impl Zygote<'_> {
         if rustix::io::write(&err_w, &holder.to_le_bytes()) != Ok(4) {
             sys::exit_now(127)
         }
-        let mut bufs = InitBuffers::new();
+        let Some(mut bufs) = InitBuffers::new() else {
+            let _ = rustix::io::write(&err_w, &libc::ENOMEM.to_le_bytes());
+            sys::exit_now(127)
+        };
         let mut fds = [-1; 5];
         let Some((len, nfds)) = init::receive(go, &mut bufs.message, &mut fds) else {
             sys::exit_now(0)
