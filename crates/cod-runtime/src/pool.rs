@@ -41,8 +41,11 @@ pub(crate) const JAVA_BOOT: &str = include_str!("CodBoot.java");
 /// How a Node.js started ahead waits for its run: it says it is ready on fd 5, reads the
 /// script and its arguments (NUL-terminated) on fd 4 until end of file, then runs the
 /// script as `node script args` would (`process.argv`, `require.main`, the module's file
-/// name and directory are the same). Its standard streams exist before the run (the
-/// program's first `console.log` does not pay for them), and a program that ends without
+/// name and directory are the same, and the module cache holds the program's modules only).
+/// Its standard streams exist before the run, and so does the compiled code of a first
+/// `console.log` (V8 compiles a function on its first call: the bootstrap logs to a console
+/// of its own that writes nowhere), so the program's first line pays for neither; a
+/// program that ends without
 /// an uncaught exception leaves through `process.reallyExit` once every `exit` listener
 /// has run, skipping the runtime's teardown; its output is a pipe, written synchronously.
 pub(crate) const NODE_BOOTSTRAP: &str = r#"'use strict';
@@ -61,6 +64,20 @@ process.on('exit', function codExit(code) {
   for (const l of all.slice(all.indexOf(codExit) + 1)) l.call(process, code);
   process.reallyExit(process.exitCode === undefined ? code : process.exitCode);
 });
+// V8 compiles a function when it is first called: call now, on a console of its own that
+// writes nowhere, what the run's first console.log would compile (the console, util.inspect,
+// streams), and what starts the run below.
+{
+  const { Console } = require('console');
+  const { Writable } = require('stream');
+  const sink = new Writable({ write(chunk, encoding, done) { done(); } });
+  const c = new Console({ stdout: sink, stderr: sink });
+  Buffer.concat([Buffer.from('a\0')]).toString('utf8').split('\0');
+  require('path').resolve('a');
+  c.log(1);
+  c.log('%s %d', 'a', 1.5, -0, 10n, [1, 'a'], { a: { b: [1] } }, new Map([[1, 2]]), null, undefined, true);
+  c.error('e');
+}
 fs.writeSync(5, 'R');
 fs.closeSync(5);
 const chunks = [];
@@ -80,6 +97,8 @@ fs.closeSync(4);
 const args = Buffer.concat(chunks).toString('utf8').split('\0');
 args.pop();
 process.argv = [process.argv[0], require('path').resolve(args[0]), ...args.slice(1)];
+// The program finds in the module cache only what it loaded.
+delete require.cache[__filename];
 require('module').runMain();
 "#;
 

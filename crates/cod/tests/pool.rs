@@ -145,6 +145,45 @@ async fn a_warm_node_program_ends_as_node_would() {
     assert_eq!(v["status"], "ok", "{v:#}");
 }
 
+/// A Node.js started ahead prints what a fresh `node main.js` prints, byte for byte, though
+/// its bootstrap already ran a console of its own (to compile the code a first
+/// `console.log` needs before the run): formatting, both streams, and nothing of that
+/// console or its sink shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_node_console_prints_as_a_fresh_node_would() {
+    let st = state();
+    let source = "console.log('%s %d|%o', 'a', 1.5, {x: 1}, -0, 10n, [1, 'a'], { a: { b: [1] } }, \
+                  new Map([[1, 2]]), null, undefined, true);\n\
+                  console.error('e', new Set([3]));\n\
+                  console.count(); console.count(); console.group('g'); console.log('in');\n\
+                  console.groupEnd(); console.table([{ a: 1 }]);\n\
+                  console.log(typeof Console, typeof sink, typeof c, Object.keys(require.cache));\n\
+                  process.stdout.write('end');";
+    // The first JavaScript run of a fresh pool is cold: nothing was started ahead for it.
+    let before = stats_of(&st, "javascript").hits;
+    let cold = run(&st, "javascript", source, json!({})).await;
+    assert_eq!(
+        stats_of(&st, "javascript").hits,
+        before,
+        "the first run was warm"
+    );
+    let warm = run_warm(&st, "javascript", source).await;
+    for field in ["status", "exit_code", "stdout", "stderr"] {
+        assert_eq!(
+            warm[field], cold[field],
+            "{field}: warm {warm:#}\ncold {cold:#}"
+        );
+    }
+    assert_eq!(warm["status"], "ok", "{warm:#}");
+    let out = warm["stdout"].as_str().unwrap();
+    assert!(out.starts_with("a 1.5|{ x: 1 } -0 10n [ 1, 'a' ]"), "{out}");
+    assert!(
+        out.ends_with("undefined undefined undefined [ '/box/main.js' ]\nend"),
+        "{out}"
+    );
+    assert_eq!(warm["stderr"], "e Set(1) { 3 }\n", "{warm:#}");
+}
+
 /// A JVM started ahead runs a compiled (cached) Java program as `java -cp . Main args`
 /// does: arguments, stdin, `System.exit` codes, and an uncaught exception printed with the
 /// program's own stack frames only, exit code 1.
