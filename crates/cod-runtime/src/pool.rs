@@ -45,9 +45,10 @@ pub(crate) const JAVA_BOOT: &str = include_str!("CodBoot.java");
 /// Its standard streams exist before the run, and so does the compiled code of a first
 /// `console.log` (V8 compiles a function on its first call: the bootstrap logs to a console
 /// of its own that writes nowhere), so the program's first line pays for neither; a
-/// program that ends without
-/// an uncaught exception leaves through `process.reallyExit` once every `exit` listener
-/// has run, skipping the runtime's teardown; its output is a pipe, written synchronously.
+/// program that ends without an uncaught exception leaves, once every `exit` listener has
+/// run, by a SIGKILL of its own with its exit status in its name (`cod-exit N`, which the
+/// init reads while the process is a zombie: see `init::chosen_exit`), skipping the
+/// runtime's teardown; its output is a pipe, written synchronously.
 pub(crate) const NODE_BOOTSTRAP: &str = r#"'use strict';
 const fs = require('fs');
 // Created now, not by the program's first console.log (both are pipes: writes are synchronous).
@@ -62,7 +63,18 @@ process.on('exit', function codExit(code) {
   // Run the listeners the program added, then leave without the runtime's slow teardown.
   const all = process.listeners('exit');
   for (const l of all.slice(all.indexOf(codExit) + 1)) l.call(process, code);
-  process.reallyExit(process.exitCode === undefined ? code : process.exitCode);
+  const status = process.exitCode === undefined ? code : process.exitCode;
+  // Even reallyExit first stops node's threads and runs its destructors. A SIGKILL ends
+  // the process at once; the status goes in its name, which cod's init reads before it
+  // reaps the process.
+  const name = `cod-exit ${(Number(status) | 0) & 255}`;
+  try {
+    process.title = name;
+    if (fs.readFileSync('/proc/self/comm', 'latin1') === `${name}\n`) {
+      process.kill(process.pid, 'SIGKILL');
+    }
+  } catch {}
+  process.reallyExit(status);
 });
 // V8 compiles a function when it is first called: call now, on a console of its own that
 // writes nowhere, what the run's first console.log would compile (the console, util.inspect,

@@ -95,10 +95,20 @@ async fn a_pool_without_budget_keeps_nothing_warm_and_runs_still_work() {
 
 /// Runs `source` until a warm runtime serves it (they start in the background).
 async fn run_warm(st: &cod_server::AppState, language: &str, source: &str) -> serde_json::Value {
+    run_warm_with(st, language, source, json!({})).await
+}
+
+/// [`run_warm`] with the request's other fields (`opts`).
+async fn run_warm_with(
+    st: &cod_server::AppState,
+    language: &str,
+    source: &str,
+    opts: serde_json::Value,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let before = stats_of(st, language).hits;
-        let v = run(st, language, source, json!({})).await;
+        let v = run(st, language, source, opts.clone()).await;
         if stats_of(st, language).hits > before {
             return v;
         }
@@ -143,6 +153,39 @@ async fn a_warm_node_program_ends_as_node_would() {
     let v = run_warm(&st, "javascript", "process.stdout.write('no newline')").await;
     assert_eq!(v["stdout"], "no newline", "{v:#}");
     assert_eq!(v["status"], "ok", "{v:#}");
+    assert_eq!(v["signal"], serde_json::Value::Null, "{v:#}");
+
+    // `process.exit` in the middle of the program: the rest does not run, and the status
+    // is the code's low byte, as the kernel makes it of node's own exit.
+    let v = run_warm(
+        &st,
+        "javascript",
+        "console.log('x'); process.exit(300); console.log('not reached');",
+    )
+    .await;
+    assert_eq!(v["stdout"], "x\n", "{v:#}");
+    assert_eq!(v["exit_code"], 44, "{v:#}");
+    assert_eq!(v["signal"], serde_json::Value::Null, "{v:#}");
+
+    // A program killed by cod keeps its verdict, whatever it named itself.
+    let v = run_warm_with(
+        &st,
+        "javascript",
+        "process.title = 'cod-exit 0'; for (;;) {}",
+        json!({"limits": {"cpu_ms": 300}}),
+    )
+    .await;
+    assert_eq!(v["status"], "time_limit", "{v:#}");
+    assert_eq!(v["signal"], "SIGKILL", "{v:#}");
+    // Killed by another signal, it is reported so.
+    let v = run_warm(
+        &st,
+        "javascript",
+        "process.title = 'cod-exit 0'; process.kill(process.pid, 'SIGTERM');",
+    )
+    .await;
+    assert_eq!(v["status"], "runtime_error", "{v:#}");
+    assert_eq!(v["signal"], "SIGTERM", "{v:#}");
 }
 
 /// A Node.js started ahead prints what a fresh `node main.js` prints, byte for byte, though
