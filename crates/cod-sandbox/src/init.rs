@@ -1058,6 +1058,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn init_buffers_are_zeroed_writable_and_take_memory_only_where_written() {
+        fn resident_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let before = resident_kib();
+        let mut b = InitBuffers::new().unwrap();
+        assert_eq!(b.message.len(), MAX_MESSAGE);
+        assert_eq!((b.argv.len(), b.env.len()), (MAX_ARGS + 1, MAX_ENV + 1));
+        assert!(b.argv.iter().chain(b.env.iter()).all(|p| p.is_null()));
+        // Nothing touched yet: no page of the 180 KiB is resident (other threads of the
+        // test process may allocate meanwhile, hence the margin).
+        assert!(
+            resident_kib() < before + 64,
+            "{before} -> {}",
+            resident_kib()
+        );
+        b.message[..5].copy_from_slice(b"hello");
+        b.message[MAX_MESSAGE - 1] = 1;
+        assert_eq!(&b.message[..6], b"hello\0");
+        assert!(b.message[5..MAX_MESSAGE - 1].iter().all(|&x| x == 0));
+    }
+
+    #[test]
     fn an_exit_status_is_read_only_from_a_whole_cod_exit_name() {
         assert_eq!(parse_exit_name(b"cod-exit 0\n"), Some(0));
         assert_eq!(parse_exit_name(b"cod-exit 44\n"), Some(44));
