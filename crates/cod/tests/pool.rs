@@ -225,6 +225,23 @@ async fn a_warm_node_console_prints_as_a_fresh_node_would() {
         "{out}"
     );
     assert_eq!(warm["stderr"], "e Set(1) { 3 }\n", "{warm:#}");
+
+    // The editor's template reads its input with readline: the run's stdin reaches it,
+    // and the prompt, a tick and the answer come in node's order.
+    let template = "const readline = require(\"readline\");\n\
+        const rl = readline.createInterface({ input: process.stdin, output: process.stdout });\n\
+        rl.question(\"What is your name? \", (name) => {\n\
+          console.log(`Hello, ${name}!`);\n\
+          rl.close();\n\
+        });\n\
+        process.nextTick(() => console.log('tick'));";
+    let v = run_warm_with(&st, "javascript", template, json!({"stdin": "Bob\nnext\n"})).await;
+    assert_eq!(
+        v["stdout"], "What is your name? tick\nHello, Bob!\n",
+        "{v:#}"
+    );
+    assert_eq!(v["stderr"], "", "{v:#}");
+    assert_eq!(v["status"], "ok", "{v:#}");
 }
 
 /// A JVM started ahead runs a compiled (cached) Java program as `java -cp . Main args`
