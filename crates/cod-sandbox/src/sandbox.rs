@@ -119,6 +119,21 @@ pub(crate) struct ZygoteHandle {
     pub(crate) idle_memory: u64,
 }
 
+/// Waits up to `limit` for `fd` to be readable; a failure of `step` if the time runs out,
+/// of `waiting` if the wait itself fails.
+fn readable_within(
+    fd: impl AsFd,
+    limit: Duration,
+    step: &str,
+    waiting: &str,
+) -> Result<(), Failure> {
+    match sys::wait_readable(fd, limit) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
+        Err(e) => Err(errno_failure(waiting)(e)),
+    }
+}
+
 /// Refuses a command of `len` bytes, which the init could not receive whole (`what` names
 /// what made it that large).
 fn within_message(len: usize, step: &str, what: &str) -> Result<(), Failure> {
@@ -290,17 +305,12 @@ impl Sandbox {
         let deadline = Instant::now() + SETUP_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match sys::wait_readable(&self.cmd, left) {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(failure(
-                        "starting the run in the zygote",
-                        Some(libc::ETIMEDOUT),
-                        "timed out",
-                    ));
-                }
-                Err(e) => return Err(errno_failure("waiting for the zygote")(e)),
-            }
+            readable_within(
+                &self.cmd,
+                left,
+                "starting the run in the zygote",
+                "waiting for the zygote",
+            )?;
             let mut byte = [0u8; 1];
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
             let mut anc = RecvAncillaryBuffer::new(&mut space);
@@ -470,11 +480,7 @@ impl Sandbox {
 
     /// Waits up to `timeout` for the init's next report.
     fn wait_report(&self, timeout: Duration, step: &str) -> Result<(u32, i32, i32, i32), Failure> {
-        match sys::wait_readable(&self.report, timeout) {
-            Ok(true) => {}
-            Ok(false) => return Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
-            Err(e) => return Err(errno_failure(step.to_owned())(e)),
-        }
+        readable_within(&self.report, timeout, step, step)?;
         match read_report(&self.report).map_err(io_failure(step.to_owned()))? {
             Some(r) => Ok(r),
             None => Err(failure(step, None, "the init died")),
@@ -485,11 +491,7 @@ impl Sandbox {
     /// when its run comes); an error if it died instead.
     pub(crate) fn wait_prestarted(pre: &Prestarted) -> Result<(), Failure> {
         let step = "waiting for the program started ahead";
-        match sys::wait_readable(&pre.ready, SETUP_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => return Err(failure(step, Some(libc::ETIMEDOUT), "timed out")),
-            Err(e) => return Err(errno_failure(step)(e)),
-        }
+        readable_within(&pre.ready, SETUP_TIMEOUT, step, step)?;
         let mut byte = [0u8; 1];
         match rustix::io::read(&pre.ready, &mut byte) {
             Ok(1) => Ok(()),
@@ -636,17 +638,12 @@ impl Sandbox {
     }
 
     fn wait_ready(&self, plan: &MountPlan) -> Result<(), Failure> {
-        match sys::wait_readable(&self.report, SETUP_TIMEOUT) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(failure(
-                    "building the root filesystem",
-                    Some(libc::ETIMEDOUT),
-                    "timed out",
-                ));
-            }
-            Err(e) => return Err(errno_failure("waiting for the init")(e)),
-        }
+        readable_within(
+            &self.report,
+            SETUP_TIMEOUT,
+            "building the root filesystem",
+            "waiting for the init",
+        )?;
         match read_report(&self.report).map_err(io_failure("reading the init's report"))? {
             Some((init::REPORT_READY, ..)) => Ok(()),
             Some((init::REPORT_SETUP_FAILED, step, index, errno)) => {
