@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::object_store::ObjectStore;
 use cod_runtime::{Artifact, ArtifactKey, SharedArtifacts};
 use tokio::io::AsyncReadExt;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 /// A fetch slower than this is given up (the worker compiles instead).
@@ -21,6 +22,8 @@ const FETCH_PATIENCE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct SharedCompiles {
     store: ObjectStore,
+    /// Programs offered and still being stored.
+    uploads: TaskTracker,
 }
 
 impl std::fmt::Debug for SharedCompiles {
@@ -32,7 +35,17 @@ impl std::fmt::Debug for SharedCompiles {
 impl SharedCompiles {
     /// Shares through `store`.
     pub fn new(store: ObjectStore) -> SharedCompiles {
-        SharedCompiles { store }
+        SharedCompiles {
+            store,
+            uploads: TaskTracker::new(),
+        }
+    }
+
+    /// Waits until every program offered so far is stored (or failed to be): a worker
+    /// that drains calls it last, so that what it compiled outlives it.
+    pub async fn settle(&self) {
+        self.uploads.close();
+        self.uploads.wait().await;
     }
 
     async fn read(&self, key: ArtifactKey) -> Option<Artifact> {
@@ -61,7 +74,7 @@ impl SharedArtifacts for SharedCompiles {
 
     fn offer(&self, key: ArtifactKey, artifact: Arc<Artifact>) {
         let store = self.store.clone();
-        tokio::spawn(async move {
+        self.uploads.spawn(async move {
             let Ok(bytes) = postcard::to_stdvec(&*artifact) else {
                 return;
             };

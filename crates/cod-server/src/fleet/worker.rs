@@ -21,7 +21,8 @@
 //! replacement both finish it.
 //!
 //! **Draining.** On its drain signal a worker leaves the queue groups, takes no new job,
-//! finishes the ones it has, says so in its heartbeat, and returns.
+//! finishes the ones it has, says so in its heartbeat, waits until the compiled programs it
+//! offered to the shared cache are stored, and returns.
 //!
 //! [`BusConfig::max_deliveries`]: cod_fleet::bus::BusConfig::max_deliveries
 
@@ -91,9 +92,11 @@ pub async fn serve_jobs(
             consumers.push((bus::job_subject(rt, class), bus.consumer(rt, class).await?));
         }
     }
-    if let Some(store) = &bus.artifacts {
-        executor.share_compiles(Arc::new(super::SharedCompiles::new(store.clone())));
-    }
+    let shared = bus.artifacts.as_ref().map(|store| {
+        let shared = Arc::new(super::SharedCompiles::new(store.clone()));
+        executor.share_compiles(shared.clone());
+        shared
+    });
     let ctx = Arc::new(Ctx {
         bus,
         executor,
@@ -177,6 +180,10 @@ pub async fn serve_jobs(
     // Slots are given back as runs end; their results may still be on the way.
     ctx.tasks.close();
     ctx.tasks.wait().await;
+    // And the compiled programs it offered to the other workers.
+    if let Some(shared) = &shared {
+        shared.settle().await;
+    }
     beats.abort();
     // Gone for good: out of the list at once rather than dead after a while.
     let _ = ctx.bus.workers.delete(&ctx.opts.id).await;
