@@ -36,8 +36,8 @@ use cod_fleet::bus::{
     self, Bus, BusError, Class, Heartbeat, cancel_subject, events_ack_subject, events_subject,
     input_subject, now_ms,
 };
-use cod_runtime::Executor;
 use cod_runtime::executor::{OutStream, RunEvent, RunInput, RunIo, StageKind};
+use cod_runtime::{Executor, Language};
 use futures_util::StreamExt;
 use futures_util::stream::SelectAll;
 use tokio::sync::mpsc;
@@ -110,10 +110,20 @@ pub async fn serve_jobs(
     let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<u32>();
     let mut free = ctx.opts.slots.clone();
     let total = free.len();
-    if ctx.opts.prebuild
+    // A slot is held (and counted busy) only if there is something to build.
+    let missing = if ctx.opts.prebuild {
+        missing_prebuilds(&ctx)
+    } else {
+        Vec::new()
+    };
+    if !missing.is_empty()
         && let Some(slot) = free.pop()
     {
-        tokio::spawn(prebuild(ctx.clone(), Held::new(&ctx, slot, &freed_tx)));
+        tokio::spawn(prebuild(
+            ctx.clone(),
+            missing,
+            Held::new(&ctx, slot, &freed_tx),
+        ));
     }
     info!(worker = %ctx.opts.id, slots = total, runtimes = ?ctx.opts.runtimes, "worker ready");
     let mut wake: Option<SelectAll<async_nats::Subscriber>> = None;
@@ -452,15 +462,24 @@ impl Drop for Held {
 }
 
 /// Builds the missing prebuilds in the `held` slot, then gives it back.
-async fn prebuild(ctx: Arc<Ctx>, held: Held) {
+/// This worker's languages whose prebuild is missing.
+fn missing_prebuilds(ctx: &Ctx) -> Vec<Arc<Language>> {
+    ctx.executor
+        .registry()
+        .all()
+        .iter()
+        .filter(|lang| {
+            ctx.opts.runtimes.contains(&lang.name)
+                && lang.prebuild().is_some()
+                && !lang.prebuilt_ready()
+        })
+        .cloned()
+        .collect()
+}
+
+async fn prebuild(ctx: Arc<Ctx>, missing: Vec<Arc<Language>>, held: Held) {
     let slot = held.slot;
-    for lang in ctx.executor.registry().all() {
-        if !ctx.opts.runtimes.contains(&lang.name)
-            || lang.prebuild().is_none()
-            || lang.prebuilt_ready()
-        {
-            continue;
-        }
+    for lang in &missing {
         match ctx.executor.prebuild(lang, slot).await {
             Ok(true) => info!(language = %lang.name, "prebuild ready"),
             Ok(false) => {}
