@@ -8,7 +8,8 @@
 //! The init builds the root filesystem, reports ready, and then obeys commands that arrive
 //! on a SEQPACKET socket, into buffers allocated before `clone`: write a file into the work
 //! dir, run a stage, exit. The sandbox can so be prepared before its run is known. For each
-//! stage it forks the program, waits for it, kills whatever the program left behind
+//! stage it forks the program (the first stage's process is forked ahead, see
+//! `ParkedProgram`), waits for it, kills whatever the program left behind
 //! (`kill(-1, SIGKILL)` from a namespace's init reaches every other process in it, however it
 //! daemonised) and reaps it all before reporting. When the init exits, the kernel tears the
 //! namespace down.
@@ -30,6 +31,7 @@ use crate::spec::{SANDBOX_ID, WORK_DIR, WarmRuntime};
 use crate::sys;
 
 /// Report kinds, init to supervisor. Each report is four little-endian 32-bit words.
+/// `(1 if a process is forked ahead for the first stage, else 0, 0, 0)`.
 pub(crate) const REPORT_READY: u32 = 1;
 pub(crate) const REPORT_SETUP_FAILED: u32 = 2;
 /// `(wait status, exec errno or 0, peak resident memory of its processes in KiB)`.
@@ -423,7 +425,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
         );
         sys::exit_now(1);
     };
-    report(p.report, REPORT_READY, 0, 0, 0);
+    // The first stage's process, forked ahead (see `ParkedProgram`); the report says
+    // whether there is one, since it counts among the slot's tasks from now on.
+    let mut parked = ParkedProgram::fork(p, bufs);
+    report(p.report, REPORT_READY, i32::from(parked.is_some()), 0, 0);
 
     let mut incoming = Incoming::new();
     // The program started ahead by CMD_PRESTART, waiting for its run.
@@ -447,6 +452,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
             CMD_DATA => incoming.data(body),
             CMD_END => incoming.end(),
             CMD_PRESTART if nfds == 5 && prestarted.is_none() => {
+                // The program starts the usual way: its run is a process of its own.
+                if let Some(pp) = parked.take() {
+                    pp.discard();
+                }
                 let stdio = [fds[0], fds[1], fds[2]];
                 let extra = [fds[3], fds[4]];
                 let InitBuffers { message, argv, env } = &mut *bufs;
@@ -542,6 +551,8 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                 let _ = write_all(fd(args.0), words);
                 drop(args);
                 let chosen = chosen_exit(child);
+                // The stage's end kills every other process of the sandbox.
+                parked = None;
                 let (mut status, peak) = finish_stage(child, None);
                 if let Some(code) = chosen
                     && status == libc::SIGKILL
@@ -552,7 +563,13 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
             }
             CMD_STAGE if nfds == 3 => {
                 let stdio = [fds[0], fds[1], fds[2]];
+                // The process forked ahead was this stage's, whether it starts or not (the
+                // supervisor counted it as the stage's own).
+                let ahead = parked.take();
                 if let Some((what, index, e)) = incoming.stage() {
+                    if let Some(pp) = ahead {
+                        pp.discard();
+                    }
                     for f in stdio {
                         sys::close(f);
                     }
@@ -561,6 +578,9 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                 }
                 let InitBuffers { message, argv, env } = &mut *bufs;
                 let Some(plan) = decode_plan(&message[1..len], argv, env) else {
+                    if let Some(pp) = ahead {
+                        pp.discard();
+                    }
                     for f in stdio {
                         sys::close(f);
                     }
@@ -573,7 +593,16 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     );
                     continue;
                 };
-                match run_stage(p, &plan, stdio) {
+                let started = match ahead {
+                    Some(pp) => pp
+                        .start(&message[..len], stdio)
+                        .or_else(|stdio| start_program(p, &plan, stdio, &[])),
+                    None => start_program(p, &plan, stdio, &[]),
+                };
+                match started.map(|(child, exec_errno)| {
+                    let (status, peak) = finish_stage(child, None);
+                    (status, exec_errno, peak)
+                }) {
                     Ok((status, exec_errno, peak)) => {
                         report(p.report, REPORT_STAGE_DONE, status, exec_errno, peak);
                     }
@@ -590,6 +619,10 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
             }
             CMD_WARM if incoming.is_idle() => {
                 drop(work);
+                // The zygote's children are its runs alone.
+                if let Some(pp) = parked.take() {
+                    pp.discard();
+                }
                 match postcard::from_bytes::<WarmRuntime>(body) {
                     // The zygote allocates (the interpreter does): this process is a copy
                     // of a single-threaded keeper, so no lock is held by a thread that is
@@ -784,14 +817,140 @@ pub(crate) fn write_all(f: impl AsFd, mut data: &[u8]) -> Result<(), Errno> {
 
 /// Forks the stage's program, waits for it, then kills and reaps everything else.
 /// Returns the program's raw wait status and the errno of a failed `execve` (or 0).
-fn run_stage(
-    p: &InitPlan<'_>,
-    plan: &Plan<'_>,
-    stdio: [RawFd; 3],
-) -> Result<(i32, i32, i32), Errno> {
-    let (child, exec_errno) = start_program(p, plan, stdio, &[])?;
-    let (status, peak) = finish_stage(child, None);
-    Ok((status, exec_errno, peak))
+/// The process of a prepared sandbox's first stage, forked ahead while the sandbox waits
+/// for its run: it has reset its signals and installed the program's seccomp policy (the
+/// kernel checks and compiles it, about 0.15 ms), and waits for the stage's plan and stdio.
+/// Then it does what the child of [`start_program`] does: the rest of [`prepare_exec`]
+/// (which the policy allows), and `execve`. It holds nothing of the init's but the socket
+/// it waits on and its exec-error pipe. Later stages fork as before.
+struct ParkedProgram {
+    pid: i32,
+    /// The init's end of the socket the process waits on.
+    go: OwnedFd,
+    /// The read end of its close-on-exec error pipe.
+    err_r: OwnedFd,
+}
+
+impl ParkedProgram {
+    /// Forks the process; `None` if that fails (the stage then forks its own).
+    fn fork(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> Option<ParkedProgram> {
+        let (go, go_child) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .ok()?;
+        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
+        match sys::fork_raw() {
+            Ok(0) => {
+                drop(go);
+                drop(err_r);
+                parked_program(p, bufs, go_child, err_w)
+            }
+            Ok(pid) => Some(ParkedProgram { pid, go, err_r }),
+            Err(_) => None,
+        }
+    }
+
+    /// Hands the stage (`message`, its [`CMD_STAGE`]) and `stdio` to the process and waits
+    /// until it has exec'd: its pid and the errno of a failed `execve` (or 0), as
+    /// [`start_program`] returns them. If the process is gone, it is reaped and `stdio`
+    /// is handed back, for a fork.
+    fn start(self, message: &[u8], stdio: [RawFd; 3]) -> Result<(i32, i32), [RawFd; 3]> {
+        let sent = {
+            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+            let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
+            let fds = stdio.map(fd);
+            anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+            rustix::net::sendmsg(
+                &self.go,
+                &[std::io::IoSlice::new(message)],
+                &mut anc,
+                rustix::net::SendFlags::NOSIGNAL,
+            )
+        };
+        if sent.is_err() {
+            self.discard();
+            return Err(stdio);
+        }
+        // The program has its own copies now; ours would keep its pipes from reaching EOF.
+        for f in stdio {
+            sys::close(f);
+        }
+        let ParkedProgram { pid, go, err_r } = self;
+        drop(go);
+        Ok((pid, read_exec_errno(err_r)))
+    }
+
+    /// Kills the process and reaps it.
+    fn discard(self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            while let Err(Errno::INTR) =
+                rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+            {
+            }
+        }
+    }
+}
+
+/// The [`ParkedProgram`]'s process: `go` and `err_w` are its only descriptors besides
+/// stdio once it starts; it waits on `go` for the stage.
+fn parked_program(p: &InitPlan<'_>, bufs: &mut InitBuffers, go: OwnedFd, err_w: OwnedFd) -> ! {
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    let fail = |errno: Errno| -> ! {
+        let _ = rustix::io::write(fd(4), &errno.raw_os_error().to_le_bytes());
+        sys::exit_now(EXEC_FAILED)
+    };
+    // Nothing of the init's (its command socket, report pipe, work dir) stays open here:
+    // `go` on 3, the error pipe on 4, the rest closed.
+    let (g, e) = (go.into_raw_fd(), err_w.into_raw_fd());
+    let (Ok(g), Ok(e)) = (sys::dup_above(g, 100), sys::dup_above(e, 100)) else {
+        sys::exit_now(EXEC_FAILED)
+    };
+    if sys::dup_onto_cloexec(g, 3).is_err() || sys::dup_onto_cloexec(e, 4).is_err() {
+        sys::exit_now(EXEC_FAILED)
+    }
+    if sys::close_from(5).is_err() {
+        fail(sys::errno());
+    }
+    sys::reset_signals();
+    if let Err(e) = p.seccomp.install() {
+        fail(e);
+    }
+    let mut fds = [-1; 5];
+    let Some((len, nfds)) = receive(3, &mut bufs.message, &mut fds) else {
+        sys::exit_now(0)
+    };
+    let InitBuffers { message, argv, env } = bufs;
+    let plan = match message.get(1..len) {
+        Some(body) if nfds == 3 && message[0] == CMD_STAGE => decode_plan(body, argv, env),
+        _ => None,
+    };
+    let Some(plan) = plan else { fail(Errno::INVAL) };
+    let mut err_fd = 4;
+    let errno = match prepare_exec(
+        p,
+        &plan,
+        [fds[0], fds[1], fds[2]],
+        &[],
+        &mut err_fd,
+        false,
+        true,
+    ) {
+        Ok(()) => {
+            // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
+            // which this process does not touch again before exec.
+            let path = unsafe { CStr::from_ptr(plan.argv[0]) };
+            sys::execve(path, plan.argv, plan.env)
+                .raw_os_error()
+                .unwrap_or(libc::ENOEXEC)
+        }
+        Err(e) => e.raw_os_error(),
+    };
+    let _ = rustix::io::write(fd(err_fd), &errno.to_le_bytes());
+    sys::exit_now(EXEC_FAILED)
 }
 
 /// Waits for `child`, then kills and reaps everything else (but `holder`, killed and left

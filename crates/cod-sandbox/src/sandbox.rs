@@ -88,6 +88,9 @@ pub(crate) struct Sandbox {
     pub(crate) prestarted: Option<Prestarted>,
     /// A zygote's last run: the pipe that ends once its memory is freed.
     pub(crate) last_run: Option<OwnedFd>,
+    /// The init forked the first stage's process ahead (see `init.rs`): it is among the
+    /// slot's tasks already, and the stage's own.
+    pub(crate) parked_program: bool,
 }
 
 /// A program started ahead for one run (see [`WarmKind::Prestart`]): the supervisor's ends
@@ -243,7 +246,7 @@ impl Sandbox {
         // and the supervisor share it, so the run's processes are the OOM killer's first pick.
         std::fs::write(format!("/proc/{pid}/oom_score_adj"), "1000")
             .map_err(io_failure("setting the init's oom_score_adj"))?;
-        let sandbox = Sandbox {
+        let mut sandbox = Sandbox {
             init,
             cmd: cmd_sup,
             report: rep_r,
@@ -252,11 +255,12 @@ impl Sandbox {
             zygote_idle_memory: 0,
             prestarted: None,
             last_run: None,
+            parked_program: false,
         };
         sandbox
             .send(&[CMD_GO], &[])
             .map_err(io_failure("starting the init"))?;
-        sandbox.wait_ready(&plan)?;
+        sandbox.parked_program = sandbox.wait_ready(&plan)?;
         Ok(sandbox)
     }
 
@@ -276,6 +280,7 @@ impl Sandbox {
             zygote_idle_memory: z.idle_memory,
             prestarted: None,
             last_run: None,
+            parked_program: false,
         }
     }
 
@@ -294,6 +299,8 @@ impl Sandbox {
         within_message(msg.len(), "starting the warm runtime", "its description")?;
         self.send(&msg, &[])
             .map_err(io_failure("starting the warm runtime"))?;
+        // The init ends the process it forked ahead.
+        self.parked_program = false;
         self.zygote = true;
         Ok(())
     }
@@ -436,6 +443,8 @@ impl Sandbox {
             ],
         )
         .map_err(io_failure("starting a program ahead"))?;
+        // The init ends the process it forked for a first stage: this program is the run.
+        self.parked_program = false;
         drop((in_r, out_w, err_w, args_r, ready_w));
         match self.wait_report(SETUP_TIMEOUT, "starting a program ahead")? {
             (init::REPORT_PRESTARTED, 0, ..) => {}
@@ -637,7 +646,8 @@ impl Sandbox {
             .map_err(io_failure("starting a stage"))
     }
 
-    fn wait_ready(&self, plan: &MountPlan) -> Result<(), Failure> {
+    /// Waits for the init's ready report: whether it forked the first stage's process.
+    fn wait_ready(&self, plan: &MountPlan) -> Result<bool, Failure> {
         readable_within(
             &self.report,
             SETUP_TIMEOUT,
@@ -645,7 +655,7 @@ impl Sandbox {
             "waiting for the init",
         )?;
         match read_report(&self.report).map_err(io_failure("reading the init's report"))? {
-            Some((init::REPORT_READY, ..)) => Ok(()),
+            Some((init::REPORT_READY, parked, ..)) => Ok(parked == 1),
             Some((init::REPORT_SETUP_FAILED, step, index, errno)) => {
                 let step = Step::from_u32(step.cast_unsigned());
                 let what = step.map_or("setting up", Step::describe);

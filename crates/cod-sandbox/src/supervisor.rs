@@ -562,10 +562,12 @@ fn run_stage(
     inbox: &mut Inbox,
 ) -> Result<(StageOutcome, bool), Failure> {
     let cg = slot.cgroup;
+    // A process the init forked ahead for this stage is the program's already.
+    let forked_ahead = std::mem::take(&mut sandbox.parked_program);
     let limits = CgroupLimits {
         memory: stage.limits.memory.get(),
         // On top of the tasks already in the slot (keeper, this supervisor, the init).
-        pids: stage.limits.processes,
+        pids: stage.limits.processes - u64::from(forked_ahead && stage.limits.processes > 0),
     };
     // A program started ahead may still be starting: its start-up is not the run's.
     if let Some(pre) = &sandbox.prestarted {

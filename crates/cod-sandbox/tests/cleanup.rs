@@ -85,16 +85,31 @@ fn thousand_runs_leave_nothing_behind() {
     });
 
     // No program of any slot is left on the host. What remains under the slots' init uids
-    // are the sandboxes prepared for the next runs: one idle init per slot used.
+    // are the sandboxes prepared for the next runs: per slot used, an idle init and the
+    // process it forked ahead for its first stage, which waits under the program's seccomp
+    // policy.
     assert_eq!(
         host_processes_with_uid(UID_BASE..UID_BASE + common::SLOTS),
         vec![]
     );
     let prepared = host_processes_with_uid(UID_BASE + common::SLOTS..UID_BASE + 2 * common::SLOTS);
+    let pids: Vec<u32> = prepared.iter().map(|&(pid, _)| pid).collect();
+    let inits: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| !pids.contains(&parent_of(p)))
+        .collect();
     assert!(
-        prepared.len() <= THREADS as usize && prepared.iter().all(|(_, name)| name == "cod-jail"),
-        "only the slots' prepared inits may remain: {prepared:?}"
+        inits.len() <= THREADS as usize && prepared.iter().all(|(_, name)| name == "cod-jail"),
+        "only the slots' prepared sandboxes may remain: {prepared:?}"
     );
+    for &p in &pids {
+        assert!(
+            inits.contains(&p) || (inits.contains(&parent_of(p)) && seccomp_mode(p) == 2),
+            "{p} is neither a prepared init nor its parked process: {prepared:?}"
+        );
+    }
+    assert!(pids.len() <= 2 * inits.len(), "{prepared:?}");
     // Every mount was made in a run's own mount namespace.
     assert_eq!(
         mountinfo_lines(),
@@ -128,7 +143,7 @@ fn thousand_runs_leave_nothing_behind() {
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             let mut pids = read_pids();
-            while pids.len() > 3 && Instant::now() < deadline {
+            while pids.len() > 4 && Instant::now() < deadline {
                 std::thread::yield_now();
                 pids = read_pids();
             }
@@ -145,10 +160,20 @@ fn thousand_runs_leave_nothing_behind() {
                 .filter(|&p| parent_of(p) == keeper)
                 .collect();
             assert!(standby.len() <= 1, "{c}/{slot}: {pids:?}");
+            // The prepared sandbox: its init, and the process the init forked ahead.
+            let inits: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|&p| standby.contains(&parent_of(p)))
+                .collect();
             for p in &pids {
                 let parent = parent_of(*p);
                 assert!(
-                    parent == 0 || *p == keeper || parent == keeper || standby.contains(&parent),
+                    parent == 0
+                        || *p == keeper
+                        || parent == keeper
+                        || standby.contains(&parent)
+                        || inits.contains(&parent),
                     "{c}/{slot}: {p} is neither the keeper nor its prepared sandbox ({pids:?})"
                 );
             }
@@ -188,4 +213,16 @@ fn parent_of(pid: u32) -> u32 {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .expect("a parent pid")
+}
+
+/// The seccomp mode of `pid` (`Seccomp:` in its status: 2 is a filter), or 0 if it is gone.
+fn seccomp_mode(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -185,3 +185,89 @@ fn a_spec_naming_shared_files_it_did_not_send_is_refused() {
     let err = jail.run(&run.spec).expect_err("no descriptor to send");
     assert!(common::error_chain(&err).contains("x.bin"), "{err}");
 }
+
+/// The system call `pid` is blocked in (the first field of `/proc/PID/syscall`).
+fn blocked_in(pid: u32) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A field of `/proc/PID/status`.
+fn status_field(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The sandbox prepared for a slot's next run has forked its first stage's process
+/// already: it waits for the stage under the program's seccomp policy, with no signal
+/// blocked and nothing of the init's open (its command socket, report pipe, work
+/// dir) but the socket it waits on and its exec-error pipe. The run then takes it: it is
+/// gone once the run is over, and the program saw itself alone, pid 2.
+#[test]
+fn a_prepared_sandbox_forks_its_first_stages_process_ahead() {
+    let (base, slot) = (UID_BASE + 80, 4);
+    let jail = spawn_jail(base);
+    let o = python(slot, "print('first')").run_on(&jail);
+    assert_eq!(o.status(), Status::Ok, "{}", describe(&o));
+    // The next run's sandbox: its init and the init's child, both as the slot's init uid.
+    let init_uid = base + common::SLOTS + slot;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let parked = loop {
+        let procs = host_processes_with_uid(init_uid..init_uid + 1);
+        let pids: Vec<u32> = procs.iter().map(|&(p, _)| p).collect();
+        let child = pids.iter().copied().find(|&p| {
+            let parent: u32 = status_field(p, "PPid").parse().unwrap_or(0);
+            pids.contains(&parent) && blocked_in(p) == Some(libc::SYS_recvmsg)
+        });
+        if let Some(c) = child {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process forked ahead: {procs:?}"
+        );
+        std::thread::yield_now();
+    };
+    assert_eq!(
+        status_field(parked, "Seccomp"),
+        "2",
+        "the program's policy is in"
+    );
+    assert_eq!(status_field(parked, "SigBlk"), "0000000000000000");
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{parked}/fd"))
+        .expect("its descriptors")
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((n, target.to_string_lossy().into_owned()))
+        })
+        .collect();
+    fds.sort();
+    let above_stdio: Vec<&(u32, String)> = fds.iter().filter(|(n, _)| *n > 2).collect();
+    assert_eq!(above_stdio.len(), 2, "{fds:?}");
+    assert_eq!(above_stdio[0].0, 3);
+    assert!(above_stdio[0].1.starts_with("socket:"), "{fds:?}");
+    assert_eq!(above_stdio[1].0, 4);
+    assert!(above_stdio[1].1.starts_with("pipe:"), "{fds:?}");
+    let o = python(
+        slot,
+        "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
+    )
+    .run_on(&jail);
+    assert_eq!(o.status(), Status::Ok, "{}", describe(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "[2]\n");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{parked}")).exists(),
+        "the process forked ahead ran the program and was reaped with its run"
+    );
+}

@@ -443,7 +443,16 @@ fn parked_with(uid: u32, holder: bool) -> (u32, u32, Option<u32>) {
         let (x, h): (Vec<u32>, Vec<u32>) = children
             .iter()
             .partition(|&&pid| blocked_in(pid) == Some(libc::SYS_rt_sigsuspend));
+        // A parked `H` waits for its run (in `poll` while it may still prime, then in
+        // `recvmsg`): not a holder of an ending run's memory caught as it dies.
+        let waiting = |pid: u32| {
+            matches!(
+                blocked_in(pid),
+                Some(libc::SYS_recvmsg | libc::SYS_poll | libc::SYS_ppoll)
+            )
+        };
         if let (Some(&(g, _)), [h]) = (g, h.as_slice())
+            && waiting(*h)
             && (!holder || x.len() == 1)
         {
             return (g, *h, x.first().copied());
