@@ -929,28 +929,7 @@ fn parked_program(p: &InitPlan<'_>, bufs: &mut InitBuffers, go: OwnedFd, err_w: 
         _ => None,
     };
     let Some(plan) = plan else { fail(Errno::INVAL) };
-    let mut err_fd = 4;
-    let errno = match prepare_exec(
-        p,
-        &plan,
-        [fds[0], fds[1], fds[2]],
-        &[],
-        &mut err_fd,
-        false,
-        true,
-    ) {
-        Ok(()) => {
-            // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
-            // which this process does not touch again before exec.
-            let path = unsafe { CStr::from_ptr(plan.argv[0]) };
-            sys::execve(path, plan.argv, plan.env)
-                .raw_os_error()
-                .unwrap_or(libc::ENOEXEC)
-        }
-        Err(e) => e.raw_os_error(),
-    };
-    let _ = rustix::io::write(fd(err_fd), &errno.to_le_bytes());
-    sys::exit_now(EXEC_FAILED)
+    exec_program(p, &plan, [fds[0], fds[1], fds[2]], &[], 4, true)
 }
 
 /// Waits for `child`, then kills and reaps everything else (but `holder`, killed and left
@@ -1063,7 +1042,7 @@ fn start_program(
     let child = match sys::fork_raw() {
         Ok(0) => {
             drop(err_r);
-            exec_program(p, plan, stdio, extra, &err_w)
+            exec_program(p, plan, stdio, extra, err_w.as_raw_fd(), false)
         }
         Ok(pid) => pid,
         Err(e) => {
@@ -1108,17 +1087,20 @@ pub(crate) fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
     got
 }
 
-/// The program child: wire up stdio, drop every privilege, install seccomp, exec.
+/// The program child: wire up stdio, drop every privilege, install seccomp, exec; the
+/// errno of what failed goes on the error pipe `err_w`. `ahead`: the process was forked
+/// ahead ([`ParkedProgram`]), and has reset its signals and installed the policy already.
 fn exec_program(
     p: &InitPlan<'_>,
     plan: &Plan<'_>,
     stdio: [RawFd; 3],
     extra: &[RawFd],
-    err_w: &OwnedFd,
+    err_w: RawFd,
+    ahead: bool,
 ) -> ! {
     // Where the error pipe is: `prepare_exec` moves it to fd 3.
-    let mut err_fd = err_w.as_raw_fd();
-    let errno = match prepare_exec(p, plan, stdio, extra, &mut err_fd, true, false) {
+    let mut err_fd = err_w;
+    let errno = match prepare_exec(p, plan, stdio, extra, &mut err_fd, !ahead, ahead) {
         Ok(()) => {
             // SAFETY: argv[0] points at a NUL-terminated string inside the message buffer,
             // which this process does not touch again before exec.

@@ -5,7 +5,7 @@
 mod common;
 
 use cod_core::{Bytes, Status};
-use common::{Run, describe, host_processes_with_uid, spawn_jail, spawn_jail_with};
+use common::{Run, blocked_in, describe, host_processes_with_uid, spawn_jail, spawn_jail_with};
 
 /// Host uids of this binary's runs start here (see `common`).
 const UID_BASE: u32 = 62_000;
@@ -184,16 +184,6 @@ fn a_spec_naming_shared_files_it_did_not_send_is_refused() {
     run.spec.shared.push(postcard::from_bytes(&bytes).unwrap());
     let err = jail.run(&run.spec).expect_err("no descriptor to send");
     assert!(common::error_chain(&err).contains("x.bin"), "{err}");
-}
-
-/// The system call `pid` is blocked in (the first field of `/proc/PID/syscall`).
-fn blocked_in(pid: u32) -> Option<i64> {
-    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// A field of `/proc/PID/status`.

@@ -10,7 +10,8 @@ use cod_sandbox::{
     FileEntry, Jail, JailConfig, SandboxOutcome, StageOutcome, WarmKind, WarmRuntime,
 };
 use common::{
-    ENV, Run, alive, describe, error_chain, helper, host_processes_with_uid, layout, stat_fields,
+    ENV, Run, alive, blocked_in, describe, error_chain, helper, host_processes_with_uid, layout,
+    stat_fields,
 };
 
 const UID_BASE: u32 = 63_000;
@@ -413,16 +414,6 @@ fn zygotes_of(uid: u32) -> Vec<u32> {
 fn parked_of(uid: u32) -> (u32, u32) {
     let (g, h, _) = parked_with(uid, false);
     (g, h)
-}
-
-/// The system call host process `pid` is blocked in (`/proc/PID/syscall`), if any.
-fn blocked_in(pid: u32) -> Option<i64> {
-    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The run the zygote parked, once it is there (and, with `holder`, once its `H` started

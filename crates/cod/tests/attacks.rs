@@ -647,6 +647,7 @@ async fn many_runs_leave_no_processes_behind() {
         assert_eq!(v["stdout"], "x\n", "{v:#}");
     }
     // No program is left (uid_base + slot); the slots' sandboxes prepared for their next
-    // runs are idle inits under the other uids (uid_base + slots + slot).
+    // runs (an idle init and the process it forked ahead) are under the other uids
+    // (uid_base + slots + slot).
     assert!(processes_of(uid_base..uid_base + 2).is_empty());
 }

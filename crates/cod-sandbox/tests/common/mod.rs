@@ -338,3 +338,40 @@ pub fn host_processes_with_uid(uids: std::ops::Range<u32>) -> Vec<(u32, String)>
     }
     found
 }
+
+/// The system call host process `pid` is blocked in (the first field of
+/// `/proc/PID/syscall`), if any.
+pub fn blocked_in(pid: u32) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether `procs` (the host processes under a slot's init uid) are at most the sandbox
+/// prepared for the slot's next run: its idle init, and the process the init forked ahead
+/// for the first stage (the init's child, waiting under the program's seccomp policy).
+pub fn only_a_prepared_sandbox(procs: &[(u32, String)]) -> bool {
+    let status = |pid: u32, key: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let named = procs.iter().all(|(_, name)| name == "cod-jail");
+    match procs {
+        [] | [_] => named,
+        [(a, _), (b, _)] => {
+            let (init, child) = if status(*b, "PPid:") == a.to_string() {
+                (*a, *b)
+            } else {
+                (*b, *a)
+            };
+            named && status(child, "PPid:") == init.to_string() && status(child, "Seccomp:") == "2"
+        }
+        _ => false,
+    }
+}
