@@ -30,8 +30,8 @@ use crate::seccomp::SeccompPolicy;
 use crate::spec::{SANDBOX_ID, WORK_DIR, WarmRuntime};
 use crate::sys;
 
-/// Report kinds, init to supervisor. Each report is four little-endian 32-bit words.
-/// `(1 if a process is forked ahead for the first stage, else 0, 0, 0)`.
+// Report kinds, init to supervisor. Each report is four little-endian 32-bit words.
+/// The root is built: `(1 if a process is forked ahead for the first stage, else 0, 0, 0)`.
 pub(crate) const REPORT_READY: u32 = 1;
 pub(crate) const REPORT_SETUP_FAILED: u32 = 2;
 /// `(wait status, exec errno or 0, peak resident memory of its processes in KiB)`.
@@ -815,8 +815,6 @@ pub(crate) fn write_all(f: impl AsFd, mut data: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Forks the stage's program, waits for it, then kills and reaps everything else.
-/// Returns the program's raw wait status and the errno of a failed `execve` (or 0).
 /// The process of a prepared sandbox's first stage, forked ahead while the sandbox waits
 /// for its run: it has reset its signals and installed the program's seccomp policy (the
 /// kernel checks and compiles it, about 0.15 ms), and waits for the stage's plan and stdio.
