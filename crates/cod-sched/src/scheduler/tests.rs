@@ -323,6 +323,40 @@ async fn runs_take_a_preferred_slot_when_one_is_free() {
     drop(p);
 }
 
+/// A run that prefers no slot (it does not run warm) avoids a slot given back a moment ago,
+/// which may still be preparing its next sandbox: back to back, runs go round the slots;
+/// spaced out, they stay on the slot given back last.
+#[tokio::test(start_paused = true)]
+async fn a_run_without_a_preference_avoids_a_slot_just_given_back() {
+    let s = Scheduler::new(3, 8);
+    let mut order = Vec::new();
+    for i in 0..4 {
+        let p = s
+            .acquire(Ticket::new(i.to_string(), "c", "sh"), &[])
+            .await
+            .unwrap();
+        order.push(p.slot());
+    }
+    assert_eq!(
+        order,
+        [0, 2, 1, 0],
+        "back to back: the slot free the longest"
+    );
+    let mut order = Vec::new();
+    for i in 0..3 {
+        tokio::time::advance(SLOT_SETTLE).await;
+        let p = s
+            .acquire(Ticket::new(i.to_string(), "c", "sh"), &[])
+            .await
+            .unwrap();
+        order.push(p.slot());
+    }
+    assert_eq!(order, [0, 0, 0], "spaced out: the slot given back last");
+    // A preference still wins: slot 2 was given back long ago, 0 just now.
+    let d = s.acquire(Ticket::new("d", "c", "py"), &[0]).await.unwrap();
+    assert_eq!(d.slot(), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn client_limits_refuse_with_reasons() {
     let mut cfg = SchedulerConfig::new(4, 64);
