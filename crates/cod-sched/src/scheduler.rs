@@ -40,13 +40,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::estimate::{Basis, Estimator};
+use crate::ticket::{ClientId, ClientLimits, JobId, Ticket};
+
 /// How long a slot given back takes to be ready for a run that is not warm (its keeper
 /// prepares the next sandbox: namespaces, mounts, the program's process): see
 /// `State::take_free`.
 const SLOT_SETTLE: Duration = Duration::from_millis(3);
-
-use crate::estimate::{Basis, Estimator};
-use crate::ticket::{ClientId, ClientLimits, JobId, Ticket};
 
 /// The order runs leave the queue in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -730,7 +730,11 @@ impl State {
             .find_map(|p| self.free.iter().position(|f| f == p))
             .unwrap_or_else(|| {
                 let last = self.free.len() - 1;
-                let settled = self.free_since[self.free[last] as usize]
+                let settled = self
+                    .free_since
+                    .get(self.free[last] as usize)
+                    .copied()
+                    .flatten()
                     .is_none_or(|t| now.saturating_duration_since(t) >= SLOT_SETTLE);
                 if settled { last } else { 0 }
             });
