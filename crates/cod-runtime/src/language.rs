@@ -228,6 +228,12 @@ impl Language {
         })
     }
 
+    /// Whether the language has a prebuild whose files do not exist yet (to build off the
+    /// request path).
+    pub fn prebuild_missing(&self) -> bool {
+        self.prebuild().is_some() && !self.prebuilt_ready()
+    }
+
     /// The language's warm runtime, if it has one that works on this host.
     pub fn warm(&self) -> Option<&WarmFile> {
         self.warm.as_ref().filter(|_| self.available())

@@ -333,6 +333,25 @@ pub(crate) fn decode_plan<'a>(
     })
 }
 
+/// Sends a stage (its [`CMD_STAGE`] message) and its stdio to the process that runs it
+/// (a zygote's parked run, or a process forked ahead), waiting on `sock`.
+pub(crate) fn send_stage(
+    sock: impl AsFd,
+    message: &[u8],
+    stdio: [RawFd; 3],
+) -> Result<usize, Errno> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let fds = stdio.map(fd);
+    anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(message)],
+        &mut anc,
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+}
+
 /// Receives one command: its length, and up to three descriptors attached to it.
 pub(crate) fn receive<const N: usize>(
     sock: RawFd,
@@ -856,19 +875,7 @@ impl ParkedProgram {
     /// [`start_program`] returns them. If the process is gone, it is reaped and `stdio`
     /// is handed back, for a fork.
     fn start(self, message: &[u8], stdio: [RawFd; 3]) -> Result<(i32, i32), [RawFd; 3]> {
-        let sent = {
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
-            let mut anc = rustix::net::SendAncillaryBuffer::new(&mut space);
-            let fds = stdio.map(fd);
-            anc.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
-            rustix::net::sendmsg(
-                &self.go,
-                &[std::io::IoSlice::new(message)],
-                &mut anc,
-                rustix::net::SendFlags::NOSIGNAL,
-            )
-        };
-        if sent.is_err() {
+        if send_stage(&self.go, message, stdio).is_err() {
             self.discard();
             return Err(stdio);
         }

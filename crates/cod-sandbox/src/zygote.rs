@@ -619,18 +619,7 @@ impl Zygote<'_> {
             }
         };
         // `H` takes the plan and its stdio; it is a copy of a zygote that had neither.
-        let sent = {
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
-            let mut anc = SendAncillaryBuffer::new(&mut space);
-            let fds = stdio.map(init::fd);
-            anc.push(SendAncillaryMessage::ScmRights(&fds));
-            sendmsg(
-                &run.go,
-                &[IoSlice::new(message)],
-                &mut anc,
-                SendFlags::NOSIGNAL,
-            )
-        };
+        let sent = init::send_stage(&run.go, message, stdio);
         for f in stdio {
             sys::close(f);
         }

@@ -92,24 +92,17 @@ fn thousand_runs_leave_nothing_behind() {
         host_processes_with_uid(UID_BASE..UID_BASE + common::SLOTS),
         vec![]
     );
-    let prepared = host_processes_with_uid(UID_BASE + common::SLOTS..UID_BASE + 2 * common::SLOTS);
-    let pids: Vec<u32> = prepared.iter().map(|&(pid, _)| pid).collect();
-    let inits: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|&p| !pids.contains(&parent_of(p)))
-        .collect();
-    assert!(
-        inits.len() <= THREADS as usize && prepared.iter().all(|(_, name)| name == "cod-jail"),
-        "only the slots' prepared sandboxes may remain: {prepared:?}"
-    );
-    for &p in &pids {
+    let mut slots_with_a_sandbox = 0;
+    for slot in 0..common::SLOTS {
+        let uid = UID_BASE + common::SLOTS + slot;
+        let prepared = host_processes_with_uid(uid..uid + 1);
         assert!(
-            inits.contains(&p) || (inits.contains(&parent_of(p)) && seccomp_mode(p) == 2),
-            "{p} is neither a prepared init nor its parked process: {prepared:?}"
+            common::only_a_prepared_sandbox(&prepared),
+            "slot {slot}: only its prepared sandbox may remain: {prepared:?}"
         );
+        slots_with_a_sandbox += usize::from(!prepared.is_empty());
     }
-    assert!(pids.len() <= 2 * inits.len(), "{prepared:?}");
+    assert!(slots_with_a_sandbox <= THREADS as usize);
     // Every mount was made in a run's own mount namespace.
     assert_eq!(
         mountinfo_lines(),
@@ -213,16 +206,4 @@ fn parent_of(pid: u32) -> u32 {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .expect("a parent pid")
-}
-
-/// The seccomp mode of `pid` (`Seccomp:` in its status: 2 is a filter), or 0 if it is gone.
-fn seccomp_mode(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -461,22 +461,18 @@ impl Drop for Held {
     }
 }
 
-/// Builds the missing prebuilds in the `held` slot, then gives it back.
 /// This worker's languages whose prebuild is missing.
 fn missing_prebuilds(ctx: &Ctx) -> Vec<Arc<Language>> {
     ctx.executor
         .registry()
         .all()
         .iter()
-        .filter(|lang| {
-            ctx.opts.runtimes.contains(&lang.name)
-                && lang.prebuild().is_some()
-                && !lang.prebuilt_ready()
-        })
+        .filter(|lang| ctx.opts.runtimes.contains(&lang.name) && lang.prebuild_missing())
         .cloned()
         .collect()
 }
 
+/// Builds the `missing` prebuilds in the `held` slot, then gives it back.
 async fn prebuild(ctx: Arc<Ctx>, missing: Vec<Arc<Language>>, held: Held) {
     let slot = held.slot;
     for lang in &missing {

@@ -205,7 +205,7 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
 /// Builds every language's prebuild that is missing, each holding a worker slot.
 async fn prebuild_all(state: AppState) {
     for lang in state.executor.registry().all() {
-        if lang.prebuild().is_none() || lang.prebuilt_ready() {
+        if !lang.prebuild_missing() {
             continue;
         }
         let ticket = Ticket::new(format!("prebuild-{}", lang.name), "cod", lang.name.clone());
