@@ -350,10 +350,12 @@ pub fn blocked_in(pid: u32) -> Option<i64> {
         .ok()
 }
 
-/// Whether `procs` (the host processes under a slot's init uid) are at most the sandbox
+/// Checks that the host processes under a slot's init uid, `uid`, are at most the sandbox
 /// prepared for the slot's next run: its idle init, and the process the init forked ahead
-/// for the first stage (the init's child, waiting under the program's seccomp policy).
-pub fn only_a_prepared_sandbox(procs: &[(u32, String)]) -> bool {
+/// for the first stage (the init's child, waiting under the program's seccomp policy). That
+/// child installs the policy just after it is forked, so a check that catches it before
+/// is made again, for up to 10 s; the processes seen last if it never holds.
+pub fn only_a_prepared_sandbox(uid: u32) -> Result<(), Vec<(u32, String)>> {
     let status = |pid: u32, key: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_default()
@@ -361,17 +363,32 @@ pub fn only_a_prepared_sandbox(procs: &[(u32, String)]) -> bool {
             .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
             .unwrap_or_default()
     };
-    let named = procs.iter().all(|(_, name)| name == "cod-jail");
-    match procs {
-        [] | [_] => named,
-        [(a, _), (b, _)] => {
-            let (init, child) = if status(*b, "PPid:") == a.to_string() {
-                (*a, *b)
-            } else {
-                (*b, *a)
-            };
-            named && status(child, "PPid:") == init.to_string() && status(child, "Seccomp:") == "2"
+    let holds = |procs: &[(u32, String)]| {
+        let named = procs.iter().all(|(_, name)| name == "cod-jail");
+        match procs {
+            [] | [_] => named,
+            [(a, _), (b, _)] => {
+                let (init, child) = if status(*b, "PPid:") == a.to_string() {
+                    (*a, *b)
+                } else {
+                    (*b, *a)
+                };
+                named
+                    && status(child, "PPid:") == init.to_string()
+                    && status(child, "Seccomp:") == "2"
+            }
+            _ => false,
         }
-        _ => false,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let procs = host_processes_with_uid(uid..uid + 1);
+        if holds(&procs) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(procs);
+        }
+        std::thread::yield_now();
     }
 }
