@@ -40,6 +40,9 @@ pub(crate) struct Python {
     dict_set_item: unsafe extern "C" fn(Obj, Obj, Obj) -> c_int,
     sys_get_object: unsafe extern "C" fn(*const c_char) -> Obj,
     call_object: unsafe extern "C" fn(Obj, Obj) -> Obj,
+    import_add_module: unsafe extern "C" fn(*const c_char) -> Obj,
+    module_get_dict: unsafe extern "C" fn(Obj) -> Obj,
+    dict_next: unsafe extern "C" fn(Obj, *mut isize, *mut Obj, *mut Obj) -> c_int,
     incref: unsafe extern "C" fn(Obj),
     decref: unsafe extern "C" fn(Obj),
     err_print: unsafe extern "C" fn(),
@@ -47,6 +50,12 @@ pub(crate) struct Python {
     none: Obj,
     /// The runner function (see [`RUNNER`]), once initialised.
     runner: Obj,
+    /// The runner's `clear` and `end` functions.
+    clear: Obj,
+    end: Obj,
+    /// `__main__`'s dict, and its entries as the zygote left them (each a reference of ours).
+    main: Obj,
+    main_entries: Vec<(Obj, Obj)>,
     /// The runner's `prime` function.
     prime: Obj,
 }
@@ -55,11 +64,14 @@ pub(crate) struct Python {
 #[derive(Debug)]
 pub(crate) struct PythonError(pub(crate) String);
 
-/// Defines the function each run calls: `run(path, argv, orig_argv, env, path0)` runs the
-/// script at `path` in `__main__` as `python3` does and ends the process, and `prime()`,
-/// which a run's process calls while it waits for its run. Everything it
-/// uses is bound before any program runs, so a program that rebinds builtins or `sys`
-/// attributes cannot break how its own run ends. It leaves nothing in `__main__`.
+/// Defines the functions a run calls: `run(path, argv, orig_argv, env, path0)` runs the
+/// script at `path` in `__main__` as `python3` does, up to its `atexit` functions;
+/// `clear()` then releases `__main__`'s globals (only when the run left something there of
+/// its own, see [`Python::run_main`]) and `end()` flushes the streams and ends the process
+/// with the run's status. `prime()` is called by a run's process while it waits for its
+/// run. Everything they use is bound before any program runs, so a program that rebinds
+/// builtins or `sys` attributes cannot break how its own run ends. It leaves nothing in
+/// `__main__`.
 const RUNNER: &CStr = c"
 def _cod_make():
     import sys, os, signal, atexit
@@ -80,16 +92,13 @@ def _cod_make():
             pass
         return 1
 
-    def finish(code):
-        threading = _modules.get('threading')
-        if threading is not None:
-            try:
-                threading._shutdown()
-            except _BaseException:
-                pass
-        atexit._run_exitfuncs()
+    # What `run` leaves for `end`: the exit status and whether the run was interrupted.
+    state = [0, False]
+
+    def clear():
         # As at interpreter shutdown: names starting with one underscore first, then the
-        # rest, so that objects held by module globals are released and finalized.
+        # rest, so that objects held by module globals are released and finalized. Called
+        # only when `__main__` holds something the zygote's did not (see `run_main`).
         try:
             for first in (True, False):
                 for k in _list(main):
@@ -97,6 +106,9 @@ def _cod_make():
                         main[k] = None
         except _BaseException:
             pass
+
+    def end():
+        code, interrupted = state
         for stream, failed in ((sys.stdout, 120), (sys.stderr, None)):
             try:
                 if stream is not None:
@@ -104,7 +116,11 @@ def _cod_make():
             except _BaseException:
                 if failed is not None and code == 0:
                     code = failed
-        return code
+        if interrupted:
+            # As python3 does: end by the signal, so that a shell sees the interrupt.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code)
 
     def run(path, argv, orig_argv, env, path0):
         sys.argv = argv
@@ -134,12 +150,14 @@ def _cod_make():
             code = 1
         main.pop('__file__', None)
         main.pop('__cached__', None)
-        code = finish(code)
-        if interrupted:
-            # As python3 does: end by the signal, so that a shell sees the interrupt.
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        os._exit(code)
+        threading = _modules.get('threading')
+        if threading is not None:
+            try:
+                threading._shutdown()
+            except _BaseException:
+                pass
+        atexit._run_exitfuncs()
+        state[0], state[1] = code, interrupted
 
     # What the first run would otherwise set up itself, in every run's copy: the compiler's
     # AST types (1.3 ms) and the file-reading path.
@@ -168,10 +186,10 @@ s = str(sorted(d)) + repr(len(d))
         except _BaseException:
             pass
 
-    return run, prime
+    return run, clear, end, prime
 
 import sys as _cod_sys
-_cod_sys._cod_run, _cod_sys._cod_prime = _cod_make()
+_cod_sys._cod_run, _cod_sys._cod_clear, _cod_sys._cod_end, _cod_sys._cod_prime = _cod_make()
 del _cod_sys, _cod_make
 ";
 
@@ -246,12 +264,19 @@ impl Python {
             dict_set_item: symbol!(lib, c"PyDict_SetItem"),
             sys_get_object: symbol!(lib, c"PySys_GetObject"),
             call_object: symbol!(lib, c"PyObject_CallObject"),
+            import_add_module: symbol!(lib, c"PyImport_AddModule"),
+            module_get_dict: symbol!(lib, c"PyModule_GetDict"),
+            dict_next: symbol!(lib, c"PyDict_Next"),
             incref: symbol!(lib, c"Py_IncRef"),
             decref: symbol!(lib, c"Py_DecRef"),
             err_print: symbol!(lib, c"PyErr_Print"),
             err_clear: symbol!(lib, c"PyErr_Clear"),
             none: symbol!(lib, c"_Py_NoneStruct"),
             runner: std::ptr::null_mut(),
+            clear: std::ptr::null_mut(),
+            end: std::ptr::null_mut(),
+            main: std::ptr::null_mut(),
+            main_entries: Vec::new(),
             prime: std::ptr::null_mut(),
         })
     }
@@ -304,27 +329,85 @@ impl Python {
             if (self.run_string)(RUNNER.as_ptr(), std::ptr::null_mut()) != 0 {
                 return Err(PythonError("defining the runner failed".into()));
             }
-            let runner = (self.sys_get_object)(c"_cod_run".as_ptr());
-            if runner.is_null() {
-                return Err(PythonError("the runner is missing".into()));
-            }
-            (self.incref)(runner);
-            self.runner = runner;
-            let prime = (self.sys_get_object)(c"_cod_prime".as_ptr());
-            if prime.is_null() {
-                return Err(PythonError("the runner's prime is missing".into()));
-            }
-            (self.incref)(prime);
-            self.prime = prime;
+            self.runner = self.take_sys(c"_cod_run")?;
+            self.clear = self.take_sys(c"_cod_clear")?;
+            self.end = self.take_sys(c"_cod_end")?;
+            self.prime = self.take_sys(c"_cod_prime")?;
             // Frozen, the zygote's objects are left out of every collection in a run: a
             // full collection would otherwise write to each of them and so copy most of
             // the zygote's memory into the run.
-            let code = c"import sys\ndel sys._cod_run, sys._cod_prime\ndel sys\nimport gc\ngc.collect()\ngc.freeze()\ndel gc\n";
+            let code = c"import sys\ndel sys._cod_run, sys._cod_clear, sys._cod_end, sys._cod_prime\ndel sys\nimport gc\ngc.collect()\ngc.freeze()\ndel gc\n";
             if (self.run_string)(code.as_ptr(), std::ptr::null_mut()) != 0 {
                 return Err(PythonError("cleaning up after the runner failed".into()));
             }
+            // `__main__` as every run starts with it. Its entries are kept referenced, so
+            // none of these objects can be freed in a run and another take its address.
+            let module = (self.import_add_module)(c"__main__".as_ptr());
+            let main = if module.is_null() {
+                module
+            } else {
+                (self.module_get_dict)(module)
+            };
+            if main.is_null() {
+                return Err(PythonError("__main__ has no dict".into()));
+            }
+            (self.incref)(main);
+            self.main = main;
+            let mut pos = 0isize;
+            let (mut k, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
+            while (self.dict_next)(main, &mut pos, &mut k, &mut v) != 0 {
+                (self.incref)(k);
+                (self.incref)(v);
+                self.main_entries.push((k, v));
+            }
         }
         Ok(())
+    }
+
+    /// `sys.<name>`, a reference of ours.
+    ///
+    /// # Safety
+    ///
+    /// The interpreter is initialised and this thread holds the GIL.
+    unsafe fn take_sys(&self, name: &CStr) -> Result<Obj, PythonError> {
+        // SAFETY: the caller's promise; PySys_GetObject returns a borrowed reference (or
+        // null), made ours here.
+        unsafe {
+            let o = (self.sys_get_object)(name.as_ptr());
+            if o.is_null() {
+                return Err(PythonError(format!(
+                    "the runner's {} is missing",
+                    name.to_string_lossy()
+                )));
+            }
+            (self.incref)(o);
+            Ok(o)
+        }
+    }
+
+    /// Whether `__main__` holds exactly the entries the zygote left there, in the same
+    /// order: then releasing its globals would release only objects of the zygote, which
+    /// stay referenced and run no code of the program. It reads the dict with borrowed
+    /// references, so it writes to no object: in a forked copy, every object written to
+    /// copies the page it lives on.
+    ///
+    /// # Safety
+    ///
+    /// The GIL is held, and [`initialize`](Self::initialize) succeeded in this process or
+    /// the zygote it was forked from.
+    unsafe fn main_as_forked(&self) -> bool {
+        let mut pos = 0isize;
+        let (mut k, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let mut entries = self.main_entries.iter();
+        // SAFETY: the caller's promise; `main` is a dict we hold a reference to, and
+        // PyDict_Next only reads it (the program cannot run meanwhile: this thread holds
+        // the GIL).
+        while unsafe { (self.dict_next)(self.main, &mut pos, &mut k, &mut v) } != 0 {
+            if entries.next() != Some(&(k, v)) {
+                return false;
+            }
+        }
+        entries.next().is_none()
     }
 
     /// Call in the zygote right before forking.
@@ -395,17 +478,32 @@ impl Python {
         let orig: Vec<&CStr> = std::iter::once(program)
             .chain(args.iter().copied())
             .collect();
-        // SAFETY: the GIL is held (the only thread); every object is created here and handed
-        // to the tuple, which steals the references (PyTuple_SetItem), or released.
+        // SAFETY: the GIL is held (the only thread: the program's own threads wait for it
+        // outside the calls below); every object is created here and handed to the tuple,
+        // which steals the references (PyTuple_SetItem), or released. `clear` and `end`
+        // take no arguments.
         unsafe {
             let call = self.runner_args(&path, args, &orig, env, &dir);
-            if !call.is_null() && !self.runner.is_null() {
-                // Returns only if the runner failed before it could end the process.
-                let r = (self.call_object)(self.runner, call);
+            if call.is_null() || self.runner.is_null() {
+                (self.err_print)();
+                crate::sys::exit_now(1)
+            }
+            let r = (self.call_object)(self.runner, call);
+            if r.is_null() {
+                (self.err_print)();
+                crate::sys::exit_now(1)
+            }
+            (self.decref)(r);
+            if !self.main_as_forked() {
+                let r = (self.call_object)(self.clear, std::ptr::null_mut());
                 if r.is_null() {
-                    (self.err_print)();
+                    (self.err_clear)();
+                } else {
+                    (self.decref)(r);
                 }
-            } else {
+            }
+            // Returns only if it failed before it could end the process.
+            if (self.call_object)(self.end, std::ptr::null_mut()).is_null() {
                 (self.err_print)();
             }
         }

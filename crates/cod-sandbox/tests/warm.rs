@@ -149,6 +149,16 @@ fn warm_runs_end_exactly_like_cold_ones() {
             "class A:\n    def __del__(self):\n        print('del')\na = A()\nprint('end')\n",
             b"",
         ),
+        // A run that only rebinds or deletes names `__main__` starts with: its globals are
+        // released all the same (a run that leaves `__main__` as it found it skips that).
+        (
+            "class A:\n    def __del__(self):\n        print('del doc')\n__doc__ = A()\n",
+            b"",
+        ),
+        (
+            "class A:\n    def __init__(self, n):\n        self.n = n\n    def __del__(self):\n        print('del', self.n)\n_a, b = A('_a'), A('b')\ndel __spec__\n",
+            b"",
+        ),
         (
             "import threading, time\ndef f():\n    time.sleep(0.05)\n    print('thread')\nthreading.Thread(target=f).start()\nprint('main')\n",
             b"",
