@@ -80,7 +80,8 @@ pub(crate) const CMD_PRESTART: u8 = b'Q';
 /// arguments (each NUL-terminated), with the argument pipe attached: the prestarted
 /// program's run begins. The init sets its limits, writes the arguments (which is what the
 /// program waits for, so it starts only after its limits, and after the run's files that
-/// came before), and waits for it like a stage. Reports [`REPORT_STAGE_DONE`].
+/// came before), and waits for it like a stage, or until it tells its end (see
+/// `told_exit`). Reports [`REPORT_STAGE_DONE`].
 pub(crate) const CMD_AWAIT: u8 = b'A';
 /// `X`: the run is not for the program started ahead: kill and reap it, so that the sandbox
 /// serves the run like any prepared one. Reports [`REPORT_DROPPED`].
@@ -564,11 +565,32 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                         );
                     }
                 }
+                // The program may tell its end by a signal (see `told_exit`): blocked from
+                // before it can run, so that neither that nor its SIGCHLD is missed.
+                let mask = sys::block_signals(&[libc::SIGCHLD, libc::SIGUSR1]);
+                let told = sys::set_saved_uid(SANDBOX_ID).is_ok();
                 // Now the program may go. A program that died meanwhile gets nothing
                 // (EPIPE: this process ignores SIGPIPE, as the supervisor it was forked
                 // from does), and its status says why.
                 let _ = write_all(fd(args.0), words);
                 drop(args);
+                let told = if told { told_exit(child) } else { None };
+                sys::set_signal_mask(&mask);
+                if let Some(code) = told {
+                    // Its status is chosen and its output closed: the run is over. It and
+                    // everything else of the sandbox die now, and the result goes before
+                    // they are reaped (a big runtime's memory takes milliseconds to tear
+                    // down, and nothing of the run can execute once killed).
+                    let peak = high_water_kib(child);
+                    parked = None;
+                    if let Some(pid) = rustix::process::Pid::from_raw(child) {
+                        let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    }
+                    let _ = sys::kill_all_but_self();
+                    report(p.report, REPORT_STAGE_DONE, code << 8, 0, peak);
+                    reap_all();
+                    continue;
+                }
                 let chosen = chosen_exit(child);
                 // The stage's end kills every other process of the sandbox.
                 parked = None;
@@ -976,6 +998,81 @@ pub(crate) fn finish_stage(child: i32, holder: Option<i32>) -> (i32, i32) {
     (status, i32::try_from(peak).unwrap_or(i32::MAX))
 }
 
+/// Waits until the program started ahead, `child`, either ends or tells its end: a
+/// `SIGUSR1` from it while it is named `cod-exit N` (node's bootstrap sends it once its
+/// `exit` listeners have run and its output is closed, then waits to be killed). Returns
+/// `N` in the second case, `None` in the first. The caller blocked `SIGCHLD` and `SIGUSR1`
+/// before the program could run, and made the program's uid this process's saved one, so
+/// that the program may signal it. The program's own process sets the name and sends the
+/// signal (a signal from anyone else is ignored): its exit status is its own to choose
+/// anyway, and a program that tells its end early is killed then.
+fn told_exit(child: i32) -> Option<i32> {
+    let pid = rustix::process::Pid::from_raw(child)?;
+    loop {
+        // Ended (its SIGCHLD may have come before the mask), or not a child any more.
+        match rustix::process::waitid(
+            rustix::process::WaitId::Pid(pid),
+            rustix::process::WaitIdOptions::EXITED
+                | rustix::process::WaitIdOptions::NOHANG
+                | rustix::process::WaitIdOptions::NOWAIT,
+        ) {
+            Ok(None) => {}
+            _ => return None,
+        }
+        let (sig, from) = sys::wait_signal(&[libc::SIGCHLD, libc::SIGUSR1]).ok()?;
+        if sig == libc::SIGUSR1
+            && from == child
+            && let Some(code) = exit_name(child)
+        {
+            return Some(code);
+        }
+    }
+}
+
+/// The largest resident size `pid` has had, in KiB (`VmHWM` in `/proc/PID/status`), or 0.
+fn high_water_kib(pid: i32) -> i32 {
+    let mut buf = [0u8; 4096];
+    let Some(n) = read_proc(pid, b"/status", &mut buf) else {
+        return 0;
+    };
+    let text = &buf[..n];
+    let Some(at) = text.windows(6).position(|w| w == b"VmHWM:") else {
+        return 0;
+    };
+    let kib = text[at + 6..]
+        .iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0i64, |n, d| {
+            n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+        });
+    i32::try_from(kib).unwrap_or(i32::MAX)
+}
+
+/// Reads `/proc/PID<file>` into `buf` (one read: enough for `comm` and `status`); the
+/// number of bytes read.
+fn read_proc(pid: i32, file: &[u8], buf: &mut [u8]) -> Option<usize> {
+    let mut path = [0u8; 48];
+    let mut num = [0u8; 24];
+    let pid_digits = crate::zygote::digits(u64::try_from(pid).ok()?, &mut num).to_bytes();
+    let parts: [&[u8]; 3] = [b"/proc/", pid_digits, file];
+    let mut at = 0;
+    for part in parts {
+        path.get_mut(at..at + part.len())?.copy_from_slice(part);
+        at += part.len();
+    }
+    let path = CStr::from_bytes_until_nul(&path).ok()?;
+    let file = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    rustix::io::read(&file, buf).ok()
+}
+
+/// The status `pid` chose by naming itself `cod-exit N`, if it did.
+fn exit_name(pid: i32) -> Option<i32> {
+    let mut name = [0u8; 32];
+    let n = read_proc(pid, b"/comm", &mut name)?;
+    parse_exit_name(name.get(..n)?)
+}
+
 /// Waits for the program started ahead, `child`, to end (without reaping it) and, if it
 /// was killed by `SIGKILL` while named `cod-exit N`, returns `N`: the exit status it chose
 /// when it ended itself that way, skipping its runtime's own slow exit (node's bootstrap
@@ -998,20 +1095,7 @@ fn chosen_exit(child: i32) -> Option<i32> {
         return None;
     }
     // A zombie keeps its name until it is reaped.
-    let mut path = [0u8; 48];
-    let mut num = [0u8; 24];
-    let pid_digits = crate::zygote::digits(u64::try_from(child).ok()?, &mut num).to_bytes();
-    let parts: [&[u8]; 3] = [b"/proc/", pid_digits, b"/comm"];
-    let mut at = 0;
-    for part in parts {
-        path.get_mut(at..at + part.len())?.copy_from_slice(part);
-        at += part.len();
-    }
-    let path = CStr::from_bytes_until_nul(&path).ok()?;
-    let file = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    let mut name = [0u8; 32];
-    let n = rustix::io::read(&file, &mut name).ok()?;
-    parse_exit_name(name.get(..n)?)
+    exit_name(child)
 }
 
 /// `N` from `cod-exit N` (as `/proc/PID/comm` shows it, with its newline), for `N` in

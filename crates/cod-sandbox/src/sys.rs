@@ -304,6 +304,67 @@ pub(crate) fn unblock_signals() {
     }
 }
 
+/// Blocks `signals` (adding them to the mask); returns the mask before, for
+/// [`set_signal_mask`]. Blocked, they stay pending until [`wait_signal`] takes them, even
+/// those whose default action is to be ignored.
+pub(crate) fn block_signals(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: both sets are locals, initialised by sigemptyset (and sigprocmask fills
+    // `old`) before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
+}
+
+/// Sets the signal mask to `mask` (from [`block_signals`]).
+pub(crate) fn set_signal_mask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is a valid set; the old-mask pointer is null.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of `signals` (which must be blocked) and returns it with the pid of its
+/// sender; an interrupted wait goes on.
+pub(crate) fn wait_signal(signals: &[i32]) -> Result<(i32, i32), Errno> {
+    // SAFETY: `set` and `info` are locals; sigwaitinfo fills `info` when it succeeds, and
+    // si_pid is read only then (a signal sent by kill or by the kernel for a child).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&set, &mut info);
+            if sig >= 0 {
+                return Ok((sig, info.si_pid()));
+            }
+            let e = errno();
+            if e != Errno::INTR {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Sets this process's saved user id to `uid`, keeping its real and effective ones (and so
+/// its capabilities): processes of `uid` may then signal it. Only the signals it handles or
+/// waits for reach a PID namespace's init from inside the namespace.
+pub(crate) fn set_saved_uid(uid: u32) -> Result<(), Errno> {
+    // SAFETY: setresuid takes plain integers; -1 leaves an id unchanged. The raw call
+    // changes this thread only, and the init has one thread.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, -1i32, -1i32, uid) };
+    if rc < 0 { Err(errno()) } else { Ok(()) }
+}
+
 /// `kill(-1, SIGKILL)`: from a PID namespace's init, kills every other process in it.
 pub(crate) fn kill_all_but_self() -> io::Result<()> {
     // SAFETY: kill takes plain integers.

@@ -843,6 +843,53 @@ fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
 }
 
 #[test]
+fn a_warm_node_program_tells_its_end_to_the_init_from_its_own_process_only() {
+    // Node's bootstrap ends a run by naming the process `cod-exit N` and sending SIGUSR1
+    // to the init, which then reports N at once and kills the process. The program can do
+    // the same (its status is its own to choose), and nothing else can.
+    if !have_node() {
+        return;
+    }
+    let slot = 24;
+    let jail = node_jail(UID_BASE + 340, slot);
+    let early = "process.title = 'cod-exit 9';\nprocess.kill(1, 'SIGUSR1');\nsetTimeout(() => console.log('late'), 3000);\n";
+    let o = run_warm(&jail, &js(slot, early, &[]));
+    assert_eq!(
+        (&o.exit, &o.stdout[..]),
+        (&cod_sandbox::Exit::Code(9), &b""[..]),
+        "{}",
+        describe(&o)
+    );
+    // The signal without the name changes nothing.
+    let o = run_warm(
+        &jail,
+        &js(
+            slot,
+            "process.kill(1, 'SIGUSR1');\nconsole.log('still');\n",
+            &[],
+        ),
+    );
+    assert_eq!(
+        (&o.exit, &o.stdout[..]),
+        (&cod_sandbox::Exit::Code(0), &b"still\n"[..]),
+        "{}",
+        describe(&o)
+    );
+    // Reported before node is reaped, its peak memory is read while it still runs: at
+    // least node's own resident size (over 20 MiB).
+    assert!(o.memory_peak > 20 << 20, "{}", describe(&o));
+    // Nor does it from another process of the run, even with the program so named.
+    let other = "process.title = 'cod-exit 9';\nrequire('child_process').execFileSync('/bin/sh', ['-c', 'kill -USR1 1']);\nprocess.title = 'node';\nconsole.log('still');\nprocess.exitCode = 5;\n";
+    let o = run_warm(&jail, &js(slot, other, &[]));
+    assert_eq!(
+        (&o.exit, &o.stdout[..]),
+        (&cod_sandbox::Exit::Code(5), &b"still\n"[..]),
+        "{}",
+        describe(&o)
+    );
+}
+
+#[test]
 fn a_program_started_ahead_that_died_does_not_lose_the_run() {
     if !have_node() {
         return;
