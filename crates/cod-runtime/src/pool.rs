@@ -10,6 +10,7 @@
 //! slots are idle, off any run's path.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use cod_core::config::PoolConfig;
 use cod_sandbox::{Jail, WarmKind, WarmRuntime, WarmUse};
@@ -253,6 +254,8 @@ struct State {
     hits: Vec<u64>,
     misses: Vec<u64>,
     since_rebalance: u32,
+    /// Per slot: when its latest run ended.
+    last_run: Vec<Option<Instant>>,
 }
 
 /// Decides which slots keep which warm runtimes.
@@ -261,6 +264,8 @@ pub struct Pool {
     jail: Arc<Jail>,
     /// Language names, in [`warm_runtimes`] order.
     languages: Vec<String>,
+    /// Per runtime: started ahead for one run (node, a JVM), not forked by a zygote.
+    single_use: Vec<bool>,
     slots: u32,
     config: PoolConfig,
     state: Mutex<State>,
@@ -273,9 +278,19 @@ impl Pool {
     pub fn new(jail: Arc<Jail>, languages: Vec<String>, config: PoolConfig) -> Arc<Pool> {
         let n = languages.len();
         let slots = jail.slots();
+        let single_use = languages
+            .iter()
+            .map(|l| {
+                jail.warm_runtimes()
+                    .iter()
+                    .find(|w| &w.name == l)
+                    .is_some_and(|w| !w.forks())
+            })
+            .collect();
         let pool = Arc::new(Pool {
             jail,
             languages,
+            single_use,
             slots,
             config,
             state: Mutex::new(State {
@@ -286,6 +301,7 @@ impl Pool {
                 hits: vec![0; n],
                 misses: vec![0; n],
                 since_rebalance: 0,
+                last_run: vec![None; slots as usize],
             }),
         });
         if let Ok(mut st) = pool.state.lock() {
@@ -303,6 +319,9 @@ impl Pool {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
+        if let Some(t) = st.last_run.get_mut(slot as usize) {
+            *t = Some(Instant::now());
+        }
         if let Some(i) = self.index(language) {
             match warm {
                 Some(w) => {
@@ -346,11 +365,16 @@ impl Pool {
         let Some(i) = index else {
             return Vec::new();
         };
-        (0..)
+        let slots = (0..)
             .zip(&st.masks)
             .filter(|(_, m)| *m & (1 << i) != 0)
             .map(|(s, _)| s)
-            .collect()
+            .collect();
+        if self.single_use.get(i).copied().unwrap_or(false) {
+            least_recently_run(slots, &st.last_run)
+        } else {
+            slots
+        }
     }
 
     /// Counters and sizes, for `/metrics` and `cod bench`.
@@ -404,6 +428,17 @@ impl Pool {
         }
         st.masks = masks;
     }
+}
+
+/// `slots` ordered by when their latest run ended, the longest ago (or never) first: the
+/// order to prefer them in for a runtime started ahead for one run. A slot starts the next
+/// one when its run ends (node takes 30 to 40 ms), so the slot free the longest is the one
+/// likeliest to have it ready; the scheduler takes the first free slot in this order.
+/// (Runs of a zygote's runtime prefer the lowest slots instead: the zygote is there all
+/// along, and a slot just used has its memory in the caches.)
+fn least_recently_run(mut slots: Vec<u32>, last_run: &[Option<Instant>]) -> Vec<u32> {
+    slots.sort_by_key(|&s| last_run.get(s as usize).copied().flatten());
+    slots
 }
 
 /// How many slots each runtime should have: its share of the recent runs (with headroom,
@@ -465,7 +500,21 @@ mod tests {
             hits: vec![0; n],
             misses: vec![0; n],
             since_rebalance: 0,
+            last_run: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_runtime_started_ahead_prefers_the_slot_whose_run_ended_the_longest_ago() {
+        let t0 = Instant::now();
+        let at = |ms: u64| Some(t0 + std::time::Duration::from_millis(ms));
+        // Slot 2 never ran; slot 0 ran last, slot 3 before it, slot 1 first.
+        let last = [at(30), at(10), None, at(20)];
+        assert_eq!(least_recently_run(vec![0, 1, 2, 3], &last), [2, 1, 3, 0]);
+        // Only the runtime's own slots, whatever else ran.
+        assert_eq!(least_recently_run(vec![0, 3], &last), [3, 0]);
+        // Slots that never ran keep their order.
+        assert_eq!(least_recently_run(vec![1, 0], &[None, None]), [1, 0]);
     }
 
     fn langs(names: &[&str]) -> Vec<String> {

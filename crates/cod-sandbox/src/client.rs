@@ -368,6 +368,11 @@ impl Jail {
         self.start(&mut guard)
     }
 
+    /// The warm runtimes the jail was configured with (bit `i` of a mask is runtime `i`).
+    pub fn warm_runtimes(&self) -> &[WarmRuntime] {
+        &self.config.warm
+    }
+
     /// The masks set with [`Jail::set_warm`], one per slot.
     pub fn warm_masks(&self) -> Vec<u32> {
         self.warm_masks
