@@ -359,9 +359,10 @@ pub(crate) fn wait_signal(signals: &[i32]) -> Result<(i32, i32), Errno> {
 /// its capabilities): processes of `uid` may then signal it. Only the signals it handles or
 /// waits for reach a PID namespace's init from inside the namespace.
 pub(crate) fn set_saved_uid(uid: u32) -> Result<(), Errno> {
+    let keep: libc::c_long = -1;
     // SAFETY: setresuid takes plain integers; -1 leaves an id unchanged. The raw call
     // changes this thread only, and the init has one thread.
-    let rc = unsafe { libc::syscall(libc::SYS_setresuid, -1i32, -1i32, uid) };
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, keep, keep, libc::c_long::from(uid)) };
     if rc < 0 { Err(errno()) } else { Ok(()) }
 }
 
