@@ -852,40 +852,35 @@ fn a_warm_node_program_tells_its_end_to_the_init_from_its_own_process_only() {
     }
     let slot = 24;
     let jail = node_jail(UID_BASE + 340, slot);
-    let early = "process.title = 'cod-exit 9';\nprocess.kill(1, 'SIGUSR1');\nsetTimeout(() => console.log('late'), 3000);\n";
-    let o = run_warm(&jail, &js(slot, early, &[]));
-    assert_eq!(
-        (&o.exit, &o.stdout[..]),
-        (&cod_sandbox::Exit::Code(9), &b""[..]),
-        "{}",
-        describe(&o)
+    let ends = |src: &str, code: i32, stdout: &[u8]| {
+        let o = run_warm(&jail, &js(slot, src, &[]));
+        assert_eq!(
+            (&o.exit, &o.stdout[..]),
+            (&cod_sandbox::Exit::Code(code), stdout),
+            "{src}\n{}",
+            describe(&o)
+        );
+        o
+    };
+    ends(
+        "process.title = 'cod-exit 9';\nprocess.kill(1, 'SIGUSR1');\nsetTimeout(() => console.log('late'), 3000);\n",
+        9,
+        b"",
     );
     // The signal without the name changes nothing.
-    let o = run_warm(
-        &jail,
-        &js(
-            slot,
-            "process.kill(1, 'SIGUSR1');\nconsole.log('still');\n",
-            &[],
-        ),
-    );
-    assert_eq!(
-        (&o.exit, &o.stdout[..]),
-        (&cod_sandbox::Exit::Code(0), &b"still\n"[..]),
-        "{}",
-        describe(&o)
+    let o = ends(
+        "process.kill(1, 'SIGUSR1');\nconsole.log('still');\n",
+        0,
+        b"still\n",
     );
     // Reported before node is reaped, its peak memory is read while it still runs: at
     // least node's own resident size (over 20 MiB).
     assert!(o.memory_peak > 20 << 20, "{}", describe(&o));
     // Nor does it from another process of the run, even with the program so named.
-    let other = "process.title = 'cod-exit 9';\nrequire('child_process').execFileSync('/bin/sh', ['-c', 'kill -USR1 1']);\nprocess.title = 'node';\nconsole.log('still');\nprocess.exitCode = 5;\n";
-    let o = run_warm(&jail, &js(slot, other, &[]));
-    assert_eq!(
-        (&o.exit, &o.stdout[..]),
-        (&cod_sandbox::Exit::Code(5), &b"still\n"[..]),
-        "{}",
-        describe(&o)
+    ends(
+        "process.title = 'cod-exit 9';\nrequire('child_process').execFileSync('/bin/sh', ['-c', 'kill -USR1 1']);\nprocess.title = 'node';\nconsole.log('still');\nprocess.exitCode = 5;\n",
+        5,
+        b"still\n",
     );
 }
 
