@@ -582,18 +582,12 @@ pub(crate) fn init_main(p: &InitPlan<'_>, bufs: &mut InitBuffers) -> ! {
                     // they are reaped (a big runtime's memory takes milliseconds to tear
                     // down, and nothing of the run can execute once killed).
                     let peak = high_water_kib(child);
-                    parked = None;
-                    if let Some(pid) = rustix::process::Pid::from_raw(child) {
-                        let _ = rustix::process::kill_process(pid, Signal::KILL);
-                    }
                     let _ = sys::kill_all_but_self();
                     report(p.report, REPORT_STAGE_DONE, code << 8, 0, peak);
                     reap_all();
                     continue;
                 }
                 let chosen = chosen_exit(child);
-                // The stage's end kills every other process of the sandbox.
-                parked = None;
                 let (mut status, peak) = finish_stage(child, None);
                 if let Some(code) = chosen
                     && status == libc::SIGKILL

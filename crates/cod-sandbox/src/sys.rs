@@ -293,36 +293,38 @@ pub(crate) fn set_idle_priority(pid: i32) {
     }
 }
 
-/// Unblocks every signal, leaving dispositions as they are.
-pub(crate) fn unblock_signals() {
-    // SAFETY: `set` is a local, fully initialised by sigemptyset before use; the old-mask
-    // pointer is null.
+/// The set of `signals`.
+fn signal_set(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: `set` is a local, initialised by sigemptyset before sigaddset uses it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
     }
+}
+
+/// Unblocks every signal, leaving dispositions as they are.
+pub(crate) fn unblock_signals() {
+    set_signal_mask(&signal_set(&[]));
 }
 
 /// Blocks `signals` (adding them to the mask); returns the mask before, for
 /// [`set_signal_mask`]. Blocked, they stay pending until [`wait_signal`] takes them, even
 /// those whose default action is to be ignored.
 pub(crate) fn block_signals(signals: &[i32]) -> libc::sigset_t {
-    // SAFETY: both sets are locals, initialised by sigemptyset (and sigprocmask fills
-    // `old`) before use.
+    let set = signal_set(signals);
+    // SAFETY: `set` is a valid set; `old` is a local that sigprocmask fills.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
         libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
         old
     }
 }
 
-/// Sets the signal mask to `mask` (from [`block_signals`]).
+/// Sets the signal mask to `mask`.
 pub(crate) fn set_signal_mask(mask: &libc::sigset_t) {
     // SAFETY: `mask` is a valid set; the old-mask pointer is null.
     unsafe {
@@ -333,14 +335,11 @@ pub(crate) fn set_signal_mask(mask: &libc::sigset_t) {
 /// Waits for one of `signals` (which must be blocked) and returns it with the pid of its
 /// sender; an interrupted wait goes on.
 pub(crate) fn wait_signal(signals: &[i32]) -> Result<(i32, i32), Errno> {
-    // SAFETY: `set` and `info` are locals; sigwaitinfo fills `info` when it succeeds, and
-    // si_pid is read only then (a signal sent by kill or by the kernel for a child).
+    let set = signal_set(signals);
+    // SAFETY: `set` is a valid set and `info` a local; sigwaitinfo fills `info` when it
+    // succeeds, and si_pid is read only then (a signal sent by kill or by the kernel for a
+    // child).
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
         loop {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             let sig = libc::sigwaitinfo(&set, &mut info);
