@@ -287,6 +287,10 @@ impl Watch<'_> {
         let mut pending_at = 0usize;
         let mut stdin_closing = !self.interactive;
         let mut stdin_fd = if pending.is_empty() && stdin_closing {
+            // Nothing to write: closed now, so that the program reads the end of its input
+            // at once (kept until this function returns, a read would wait for the wall
+            // limit).
+            drop(stdin_w);
             None
         } else {
             set_nonblocking(&stdin_w).map_err(io_failure("preparing stdin"))?;

@@ -41,6 +41,7 @@ mod slot {
     pub(crate) const OUTPUT_PAUSE: u32 = 18;
     pub(crate) const WALL_COVERS_CPU: u32 = 19;
     pub(crate) const OUTPUT_AT_EXIT: u32 = 20;
+    pub(crate) const STDIN_EMPTY: u32 = 21;
 }
 
 const SIGKILL: i32 = libc::SIGKILL;
@@ -315,6 +316,26 @@ fn stdin_is_delivered_byte_for_byte() {
     assert_eq!(o.status(), Status::Ok, "{d}");
     assert_eq!(o.stdout.len(), input.len(), "{d}");
     assert!(o.stdout == input, "stdout differs from stdin: {d}");
+}
+
+#[test]
+fn empty_stdin_is_the_end_of_the_input_at_once() {
+    // `cat` copies its input until its end: none given is an end right away, not a read
+    // that waits for the wall limit.
+    let o = Run::cmd(slot::STDIN_EMPTY, &["/usr/bin/cat"]).run_on(jail());
+    let d = describe(&o);
+    assert_eq!(o.limit, None, "{d}");
+    assert_eq!(o.status(), Status::Ok, "{d}");
+    assert_eq!(o.stdout, b"", "{d}");
+    // The shell's `read` reports the end of input (status 1), twice.
+    let o = Run::cmd(
+        slot::STDIN_EMPTY,
+        &["/bin/sh", "-c", "read a; echo $?; read b; echo $?"],
+    )
+    .run_on(jail());
+    let d = describe(&o);
+    assert_eq!(o.limit, None, "{d}");
+    assert_eq!(o.stdout, b"1\n1\n", "{d}");
 }
 
 #[test]

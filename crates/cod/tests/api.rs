@@ -80,6 +80,32 @@ async fn compiled_language_reports_the_compile_stage() {
     assert_eq!(v["exit_code"], Value::Null);
 }
 
+/// A program reading past its input sees the input's end at once, whether the request gave
+/// some stdin, an empty one or none (not a read that waits for the wall limit).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_reading_past_its_stdin_sees_its_end() {
+    let st = state();
+    for extra in [json!({}), json!({"stdin": ""})] {
+        let v = run(&st, "python", "print(input())", extra.clone()).await;
+        assert_eq!(v["status"], "runtime_error", "{extra}: {v}");
+        assert!(v["stderr"].as_str().unwrap().contains("EOFError"), "{v}");
+        let v = run(&st, "bash", "read a; echo \"read: $?\"", extra.clone()).await;
+        assert_eq!(v["stdout"], "read: 1\n", "{extra}: {v}");
+        let src = "#include <stdio.h>\nint main(){printf(\"%d\\n\", getchar());}";
+        let v = run(&st, "c", src, extra).await;
+        assert_eq!(v["stdout"], "-1\n", "{v}");
+    }
+    let v = run(
+        &st,
+        "python",
+        "print(input())\nprint(input())",
+        json!({"stdin": "ab"}),
+    )
+    .await;
+    assert_eq!(v["stdout"], "ab\n", "{v}");
+    assert!(v["stderr"].as_str().unwrap().contains("EOFError"), "{v}");
+}
+
 /// Every kind of bad input gets a 4xx JSON error naming the problem.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_400_naming_the_field() {
