@@ -13,6 +13,14 @@
 //! about 0.2 ms per run here. A binary search over the numbers makes each evaluation a
 //! handful of jumps. The tests below run the program through a BPF interpreter for every
 //! number, as well as install it for real.
+//!
+//! A zygote (see `zygote.rs`) takes the policy in two parts. It installs the *base* part,
+//! everything but the calls it still needs to give each run its namespaces and mounts
+//! ([`CONFINE`], and `clone` with namespace flags), on itself once it is started; each
+//! run's process, which inherits it, installs the short *confine* part. The kernel applies
+//! every filter a process has and keeps the strictest answer, so together they are the
+//! whole policy (a test checks this for every number), and each run compiles a program of
+//! a few instructions instead of the whole policy's.
 /// System calls a program never gets, whatever their arguments.
 pub const DENIED: &[(&str, libc::c_long)] = &[
     ("ptrace", libc::SYS_ptrace),
@@ -67,6 +75,18 @@ pub const DENIED: &[(&str, libc::c_long)] = &[
     ("uselib", libc::SYS_uselib),
 ];
 
+/// Denied calls a zygote still makes for each run (its tmpfs, `G`'s mounts), left to the
+/// confine part of the policy. `clone` with namespace flags belongs with them.
+pub const CONFINE: &[libc::c_long] = &[
+    libc::SYS_mount,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_clone,
+];
+
 /// `clone` flags that create namespaces; `clone` with any of them is denied.
 pub const NAMESPACE_FLAGS: &[(&str, libc::c_int)] = &[
     ("CLONE_NEWNS", libc::CLONE_NEWNS),
@@ -86,10 +106,12 @@ pub enum SeccompError {
     TooLong(usize),
 }
 
-/// The compiled program, ready to install.
+/// The compiled programs, ready to install: the whole policy, and its two parts.
 #[derive(Clone, Debug)]
 pub struct SeccompPolicy {
     program: Vec<libc::sock_filter>,
+    base: Vec<libc::sock_filter>,
+    confine: Vec<libc::sock_filter>,
 }
 
 const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
@@ -184,6 +206,24 @@ fn search(entries: &[(u32, Action)]) -> Vec<libc::sock_filter> {
     }
 }
 
+/// The program for `entries` (sorted by number): the architecture guard, then a search.
+fn program_for(entries: &[(u32, Action)]) -> Result<Vec<libc::sock_filter>, SeccompError> {
+    let mut program = vec![
+        // Other architectures die; x32 numbers fail.
+        ins(op::LD_W_ABS, 0, 0, ARCH),
+        ins(op::JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        ret(libc::SECCOMP_RET_KILL_PROCESS),
+        ins(op::LD_W_ABS, 0, 0, NR),
+        ins(op::JSET_K, 0, 1, X32_SYSCALL_BIT),
+        ret(EPERM),
+    ];
+    program.extend(search(entries));
+    if program.len() > 4096 {
+        return Err(SeccompError::TooLong(program.len()));
+    }
+    Ok(program)
+}
+
 impl SeccompPolicy {
     /// Compiles the policy for x86_64.
     pub fn compile() -> Result<SeccompPolicy, SeccompError> {
@@ -204,29 +244,36 @@ impl SeccompPolicy {
             .collect();
         entries.sort_by_key(|e| e.0);
         entries.dedup_by_key(|e| e.0);
-
-        let mut program = vec![
-            // Other architectures die; x32 numbers fail.
-            ins(op::LD_W_ABS, 0, 0, ARCH),
-            ins(op::JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-            ret(libc::SECCOMP_RET_KILL_PROCESS),
-            ins(op::LD_W_ABS, 0, 0, NR),
-            ins(op::JSET_K, 0, 1, X32_SYSCALL_BIT),
-            ret(EPERM),
-        ];
-        program.extend(search(&entries));
-        if program.len() > 4096 {
-            return Err(SeccompError::TooLong(program.len()));
-        }
-        Ok(SeccompPolicy { program })
+        let confined = |nr: u32| CONFINE.iter().any(|&c| i64::from(nr) == c);
+        let (confine, base): (Vec<_>, Vec<_>) =
+            entries.iter().copied().partition(|e| confined(e.0));
+        Ok(SeccompPolicy {
+            program: program_for(&entries)?,
+            base: program_for(&base)?,
+            confine: program_for(&confine)?,
+        })
     }
 
-    /// Installs the program on the calling thread. Sets `no_new_privs` first.
+    /// Installs the whole policy on the calling thread. Sets `no_new_privs` first.
     ///
     /// Async-signal-safe: no allocation, only `prctl` and `seccomp`.
     pub fn install(&self) -> Result<(), rustix::io::Errno> {
         rustix::thread::set_no_new_privs(true)?;
         crate::sys::seccomp_install(&self.program)
+    }
+
+    /// Installs the base part (all but [`CONFINE`]); a zygote's, once. Sets
+    /// `no_new_privs` first.
+    pub(crate) fn install_base(&self) -> Result<(), rustix::io::Errno> {
+        rustix::thread::set_no_new_privs(true)?;
+        crate::sys::seccomp_install(&self.base)
+    }
+
+    /// Installs the confine part, which completes the base part a process already has.
+    ///
+    /// Async-signal-safe: no allocation, only `seccomp`.
+    pub(crate) fn install_confine(&self) -> Result<(), rustix::io::Errno> {
+        crate::sys::seccomp_install(&self.confine)
     }
 
     /// Number of BPF instructions, for diagnostics.
@@ -345,6 +392,93 @@ mod tests {
             evaluate(&p.program, 39, 0x4000_0003, 0),
             libc::SECCOMP_RET_KILL_PROCESS
         );
+    }
+
+    /// What the kernel does with a call that two filters answered `a` and `b`: the answer
+    /// whose action comes first (actions compared as signed numbers, kill first).
+    fn strictest(a: u32, b: u32) -> u32 {
+        let action = |r: u32| (r & libc::SECCOMP_RET_ACTION_FULL).cast_signed();
+        if action(b) < action(a) { b } else { a }
+    }
+
+    #[test]
+    #[allow(clippy::cast_sign_loss)] // flags and domains
+    fn base_and_confine_together_are_the_whole_policy() {
+        let p = SeccompPolicy::compile().unwrap();
+        let args: Vec<u64> = NAMESPACE_FLAGS
+            .iter()
+            .map(|&(_, f)| (f | libc::SIGCHLD) as u64)
+            .chain([0, libc::SIGCHLD as u64])
+            .chain(
+                [
+                    libc::AF_UNIX,
+                    libc::AF_INET,
+                    libc::AF_INET6,
+                    libc::AF_NETLINK,
+                ]
+                .map(|d| d as u64),
+            )
+            .collect();
+        let arches = [AUDIT_ARCH_X86_64, 0x4000_0003];
+        for nr in (0..600).chain((0..600).map(|n| n | X32_SYSCALL_BIT)) {
+            for &arch in &arches {
+                for &arg in &args {
+                    let whole = evaluate(&p.program, nr, arch, arg);
+                    let split = strictest(
+                        evaluate(&p.confine, nr, arch, arg),
+                        evaluate(&p.base, nr, arch, arg),
+                    );
+                    assert_eq!(whole, split, "nr {nr} arch {arch:#x} arg {arg:#x}");
+                }
+            }
+        }
+        // The base part lets a zygote make its runs' namespaces and mounts; the run's part
+        // is a few instructions.
+        for nr in [libc::SYS_mount, libc::SYS_fsopen, libc::SYS_move_mount] {
+            let nr = u32::try_from(nr).unwrap();
+            assert_eq!(evaluate(&p.base, nr, AUDIT_ARCH_X86_64, 0), ALLOW);
+            assert_eq!(evaluate(&p.confine, nr, AUDIT_ARCH_X86_64, 0), EPERM);
+        }
+        let ns = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC) as u64;
+        let clone = u32::try_from(libc::SYS_clone).unwrap();
+        assert_eq!(evaluate(&p.base, clone, AUDIT_ARCH_X86_64, ns), ALLOW);
+        assert!(
+            p.confine.len() * 4 < p.program.len(),
+            "{} of {}",
+            p.confine.len(),
+            p.program.len()
+        );
+    }
+
+    #[test]
+    fn the_two_parts_installed_deny_what_the_whole_denies() {
+        let policy = SeccompPolicy::compile().expect("policy compiles");
+        let (inet, user_ns, forked) = std::thread::spawn(move || {
+            policy.install_base().expect("the base part installs");
+            policy.install_confine().expect("the confine part installs");
+            // SAFETY: socket and unshare take plain integers; a socket that opens is
+            // closed, and an unshare that succeeds changes only this thread.
+            let inet = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let inet = errno_of(inet.into());
+            // SAFETY: as above.
+            let user_ns = errno_of(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into());
+            // SAFETY: the child only calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: in the forked child.
+                unsafe { libc::_exit(0) };
+            }
+            if pid > 0 {
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            }
+            (inet, user_ns, pid > 0)
+        })
+        .join()
+        .expect("probe thread did not panic");
+        assert_eq!(inet, libc::EPERM);
+        assert_eq!(user_ns, libc::EPERM);
+        assert!(forked, "fork must keep working");
     }
 
     #[test]

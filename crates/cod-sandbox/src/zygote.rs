@@ -6,8 +6,9 @@
 //! into new PID, mount and IPC namespaces; `G` mounts the run's own work tmpfs on `/box`,
 //! `/tmp` and `/dev/shm` and a new `/proc`, then forks `H`. All of that happens ahead, while
 //! the slot is idle (the run is *parked*): `H` runs the interpreter's after-fork hooks,
-//! installs the program's seccomp policy, primes its copy of the interpreter (see `prime`
-//! in `python.rs`) and waits for its run. When the run comes, its files go into the parked tmpfs and `H`
+//! completes the program's seccomp policy (the zygote has all of it but the calls it makes
+//! for each run; see `seccomp.rs`), primes its copy of the interpreter (see `prime` in
+//! `python.rs`) and waits for its run. When the run comes, its files go into the parked tmpfs and `H`
 //! receives the plan and stdio, drops every privilege exactly as a cold run's program does
 //! (same rlimits, uid, empty capability sets, seccomp policy) and runs the program in the
 //! interpreter. When `H` ends, `G` kills and reaps whatever else the run left in its PID
@@ -172,6 +173,19 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
     sys::close_all_but(&[p.cmd, p.report]);
     sys::reset_signals();
     if let Err(e) = null_stdio() {
+        init::report(
+            p.report,
+            REPORT_WARM_FAILED,
+            WARM_SETUP,
+            e.raw_os_error(),
+            0,
+        );
+        sys::exit_now(1);
+    }
+    // Everything of the program's seccomp policy but the calls this process and its `G`s
+    // make for each run (its tmpfs, the run's namespaces and mounts): each run's process
+    // then installs only those (see `seccomp.rs`), and the interpreter is loaded under it.
+    if let Err(e) = p.seccomp.install_base() {
         init::report(
             p.report,
             REPORT_WARM_FAILED,
@@ -724,9 +738,9 @@ impl Zygote<'_> {
             let _ = rustix::io::write(&f, b"1000");
         }
         self.python.after_fork_child();
-        // The program's seccomp policy goes in now, off the run's path (the kernel checks
-        // and compiles it, about 0.15 ms): it denies nothing that is left to do here.
-        if let Err(e) = self.p.seccomp.install() {
+        // The rest of the program's seccomp policy goes in now, off the run's path (the
+        // zygote has the base part): it denies nothing that is left to do here.
+        if let Err(e) = self.p.seccomp.install_confine() {
             // No holder (see below), then why.
             let mut words = [0u8; 8];
             words[4..].copy_from_slice(&e.raw_os_error().to_le_bytes());
