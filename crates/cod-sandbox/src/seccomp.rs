@@ -15,12 +15,13 @@
 //! number, as well as install it for real.
 //!
 //! A zygote (see `zygote.rs`) takes the policy in two parts. It installs the *base* part,
-//! everything but the calls it still needs to give each run its namespaces and mounts
-//! ([`CONFINE`], and `clone` with namespace flags), on itself once it is started; each
-//! run's process, which inherits it, installs the short *confine* part. The kernel applies
-//! every filter a process has and keeps the strictest answer, so together they are the
-//! whole policy (a test checks this for every number), and each run compiles a program of
-//! a few instructions instead of the whole policy's.
+//! everything but the calls it still makes to give each run its namespaces and mounts
+//! ([`CONFINE`]: the mount calls, and `clone` with namespace flags), on itself once it is
+//! started; each run's process, which inherits it, installs the short *confine* part. The
+//! kernel applies every filter a process has and keeps the strictest answer, so together
+//! they are the whole policy (a test checks this for every number), and each run compiles
+//! only the short part.
+
 /// System calls a program never gets, whatever their arguments.
 pub const DENIED: &[(&str, libc::c_long)] = &[
     ("ptrace", libc::SYS_ptrace),

@@ -172,20 +172,10 @@ pub(crate) fn zygote_main(p: &InitPlan<'_>, bufs: &mut InitBuffers, warm: WarmRu
     // would hide the keeper's death from the helper.
     sys::close_all_but(&[p.cmd, p.report]);
     sys::reset_signals();
-    if let Err(e) = null_stdio() {
-        init::report(
-            p.report,
-            REPORT_WARM_FAILED,
-            WARM_SETUP,
-            e.raw_os_error(),
-            0,
-        );
-        sys::exit_now(1);
-    }
-    // Everything of the program's seccomp policy but the calls this process and its `G`s
-    // make for each run (its tmpfs, the run's namespaces and mounts): each run's process
-    // then installs only those (see `seccomp.rs`), and the interpreter is loaded under it.
-    if let Err(e) = p.seccomp.install_base() {
+    // Then everything of the program's seccomp policy but the calls this process and its
+    // `G`s make for each run (its tmpfs, the run's namespaces and mounts): each run's process
+    // installs only those (see `seccomp.rs`), and the interpreter is loaded under it.
+    if let Err(e) = null_stdio().and_then(|()| p.seccomp.install_base()) {
         init::report(
             p.report,
             REPORT_WARM_FAILED,
