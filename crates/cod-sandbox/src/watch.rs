@@ -244,6 +244,65 @@ pub(crate) struct Watch<'a> {
     pub(crate) inbox: &'a mut Inbox,
 }
 
+/// Most processes [`descendants_peak_kib`] looks at (a run has at most its process limit).
+const MAX_WALK: usize = 1024;
+
+/// The largest `VmHWM` (KiB) among the descendants of `root`, from `/proc`: a run's peak
+/// memory as its init reports it for a program that ends by itself.
+fn descendants_peak_kib(root: i32) -> u64 {
+    let mut todo = children(root);
+    let (mut peak, mut seen) = (0u64, 0usize);
+    while let Some(pid) = todo.pop() {
+        seen += 1;
+        if seen > MAX_WALK {
+            break;
+        }
+        peak = peak.max(vm_hwm_kib(pid));
+        todo.extend(children(pid));
+    }
+    peak
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// `VmHWM` of `pid` in KiB; 0 if it is gone (or a kernel thread).
+fn vm_hwm_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+            line.trim().trim_end_matches("kB").trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The pid (in this process's namespace) a pidfd refers to, from its `fdinfo`.
+fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
+}
+
 /// How often a running stage reports its usage ([`Event::Usage`]).
 const USAGE_EVERY: Duration = Duration::from_millis(250);
 /// Most stdin bytes waiting for the program to read them; more is dropped (the caller
@@ -306,6 +365,9 @@ impl Watch<'_> {
         let mut report: Option<(i32, i32)> = None;
         let mut peak_kib: u64 = 0;
         let mut init_dead = false;
+        // The largest resident size of the run's processes, read right before a limit
+        // kills them (a run that ends by itself has it reported by its init).
+        let peak_at_kill = std::cell::Cell::new(0u64);
         let mut killed: Option<LimitReason> = None;
         let mut cancelled = false;
         let mut sock_open = true;
@@ -326,6 +388,15 @@ impl Watch<'_> {
                     // caller's request that triggered it.
                     *end = Some(Instant::now());
                     *killed = reason;
+                    if reason.is_some() {
+                        // The run's processes are the descendants of what the kill ends (a
+                        // zygote run's `G`, whose own memory is the zygote's, or the init).
+                        let root = match self.kill {
+                            Some(pidfd) => pidfd_pid(pidfd),
+                            None => Some(self.init.pid()),
+                        };
+                        peak_at_kill.set(root.map_or(0, descendants_peak_kib));
+                    }
                     match self.kill {
                         Some(fd) => {
                             let _ = rustix::process::pidfd_send_signal(
@@ -590,9 +661,12 @@ impl Watch<'_> {
                 // resident size of the run's processes (memory cod's own processes free
                 // meanwhile must not hide the program's), which counts shared library
                 // pages too: never more than the limit.
-                memory_peak: usage
-                    .memory_peak
-                    .max(peak_kib.saturating_mul(1024).min(self.limits.memory.get())),
+                memory_peak: usage.memory_peak.max(
+                    peak_kib
+                        .max(peak_at_kill.get())
+                        .saturating_mul(1024)
+                        .min(self.limits.memory.get()),
+                ),
             },
             alive,
         ))

@@ -42,6 +42,7 @@ mod slot {
     pub(crate) const WALL_COVERS_CPU: u32 = 19;
     pub(crate) const OUTPUT_AT_EXIT: u32 = 20;
     pub(crate) const STDIN_EMPTY: u32 = 21;
+    pub(crate) const PEAK_AT_KILL: u32 = 22;
 }
 
 const SIGKILL: i32 = libc::SIGKILL;
@@ -367,6 +368,34 @@ fn memory_peak_is_measured() {
     assert_eq!(field(&o, "touched_mib"), "50", "{d}");
     assert!(o.memory_peak >= Bytes::mib(50).get(), "{d}");
     assert!(o.memory_peak < Bytes::mib(256).get(), "{d}");
+}
+
+#[test]
+fn a_run_killed_at_a_limit_reports_its_processes_peak_like_one_that_ends() {
+    // The same interpreter ending by itself, then killed at its CPU and at its wall limit:
+    // each reports at least the interpreter's resident size, not only what the slot's
+    // cgroup grew by (the interpreter's code is page cache, charged to no run).
+    let python = |src: &str| Run::cmd(slot::PEAK_AT_KILL, &["/usr/bin/python3", "-c", src]);
+    let ends = python("pass").run_on(jail());
+    let d = describe(&ends);
+    assert_eq!(ends.status(), Status::Ok, "{d}");
+    assert!(ends.memory_peak >= Bytes::mib(4).get(), "{d}");
+    let spins = python("while True: pass")
+        .limits(|l| l.cpu = Duration::from_millis(300))
+        .run_on(jail());
+    let sleeps = python("import time\ntime.sleep(60)")
+        .limits(|l| l.wall = Duration::from_millis(500))
+        .run_on(jail());
+    for (killed, reason) in [(spins, LimitReason::Cpu), (sleeps, LimitReason::Wall)] {
+        let d = describe(&killed);
+        assert_eq!(killed.limit, Some(reason), "{d}");
+        assert!(
+            killed.memory_peak * 10 >= ends.memory_peak * 9,
+            "killed: {} bytes, ended: {} bytes; {d}",
+            killed.memory_peak,
+            ends.memory_peak
+        );
+    }
 }
 
 #[test]

@@ -797,6 +797,26 @@ fn node_started_ahead_runs_the_program_like_a_fresh_node() {
     assert_eq!(o.status(), Status::TimeLimit, "{}", describe(&o));
 }
 
+/// A warm run killed at a limit reports the memory of its process as one that ends does
+/// (most of it shared with the zygote, so in no growth of the slot's cgroup).
+#[test]
+fn a_warm_run_killed_at_a_limit_reports_its_peak_like_one_that_ends() {
+    let slot = 26;
+    let jail = warm_jail(UID_BASE + 400, &[slot]);
+    let ends = run_warm(&jail, &script(slot, "pass", &[]));
+    assert_eq!(ends.status(), Status::Ok, "{}", describe(&ends));
+    let spin = script(slot, "while True: pass", &[]).limits(|l| l.cpu = Duration::from_millis(300));
+    let killed = run_warm(&jail, &spin);
+    let d = describe(&killed);
+    assert_eq!(killed.status(), Status::TimeLimit, "{d}");
+    assert!(
+        killed.memory_peak * 10 >= ends.memory_peak * 9,
+        "killed: {} bytes, ended: {} bytes; {d}",
+        killed.memory_peak,
+        ends.memory_peak
+    );
+}
+
 #[test]
 fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
     // The program started ahead is released by its arguments. They must come after the
