@@ -916,6 +916,59 @@ command = ["/usr/bin/cat", "{source}"]
         assert_eq!(lang.version, "7.2.1");
     }
 
+    /// Rust links with the toolchain's `rust-lld`, given what `cc` would add, where the
+    /// toolchain has it; through `cc`, rustc's default, where it does not.
+    #[test]
+    fn rust_links_with_rust_lld_where_the_toolchain_has_it_and_through_cc_elsewhere() {
+        let Ok(sysroot) = probe(&["rustc".into(), "--print".into(), "sysroot".into()]) else {
+            return; // no Rust on this host: the language is unavailable anyway
+        };
+        let (_, text) = BUILTIN.iter().find(|(f, _)| *f == "rust.toml").unwrap();
+        let compile = |text: &str| {
+            let lang = resolve(&parse("rust.toml", text).unwrap()).unwrap();
+            lang.compile.unwrap().command
+        };
+        let has = |cmd: &[String], arg: &str| cmd.iter().any(|a| a == arg);
+        let cmd = compile(text);
+        let host = probe(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            "rustc -vV | sed -n 's/^host: //p'".into(),
+        ])
+        .unwrap();
+        let lld = format!("{sysroot}/lib/rustlib/{host}/bin/rust-lld");
+        if Path::new(&lld).exists() {
+            assert!(has(&cmd, "linker-flavor=ld.lld"), "{cmd:?}");
+            let linker = format!("linker=/opt/rust/lib/rustlib/{host}/bin/rust-lld");
+            assert!(has(&cmd, &linker), "{cmd:?}");
+            let args = cmd.iter().find(|a| a.starts_with("link-args=")).unwrap();
+            for part in [
+                "Scrt1.o",
+                "crti.o",
+                "crtbeginS.o",
+                "crtendS.o",
+                "crtn.o",
+                "-L/",
+                "--dynamic-linker=/",
+            ] {
+                assert!(args.contains(part), "{part} missing in {args}");
+            }
+        }
+        // A toolchain without rust-lld: its rustc, and nothing else.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        std::os::unix::fs::symlink(format!("{sysroot}/bin/rustc"), dir.path().join("bin/rustc"))
+            .unwrap();
+        let bare = text.replace(
+            r#"sysroot = ["rustc", "--print", "sysroot"]"#,
+            &format!(r#"sysroot = ["/bin/echo", "{}"]"#, dir.path().display()),
+        );
+        assert_ne!(bare, *text, "the test no longer finds rust.toml's sysroot");
+        let cmd = compile(&bare);
+        assert!(has(&cmd, "linker=cc"), "{cmd:?}");
+        assert!(has(&cmd, "linker-flavor=gcc"), "{cmd:?}");
+    }
+
     #[test]
     fn lookup_is_by_name_alias_or_extension() {
         let reg = Registry::load(None, &[]).unwrap();
