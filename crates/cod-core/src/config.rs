@@ -229,6 +229,11 @@ pub struct SandboxConfig {
     /// weight (one CPU's worth each when all are busy) and a run may use CPUs that idle.
     #[serde(default)]
     pub cpus: u32,
+    /// Keep each worker slot's own processes (keeper, supervisor, sandbox init, zygote) on
+    /// one CPU, slot `n` on the `n`-th CPU cod may use (modulo their number). Programs still
+    /// run on every CPU.
+    #[serde(default = "default_pin_slots")]
+    pub pin_slots: bool,
     /// Directory for the sandbox's private mount points; default: the system temp dir.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -246,6 +251,10 @@ fn default_uid_base() -> u32 {
 fn default_stack() -> Bytes {
     DEFAULT_STACK
 }
+fn default_pin_slots() -> bool {
+    true
+}
+
 fn default_open_files() -> u64 {
     DEFAULT_OPEN_FILES
 }
@@ -260,6 +269,7 @@ impl Default for SandboxConfig {
             stack: DEFAULT_STACK,
             open_files: DEFAULT_OPEN_FILES,
             cpus: 0,
+            pin_slots: true,
             state_dir: None,
         }
     }

@@ -48,6 +48,12 @@ pub struct JailConfig {
     /// CPU quota of each run, in CPUs; 0 sets none (slots share CPUs by equal weight and
     /// may use idle ones).
     pub cpus_per_run: u32,
+    /// Keep each slot's own processes (its keeper, supervisors, sandbox inits and zygotes)
+    /// on one CPU, slot `n` on the `n`-th of the CPUs this process may use (modulo their
+    /// number); programs still run on all of them. A run's hand-offs then wake processes on
+    /// the CPU they last ran on, and a zygote's memory is never live on two CPUs at once.
+    #[serde(default = "pin_by_default")]
+    pub pin_slots: bool,
     /// `RLIMIT_STACK` of programs, bytes.
     pub stack: u64,
     /// `RLIMIT_NOFILE` of programs.
@@ -61,6 +67,10 @@ pub struct JailConfig {
     /// slot holds is set with [`Jail::set_warm`].
     #[serde(default)]
     pub warm: Vec<WarmRuntime>,
+}
+
+fn pin_by_default() -> bool {
+    true
 }
 
 /// Most warm runtimes a jail knows.
@@ -84,6 +94,7 @@ impl Default for JailConfig {
             uid_base: cod_core::config::DEFAULT_UID_BASE,
             slots: 64,
             cpus_per_run: 0,
+            pin_slots: true,
             stack: cod_core::config::DEFAULT_STACK.get(),
             open_files: cod_core::config::DEFAULT_OPEN_FILES,
             state_dir: std::env::temp_dir(),

@@ -108,7 +108,10 @@ fn start(config: JailConfig) -> Result<HelperState, String> {
         s
     })?;
     let staging = staging_dir(&config.state_dir, me)?;
+    let cpus = rustix::thread::sched_getaffinity(None)
+        .map_err(|e| format!("reading the CPUs this process may use: {e}"))?;
     Ok(HelperState {
+        cpus,
         staging_root: staging.join("root"),
         staging_scratch: staging.join("scratch"),
         config,

@@ -104,6 +104,8 @@ const EXEC_FAILED: i32 = 127;
 pub(crate) struct InitPlan<'a> {
     pub(crate) mounts: &'a MountPlan,
     pub(crate) seccomp: &'a SeccompPolicy,
+    /// The CPUs a program runs on, when the slot's own processes are held to one of them.
+    pub(crate) unpin: Option<&'a rustix::thread::CpuSet>,
     /// Init's end of the command socket.
     pub(crate) cmd: RawFd,
     /// Init's end of the report pipe (write).
@@ -1214,6 +1216,10 @@ pub(crate) fn prepare_exec(
     reset_signals: bool,
     seccomp_installed: bool,
 ) -> Result<(), Errno> {
+    // The slot's own processes may be held to one CPU; the program gets all of the jail's.
+    if let Some(cpus) = p.unpin {
+        rustix::thread::sched_setaffinity(None, cpus)?;
+    }
     if reset_signals {
         sys::reset_signals();
     } else {

@@ -752,8 +752,32 @@ impl Keeper<'_> {
 }
 
 /// The keeper's main function: serves messages arriving on `sock` until it closes.
+/// Holds this process, and so everything it starts, to slot `slot`'s CPU: the
+/// `slot mod n`-th of the `n` CPUs in `cpus`. Programs leave it (see `init::prepare_exec`).
+/// With one CPU there is nothing to choose.
+fn pin_to_slot_cpu(slot: u32, cpus: &rustix::thread::CpuSet) {
+    let n = cpus.count();
+    if n <= 1 {
+        return;
+    }
+    let k = usize::try_from(slot % n).unwrap_or(0);
+    let Some(cpu) = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| cpus.is_set(c))
+        .nth(k)
+    else {
+        return;
+    };
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(cpu);
+    // Should it fail (a cpuset changed since), the slot runs unpinned, as without it.
+    let _ = rustix::thread::sched_setaffinity(None, &one);
+}
+
 pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
     let cg = setup(slot, state);
+    if state.config.pin_slots {
+        pin_to_slot_cpu(slot, &state.cpus);
+    }
     let n = state.config.warm.len();
     let mut k = Keeper {
         slot,

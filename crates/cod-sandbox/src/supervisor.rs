@@ -39,6 +39,8 @@ pub(crate) struct HelperState {
     pub(crate) seccomp: SeccompPolicy,
     pub(crate) staging_root: PathBuf,
     pub(crate) staging_scratch: PathBuf,
+    /// The CPUs the helper may use, as it started: programs run on all of them.
+    pub(crate) cpus: rustix::thread::CpuSet,
 }
 
 /// The slot a supervisor runs in: forked by the slot's keeper, it already sits in the
@@ -610,9 +612,8 @@ fn run_stage(
         start,
         own_base,
         cpus: match st.config.cpus_per_run {
-            0 => rustix::thread::sched_getaffinity(None)
-                .map_or(1, |s| s.count())
-                .max(1),
+            // The helper's CPUs: this supervisor may be held to its slot's one.
+            0 => st.cpus.count().max(1),
             n => n,
         },
         limits: stage.limits,

@@ -817,6 +817,86 @@ fn a_warm_run_killed_at_a_limit_reports_its_peak_like_one_that_ends() {
     );
 }
 
+/// `Cpus_allowed_list` of `/proc/<pid>/status` (`self` for this process).
+fn cpus_allowed(pid: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Every descendant of `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in list.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// A slot's own processes are held to one CPU, slot `n` to the `n`-th of the jail's
+/// (modulo their number), and its programs, warm or cold, run on all of them.
+#[test]
+fn a_slots_processes_keep_to_one_cpu_and_its_programs_get_all() {
+    let slot = 27;
+    let jail = warm_jail(UID_BASE + 410, &[slot]);
+    let all = cpus_allowed("self");
+    let probe = "import os\nprint(open('/proc/self/status').read().split('Cpus_allowed_list:')[1].split()[0])";
+    let warm = run_warm(&jail, &script(slot, probe, &[]));
+    assert_eq!(
+        warm.stdout,
+        format!("{all}\n").as_bytes(),
+        "{}",
+        describe(&warm)
+    );
+    let cold = Run::cmd(
+        slot,
+        &["/bin/grep", "Cpus_allowed_list", "/proc/self/status"],
+    )
+    .run_on(&jail);
+    let out = String::from_utf8_lossy(&cold.stdout);
+    assert_eq!(
+        out.split_whitespace().nth(1),
+        Some(all.as_str()),
+        "{}",
+        describe(&cold)
+    );
+    let cpus: Vec<usize> = (0..1024)
+        .filter(|c| {
+            all.split(',').any(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).contains(c),
+                None => r.parse() == Ok(*c),
+            })
+        })
+        .collect();
+    if cpus.len() < 2 {
+        return; // one CPU: nothing to hold the slot to
+    }
+    let want = cpus[slot as usize % cpus.len()].to_string();
+    let helper = jail.helper_pid().expect("the helper runs");
+    let mine = descendants(helper);
+    assert!(!mine.is_empty(), "the slot has processes");
+    for pid in mine {
+        let allowed = cpus_allowed(&pid.to_string());
+        // A process that ended meanwhile has no status left.
+        if !allowed.is_empty() {
+            assert_eq!(allowed, want, "process {pid} of slot {slot}");
+        }
+    }
+}
+
 #[test]
 fn a_program_started_ahead_starts_after_its_files_and_under_its_limits() {
     // The program started ahead is released by its arguments. They must come after the

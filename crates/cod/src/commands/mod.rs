@@ -104,6 +104,7 @@ fn jail_config(
         uid_base: s.uid_base,
         slots: u32::try_from(slots).context("too many workers")?,
         cpus_per_run: s.cpus,
+        pin_slots: s.pin_slots,
         stack: s.stack.get(),
         open_files: s.open_files,
         state_dir: s.state_dir.clone().unwrap_or_else(std::env::temp_dir),
