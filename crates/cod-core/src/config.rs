@@ -230,8 +230,8 @@ pub struct SandboxConfig {
     #[serde(default)]
     pub cpus: u32,
     /// Keep each worker slot's own processes (keeper, supervisor, sandbox init, zygote) on
-    /// one CPU, slot `n` on the `n`-th CPU cod may use (modulo their number). Programs still
-    /// run on every CPU.
+    /// one CPU, slot `n` on the `n`-th CPU cod may use (modulo their number), when there are
+    /// at least as many slots as CPUs. Programs still run on every CPU.
     #[serde(default = "default_pin_slots")]
     pub pin_slots: bool,
     /// Directory for the sandbox's private mount points; default: the system temp dir.

@@ -50,7 +50,8 @@ pub struct JailConfig {
     pub cpus_per_run: u32,
     /// Keep each slot's own processes (its keeper, supervisors, sandbox inits and zygotes)
     /// on one CPU, slot `n` on the `n`-th of the CPUs this process may use (modulo their
-    /// number); programs still run on all of them. A run's hand-offs then wake processes on
+    /// number), when there are at least as many slots as those CPUs; programs still run on
+    /// all of them. A run's hand-offs then wake processes on
     /// the CPU they last ran on, and a zygote's memory is never live on two CPUs at once.
     #[serde(default = "pin_by_default")]
     pub pin_slots: bool,

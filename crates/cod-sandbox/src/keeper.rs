@@ -775,7 +775,9 @@ fn pin_to_slot_cpu(slot: u32, cpus: &rustix::thread::CpuSet) {
 
 pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
     let cg = setup(slot, state);
-    if state.config.pin_slots {
+    // Only a jail with a slot for every CPU: several small jails on one machine (fleet
+    // workers of one slot, say) would otherwise all hold their slot 0 to the same CPU.
+    if state.config.pin_slots && state.config.slots >= state.cpus.count() {
         pin_to_slot_cpu(slot, &state.cpus);
     }
     let n = state.config.warm.len();
