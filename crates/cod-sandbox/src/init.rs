@@ -1216,9 +1216,10 @@ pub(crate) fn prepare_exec(
     reset_signals: bool,
     seccomp_installed: bool,
 ) -> Result<(), Errno> {
-    // The slot's own processes may be held to one CPU; the program gets all of the jail's.
+    // The slot's own processes may be held to one CPU; the program gets all of the jail's
+    // (should that fail, a cpuset shrunk since, it runs where the slot does).
     if let Some(cpus) = p.unpin {
-        rustix::thread::sched_setaffinity(None, cpus)?;
+        let _ = rustix::thread::sched_setaffinity(None, cpus);
     }
     if reset_signals {
         sys::reset_signals();

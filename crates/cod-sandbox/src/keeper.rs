@@ -751,7 +751,6 @@ impl Keeper<'_> {
     }
 }
 
-/// The keeper's main function: serves messages arriving on `sock` until it closes.
 /// Holds this process, and so everything it starts, to slot `slot`'s CPU: the
 /// `slot mod n`-th of the `n` CPUs in `cpus`. Programs leave it (see `init::prepare_exec`).
 /// With one CPU there is nothing to choose.
@@ -773,11 +772,10 @@ fn pin_to_slot_cpu(slot: u32, cpus: &rustix::thread::CpuSet) {
     let _ = rustix::thread::sched_setaffinity(None, &one);
 }
 
+/// The keeper's main function: serves messages arriving on `sock` until it closes.
 pub(crate) fn keeper_main(sock: OwnedFd, slot: u32, state: &HelperState) -> ! {
     let cg = setup(slot, state);
-    // Only a jail with a slot for every CPU: several small jails on one machine (fleet
-    // workers of one slot, say) would otherwise all hold their slot 0 to the same CPU.
-    if state.config.pin_slots && state.config.slots >= state.cpus.count() {
+    if state.pins_slots() {
         pin_to_slot_cpu(slot, &state.cpus);
     }
     let n = state.config.warm.len();

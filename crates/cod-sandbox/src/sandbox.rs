@@ -183,7 +183,7 @@ impl Sandbox {
         let init_plan = InitPlan {
             mounts: &plan,
             seccomp: &st.seccomp,
-            unpin: st.config.pin_slots.then_some(&st.cpus),
+            unpin: st.pins_slots().then_some(&st.cpus),
             cmd: cmd_init.as_raw_fd(),
             report: rep_w.as_raw_fd(),
             close_first: &close_in_init,

@@ -43,6 +43,15 @@ pub(crate) struct HelperState {
     pub(crate) cpus: rustix::thread::CpuSet,
 }
 
+impl HelperState {
+    /// Whether each slot's own processes keep to one CPU (see `JailConfig::pin_slots`):
+    /// only in a jail with a slot for every CPU, since several small jails on one machine
+    /// (fleet workers of one slot, say) would otherwise all hold their slot 0 to one CPU.
+    pub(crate) fn pins_slots(&self) -> bool {
+        self.config.pin_slots && self.config.slots >= self.cpus.count()
+    }
+}
+
 /// The slot a supervisor runs in: forked by the slot's keeper, it already sits in the
 /// slot's cgroup and network namespace.
 pub(crate) struct SlotContext<'a> {
