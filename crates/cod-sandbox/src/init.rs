@@ -1026,7 +1026,8 @@ fn told_exit(child: i32) -> Option<i32> {
 }
 
 /// The largest resident size `pid` has had, in KiB (`VmHWM` in `/proc/PID/status`), or 0.
-fn high_water_kib(pid: i32) -> i32 {
+/// Allocates nothing.
+pub(crate) fn high_water_kib(pid: i32) -> i32 {
     let mut buf = [0u8; 4096];
     let Some(n) = read_proc(pid, b"/status", &mut buf) else {
         return 0;

@@ -481,10 +481,9 @@ impl Sandbox {
     pub(crate) fn measure_prestarted(&mut self) {
         let pid = self.init.pid();
         if let Some(pre) = &mut self.prestarted {
-            pre.idle_memory = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .ok()
-                .and_then(|c| c.split_whitespace().next().map(str::to_owned))
-                .map_or(0, |child| private_memory(&child));
+            pre.idle_memory = sys::children(pid)
+                .first()
+                .map_or(0, |child| private_memory(&child.to_string()));
         }
     }
 

@@ -365,6 +365,22 @@ pub(crate) fn set_saved_uid(uid: u32) -> Result<(), Errno> {
     if rc < 0 { Err(errno()) } else { Ok(()) }
 }
 
+/// The children of every thread of `pid` (from `/proc`; none if it is gone).
+pub(crate) fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
 /// `kill(-1, SIGKILL)`: from a PID namespace's init, kills every other process in it.
 pub(crate) fn kill_all_but_self() -> io::Result<()> {
     // SAFETY: kill takes plain integers.

@@ -13,11 +13,11 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 
 use crate::cgroup::{Baseline, SlotCgroup};
-use crate::init;
 use crate::protocol::{self, Event, Failure, Request};
 use crate::sandbox::{InitProcess, read_report};
 use crate::spec::{Exit, FileEntry, SharedFile, StageOutcome};
 use crate::supervisor::{errno_failure, error_chain, failure, io_failure, timespec};
+use crate::{init, sys};
 
 /// The longest interval between two reads of the cgroup's CPU counter.
 const CPU_CHECK_MAX: Duration = Duration::from_millis(100);
@@ -250,44 +250,17 @@ const MAX_WALK: usize = 1024;
 /// The largest `VmHWM` (KiB) among the descendants of `root`, from `/proc`: a run's peak
 /// memory as its init reports it for a program that ends by itself.
 fn descendants_peak_kib(root: i32) -> u64 {
-    let mut todo = children(root);
+    let mut todo = sys::children(root);
     let (mut peak, mut seen) = (0u64, 0usize);
     while let Some(pid) = todo.pop() {
         seen += 1;
         if seen > MAX_WALK {
             break;
         }
-        peak = peak.max(vm_hwm_kib(pid));
-        todo.extend(children(pid));
+        peak = peak.max(u64::try_from(init::high_water_kib(pid)).unwrap_or(0));
+        todo.extend(sys::children(pid));
     }
     peak
-}
-
-/// The children of every thread of `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|list| {
-            list.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
-}
-
-/// `VmHWM` of `pid` in KiB; 0 if it is gone (or a kernel thread).
-fn vm_hwm_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-            line.trim().trim_end_matches("kB").trim().parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 /// The pid (in this process's namespace) a pidfd refers to, from its `fdinfo`.
