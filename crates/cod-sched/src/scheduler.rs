@@ -113,6 +113,9 @@ pub enum RejectReason {
     ClientRate,
     /// The client already has its limit of runs queued or running.
     ClientConcurrency,
+    /// A fleet gateway cannot reach its broker (NATS) at the moment, so it cannot store
+    /// the run; never given by the scheduler itself.
+    BrokerUnreachable,
 }
 
 impl RejectReason {
@@ -124,6 +127,7 @@ impl RejectReason {
             RejectReason::WaitTooLong => "wait_too_long",
             RejectReason::ClientRate => "client_rate",
             RejectReason::ClientConcurrency => "client_concurrency",
+            RejectReason::BrokerUnreachable => "broker_unreachable",
         }
     }
 }

@@ -26,7 +26,8 @@ pub enum ApiError {
     Unauthorized(String),
     /// The run was cancelled before it finished (409).
     Cancelled(String),
-    /// Too many runs are waiting (429, with `Retry-After`).
+    /// Too many runs are waiting (429, with `Retry-After`), or, for a fleet gateway whose
+    /// broker is unreachable, the run cannot be taken now (503, with `Retry-After`).
     Overloaded(Rejected),
     /// cod failed (500); the detail is logged, not sent.
     Internal(String),
@@ -47,6 +48,9 @@ impl ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
             ApiError::Cancelled(m) => (StatusCode::CONFLICT, m.clone()),
+            ApiError::Overloaded(r) if r.reason == RejectReason::BrokerUnreachable => {
+                (StatusCode::SERVICE_UNAVAILABLE, overload_message(r))
+            }
             ApiError::Overloaded(r) => (StatusCode::TOO_MANY_REQUESTS, overload_message(r)),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,6 +107,9 @@ fn overload_message(r: &Rejected) -> String {
         }
         RejectReason::ClientConcurrency => format!(
             "this client already has its limit of runs queued or running; retry after {secs} s"
+        ),
+        RejectReason::BrokerUnreachable => format!(
+            "the fleet's broker (NATS) cannot be reached from this gateway, so the run cannot be stored; retry after {secs} s"
         ),
     }
 }

@@ -198,6 +198,7 @@ async fn answer(st: &AppState, admitted: Admitted, wait: bool) -> (StatusCode, J
         (status = 200, description = "With `wait=true`: the finished job", body = JobView),
         (status = 400, description = "Bad input, naming the field", body = crate::openapi::ErrorBody),
         (status = 429, description = "Overloaded; see `Retry-After`", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn create(
@@ -221,6 +222,7 @@ pub async fn create(
         (status = 202, description = "Every job accepted", body = BatchResponse),
         (status = 400, description = "Bad input, naming the field (`jobs[2].language`)", body = crate::openapi::ErrorBody),
         (status = 429, description = "Overloaded: no job of the batch was accepted", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn batch(

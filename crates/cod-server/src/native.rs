@@ -102,6 +102,7 @@ pub(crate) async fn run_job(
         (status = 409, description = "Cancelled by id before it finished", body = crate::openapi::ErrorBody),
         (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
         (status = 429, description = "Overloaded; see `Retry-After`", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn run(

@@ -12,13 +12,13 @@ use serde::Serialize;
 use utoipa::openapi::OpenApi as Doc;
 use utoipa::{OpenApi, ToSchema};
 
-/// An error: `{"error": "..."}` naming the field; on 429 also `reason`.
+/// An error: `{"error": "..."}` naming the field; on 429 and 503 also `reason`.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     /// What is wrong, naming the field (`limits.cpu_ms: ...`).
     pub error: String,
     /// On 429: `queue_full`, `queue_cpu`, `wait_too_long`, `client_rate` or
-    /// `client_concurrency`.
+    /// `client_concurrency`; on 503 (a fleet gateway): `broker_unreachable`.
     pub reason: Option<String>,
 }
 

@@ -385,6 +385,7 @@ fn job(st: &AppState, req: ExecuteRequest) -> Result<Job, PistonError> {
         (status = 200, description = "Piston v2's execute response, plus `cod_status`", body = Object),
         (status = 400, description = "`{\"message\": \"...\"}`", body = Object),
         (status = 429, description = "Overloaded; see `Retry-After`", body = Object),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = Object),
     )
 )]
 pub async fn execute(

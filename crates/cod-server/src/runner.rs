@@ -86,7 +86,7 @@ impl AppState {
         if let Some(remote) = self.worker.remote() {
             remote.admit().map_err(|r| {
                 metrics::rejected(r.reason);
-                tracing::info!(job = %sub.item.id, client = %sub.caller.client, reason = r.reason.as_str(), "run refused: the fleet is full");
+                tracing::info!(job = %sub.item.id, client = %sub.caller.client, reason = r.reason.as_str(), "run refused by the fleet's admission");
                 ApiError::Overloaded(r)
             })?;
         }

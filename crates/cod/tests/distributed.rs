@@ -564,6 +564,91 @@ async fn a_draining_worker_finishes_its_runs_and_exits() {
     assert_eq!(v["worker"], "w2");
 }
 
+/// A worker told to drain while its NATS server is gone, with no run in hand, has nothing
+/// to wait for: it exits at once rather than hang in a claim that no server answers.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_worker_with_nothing_in_hand_drains_while_nats_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let mut w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    nats.kill();
+    // A heartbeat has gone unanswered: its one-second sweeps have met the outage too.
+    w1.wait_line("heartbeat not stored");
+    w1.signal(rustix::process::Signal::TERM);
+    let status = w1.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        w1.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("worker drained")),
+        "{:#?}",
+        w1.log.lock().unwrap()
+    );
+}
+
+/// Waits (bounded) for a line of the gateway's log containing `what`.
+fn wait_gateway_line(gw: &Server, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match gw.lines.recv_timeout(left) {
+            Ok(l) if l.contains(what) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no gateway line with {what:?}"),
+        }
+    }
+}
+
+/// A gateway that cannot reach NATS refuses runs at once with a 503 and `Retry-After`,
+/// on every API, rather than hold them and fail them later; once NATS is back it serves.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    nats.kill();
+    wait_gateway_line(&gw, "event: disconnected");
+    let body = json!({"language": "python", "source": "print(1)"});
+    for (path, body) in [
+        ("/api/v1/run", body.clone()),
+        ("/api/v1/jobs", body.clone()),
+        (
+            "/api/v2/execute",
+            json!({"language": "python", "version": "*", "files": [{"content": "print(1)"}]}),
+        ),
+    ] {
+        let r = client()
+            .post(gw.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503, "{path}");
+        assert_eq!(
+            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "{path}"
+        );
+        let v: Value = r.json().await.unwrap();
+        let message = v["error"].as_str().or(v["message"].as_str()).unwrap_or("");
+        assert!(message.contains("broker"), "{path}: {v}");
+    }
+    let (_, v) = post_json(&gw.url("/api/v1/run"), &body).await;
+    assert_eq!(v["reason"], "broker_unreachable", "{v}");
+    nats.restart();
+    wait_gateway_line(&gw, "event: connected");
+    let v = run(&gw, "python", "print('back')").await;
+    assert_eq!(v["stdout"], "back\n", "{v}");
+}
+
 /// The editor through a gateway: an interactive program answered over the socket, its
 /// input relayed to the worker, and Stop ending an endless loop on the worker.
 #[tokio::test(flavor = "multi_thread")]

@@ -120,9 +120,21 @@ impl RemoteWorker {
         self.inner.inflight.load(Ordering::Relaxed)
     }
 
-    /// Refuses a run when this gateway's runs in flight already fill the fleet's slots
-    /// and its queue allowance.
+    /// Refuses a run when the broker cannot be reached right now (it could not be
+    /// stored: better a prompt 503 than a wait for [`PUBLISH_PATIENCE`] and a failure),
+    /// or when this gateway's runs in flight already fill the fleet's slots and its queue
+    /// allowance.
     pub fn admit(&self) -> Result<(), Rejected> {
+        if !matches!(
+            self.inner.bus.client.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            return Err(Rejected {
+                reason: RejectReason::BrokerUnreachable,
+                queued: 0,
+                retry_after: Duration::from_secs(1),
+            });
+        }
         let inflight = self.inflight();
         let capacity = self.inner.capacity.load(Ordering::Relaxed);
         if inflight >= capacity + self.inner.queue {

@@ -22,7 +22,8 @@
 //!
 //! **Draining.** On its drain signal a worker leaves the queue groups, takes no new job,
 //! finishes the ones it has, says so in its heartbeat, waits until the compiled programs it
-//! offered to the shared cache are stored, and returns.
+//! offered to the shared cache are stored, and returns. A server that does not answer does
+//! not hold it: claims and its leaving word wait at most [`SERVER_PATIENCE`] each.
 //!
 //! [`BusConfig::max_deliveries`]: cod_fleet::bus::BusConfig::max_deliveries
 
@@ -147,7 +148,7 @@ pub async fn serve_jobs(
             }
             if sweep {
                 sweep = false;
-                while !free.is_empty() {
+                while !free.is_empty() && !drain.is_cancelled() {
                     let Some(msg) = claim_any(&consumers).await else {
                         break;
                     };
@@ -183,7 +184,11 @@ pub async fn serve_jobs(
                 draining = true;
                 ctx.draining.store(true, Ordering::Relaxed);
                 info!(worker = %ctx.opts.id, running = total - free.len(), "draining: finishing the runs in hand, taking no new ones");
-                let _ = ctx.bus.workers.put(&ctx.opts.id, heartbeat(&ctx).into()).await;
+                let _ = tokio::time::timeout(
+                    SERVER_PATIENCE,
+                    ctx.bus.workers.put(&ctx.opts.id, heartbeat(&ctx).into()),
+                )
+                .await;
             }
         }
     }
@@ -196,7 +201,7 @@ pub async fn serve_jobs(
     }
     beats.abort();
     // Gone for good: out of the list at once rather than dead after a while.
-    let _ = ctx.bus.workers.delete(&ctx.opts.id).await;
+    let _ = tokio::time::timeout(SERVER_PATIENCE, ctx.bus.workers.delete(&ctx.opts.id)).await;
     info!(worker = %ctx.opts.id, done = ctx.done.load(Ordering::Relaxed), "worker drained");
     Ok(())
 }
@@ -219,9 +224,20 @@ async fn join_groups(ctx: &Ctx) -> SelectAll<async_nats::Subscriber> {
     all
 }
 
-/// One job from `c` if it has one waiting.
-async fn claim(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstream::Message> {
-    one(c.fetch().max_messages(1).messages().await).await
+/// How long a worker waits for the server's answer to a claim or to its leaving word. A
+/// server that answers nothing (down, or its answer lost in a reconnect) must not hold the
+/// worker: a claim unanswered is given up, and a message the server delivers to it later
+/// is delivered again after `fleet.ack_wait`, as one whose worker was lost.
+const SERVER_PATIENCE: Duration = Duration::from_secs(2);
+
+/// One job from `c` if it has one waiting; `Err` if the server did not answer.
+async fn claim(
+    c: &consumer::Consumer<consumer::pull::Config>,
+) -> Result<Option<jetstream::Message>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(SERVER_PATIENCE, async {
+        one(c.fetch().max_messages(1).messages().await).await
+    })
+    .await
 }
 
 /// The message a pull of one brought, if any.
@@ -238,13 +254,19 @@ async fn one(
 /// job (subscribers hear of a message as the stream is storing it): the pull waits a
 /// little for it rather than find the stream empty.
 async fn claim_woken(c: &consumer::Consumer<consumer::pull::Config>) -> Option<jetstream::Message> {
-    one(c
-        .batch()
-        .max_messages(1)
-        .expires(WOKEN_PATIENCE)
-        .messages()
-        .await)
-    .await
+    let pull = async {
+        one(c
+            .batch()
+            .max_messages(1)
+            .expires(WOKEN_PATIENCE)
+            .messages()
+            .await)
+        .await
+    };
+    tokio::time::timeout(WOKEN_PATIENCE + SERVER_PATIENCE, pull)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// How long a woken worker waits for the announced job to be stored.
@@ -254,9 +276,15 @@ const WOKEN_PATIENCE: Duration = Duration::from_millis(100);
 async fn claim_any(
     consumers: &[(String, consumer::Consumer<consumer::pull::Config>)],
 ) -> Option<jetstream::Message> {
-    for (_, c) in consumers {
-        if let Some(m) = claim(c).await {
-            return Some(m);
+    for (subject, c) in consumers {
+        match claim(c).await {
+            Ok(Some(m)) => return Some(m),
+            Ok(None) => {}
+            Err(_) => {
+                // The next sweep asks again.
+                warn!(%subject, "a claim went unanswered; the sweep stops here");
+                return None;
+            }
         }
     }
     None

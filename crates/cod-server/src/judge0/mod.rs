@@ -149,6 +149,7 @@ pub(crate) fn callback_body(st: &AppState, token: &str, stored: &Stored) -> Opti
         (status = 201, description = "`{\"token\": ...}`, or with `wait=true` the submission", body = Object),
         (status = 422, description = "Field errors: `{\"language_id\": [\"...\"]}`", body = Object),
         (status = 429, description = "Overloaded; see `Retry-After`", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn create(
@@ -215,6 +216,7 @@ pub async fn show(
         (status = 400, description = "Not 1 to `jobs.max_batch` submissions", body = crate::openapi::ErrorBody),
         (status = 422, description = "No submission was valid", body = Object),
         (status = 429, description = "Overloaded: none was accepted", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn batch_create(

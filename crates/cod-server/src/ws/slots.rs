@@ -70,6 +70,12 @@ pub(crate) async fn run_slot(
     caller: &Caller,
     avoid: Option<u32>,
 ) -> Result<Permit, Rejected> {
+    if let Some(remote) = st.worker.remote() {
+        remote.admit().inspect_err(|r| {
+            crate::metrics::rejected(r.reason);
+            tracing::info!(job = %job.id, client = %caller.client, reason = r.reason.as_str(), "run refused by the fleet's admission");
+        })?;
+    }
     let ticket = ticket(job, caller);
     let mut prefer = st.executor.warm_slots(&job.language.name);
     if prefer.is_empty()
