@@ -94,9 +94,45 @@ pub(crate) struct WorkerArgs {
     /// slots). `cod fleet --provider local` numbers its workers from 1.
     #[arg(long, default_value_t = 0)]
     pub(crate) instance: u32,
+    /// The CPUs this worker and its sandboxes keep to, as a list like `0-3,8` (each one
+    /// this process may use): workers sharing a host can each take CPUs of their own.
+    /// Slots default to one per CPU listed. Default: every CPU this process may use.
+    #[arg(long, env = "COD_CPU_LIST", value_name = "LIST", value_parser = parse_cpu_list)]
+    pub(crate) cpu_list: Option<CpuList>,
     /// Directory of extra language files.
     #[arg(long, env = "COD_LANGUAGES_DIR")]
     pub(crate) languages_dir: Option<PathBuf>,
+}
+
+/// CPU numbers, ascending, each once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CpuList(pub(crate) Vec<usize>);
+
+/// Parses a CPU list in the kernel's format (`0-3,8,10-11`).
+pub(crate) fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    let mut cpus = std::collections::BTreeSet::new();
+    for part in s.split(',').map(str::trim) {
+        let num = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{t:?} is not a CPU number (expected a list like 0-3,8)"))
+        };
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if lo > hi {
+            return Err(format!("{part:?}: a range goes from low to high"));
+        }
+        if hi >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(format!(
+                "CPU {hi} is beyond the {} this system call can name",
+                rustix::thread::CpuSet::MAX_CPU
+            ));
+        }
+        cpus.extend(lo..=hi);
+    }
+    Ok(CpuList(cpus.into_iter().collect()))
 }
 
 #[derive(Debug, Args)]
@@ -214,4 +250,54 @@ pub(crate) struct SimulateArgs {
     /// Seed of the random numbers, instead of the file's.
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CpuList, parse_cpu_list};
+
+    #[test]
+    fn cpu_lists_read_like_the_kernels_and_bad_ones_say_why() {
+        assert_eq!(parse_cpu_list("0-3,8"), Ok(CpuList(vec![0, 1, 2, 3, 8])));
+        assert_eq!(parse_cpu_list(" 2 , 0-1,1"), Ok(CpuList(vec![0, 1, 2])));
+        assert_eq!(parse_cpu_list("5"), Ok(CpuList(vec![5])));
+        for bad in ["", "a", "0-", "3-1", "1,,2", "0-99999"] {
+            let e = parse_cpu_list(bad).expect_err(bad);
+            assert!(!e.is_empty(), "{bad}");
+        }
+        assert!(parse_cpu_list("3-1").unwrap_err().contains("low to high"));
+        assert!(parse_cpu_list("x").unwrap_err().contains("\"x\""));
+    }
+
+    /// Clap's own checks of the definitions (types, names, conflicts), which it otherwise
+    /// makes only when a flag is used.
+    #[test]
+    fn the_command_line_is_well_defined() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+        let cli = <super::Cli as clap::Parser>::try_parse_from([
+            "cod",
+            "worker",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--cpu-list",
+            "0-1,3",
+        ])
+        .unwrap();
+        let super::Command::Worker(w) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(w.cpu_list, Some(CpuList(vec![0, 1, 3])));
+    }
+
+    #[test]
+    fn cpu_sets_print_as_lists() {
+        let mut set = rustix::thread::CpuSet::new();
+        for c in [0, 1, 2, 3, 8, 10, 11] {
+            set.set(c);
+        }
+        assert_eq!(crate::commands::cpu_list_text(&set), "0-3,8,10-11");
+        let list = parse_cpu_list(&crate::commands::cpu_list_text(&set)).unwrap();
+        assert_eq!(list, CpuList(vec![0, 1, 2, 3, 8, 10, 11]));
+    }
 }

@@ -188,6 +188,19 @@ fn config(dir: &Path, name: &str, uid_base: u32) -> PathBuf {
 }
 
 fn worker(dir: &Path, nats: &Nats, id: &str, n: u32, runtimes: &str) -> Proc {
+    let p = Proc::spawn(worker_command(dir, nats, id, n, runtimes, &[]));
+    p.wait_line("worker ready");
+    p
+}
+
+fn worker_command(
+    dir: &Path,
+    nats: &Nats,
+    id: &str,
+    n: u32,
+    runtimes: &str,
+    extra: &[&str],
+) -> Command {
     let cfg = config(dir, id, 68_000 + 100 * n);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cod"));
     cmd.arg("--config")
@@ -203,12 +216,11 @@ fn worker(dir: &Path, nats: &Nats, id: &str, n: u32, runtimes: &str) -> Proc {
             "--runtimes",
             runtimes,
         ])
+        .args(extra)
         .env("COD_LOG", "info")
         .env_remove("COD_CONFIG")
         .env_remove("COD_LOG_FORMAT");
-    let p = Proc::spawn(cmd);
-    p.wait_line("worker ready");
-    p
+    cmd
 }
 
 fn gateway(dir: &Path, nats: &Nats, name: &str) -> Server {
@@ -589,6 +601,79 @@ async fn a_worker_with_nothing_in_hand_drains_while_nats_is_down() {
         "{:#?}",
         w1.log.lock().unwrap()
     );
+}
+
+/// The `Cpus_allowed_list` of process `pid`.
+fn cpus_allowed(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A worker given `--cpu-list` keeps itself, its sandbox helper and its programs to those
+/// CPUs; a CPU it may not use stops it with a message naming the flag.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_worker_keeps_to_its_cpu_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let gw = gateway(dir.path(), &nats, "g1");
+    let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+    let last = (0..rustix::thread::CpuSet::MAX_CPU)
+        .rev()
+        .find(|&c| allowed.is_set(c))
+        .unwrap()
+        .to_string();
+    let w1 = Proc::spawn(worker_command(
+        dir.path(),
+        &nats,
+        "w1",
+        1,
+        "python",
+        &["--cpu-list", &last],
+    ));
+    w1.wait_line("worker ready");
+    wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let v = run(
+        &gw,
+        "python",
+        "import os\nprint(sorted(os.sched_getaffinity(0)))",
+    )
+    .await;
+    assert_eq!(v["stdout"], format!("[{last}]\n"), "{v}");
+    assert_eq!(cpus_allowed(w1.child.id()), last);
+    let jail: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(1))
+                    == Some(&w1.child.id().to_string())
+            })
+        })
+        .collect();
+    assert!(!jail.is_empty(), "the worker has its sandbox helper");
+    for pid in jail {
+        assert_eq!(cpus_allowed(pid), last, "child {pid} of the worker");
+    }
+    // A CPU beyond those this process may use.
+    let mut bad = Proc::spawn(worker_command(
+        dir.path(),
+        &nats,
+        "w2",
+        2,
+        "python",
+        &["--cpu-list", "1000"],
+    ));
+    let status = bad.wait_exit();
+    assert!(!status.success());
+    bad.wait_line("--cpu-list: CPU 1000 is not one this process may use");
 }
 
 /// Waits (bounded) for a line of the gateway's log containing `what`.

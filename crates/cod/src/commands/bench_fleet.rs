@@ -296,6 +296,13 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     let _nats = start_nats(nats_port, &dir.path().join("nats"))?;
     let nats = format!("nats://127.0.0.1:{nats_port}");
     let mut workers = Vec::new();
+    // Each one-slot worker keeps to a CPU of its own, as the single process's two slots
+    // each keep their processes to one (`sandbox.pin_slots`); with one CPU, both share it.
+    let allowed = rustix::thread::sched_getaffinity(None)?;
+    let own: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .map(|c| c.to_string())
+        .collect();
     for i in 0..2u32 {
         let d = dir.path().join(format!("w{i}"));
         let config = format!(
@@ -304,21 +311,21 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
             d.join("cache")
         );
         let id = format!("bench-w{i}");
-        workers.push(spawn_cod(
-            &d,
-            &config,
-            &[
-                "worker",
-                "--nats",
-                &nats,
-                "--slots",
-                "1",
-                "--runtimes",
-                "python,cpp",
-                "--id",
-                &id,
-            ],
-        )?);
+        let mut args = vec![
+            "worker",
+            "--nats",
+            &nats,
+            "--slots",
+            "1",
+            "--runtimes",
+            "python,cpp",
+            "--id",
+            &id,
+        ];
+        if own.len() >= 2 {
+            args.extend(["--cpu-list", &own[i as usize]]);
+        }
+        workers.push(spawn_cod(&d, &config, &args)?);
     }
     let gw_port = free_port()?;
     let _gateway = spawn_cod(

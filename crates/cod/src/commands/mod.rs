@@ -64,6 +64,34 @@ pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// `set` in the kernel's list format (`0-3,8`).
+pub(crate) fn cpu_list_text(set: &rustix::thread::CpuSet) -> String {
+    let mut parts = Vec::new();
+    let mut run: Option<(usize, usize)> = None;
+    for c in (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)) {
+        run = match run {
+            Some((lo, hi)) if hi + 1 == c => Some((lo, c)),
+            Some(r) => {
+                parts.push(r);
+                Some((c, c))
+            }
+            None => Some((c, c)),
+        };
+    }
+    parts.extend(run);
+    parts
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Starts the sandbox helper (this binary, re-executed) with `slots` worker slots; with a
 /// registry, each slot keeps a sandbox prepared for its languages between runs.
 pub(crate) fn start_jail(

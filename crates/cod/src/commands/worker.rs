@@ -14,11 +14,32 @@ use tracing::info;
 
 use crate::cli::WorkerArgs;
 
+/// Holds this process, and so the sandbox helper and the threads it starts later, to
+/// `cpus`, each of which it must already be allowed.
+fn keep_to_cpus(cpus: &[usize]) -> anyhow::Result<()> {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    let allowed = sched_getaffinity(None).context("reading the CPUs this process may use")?;
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        anyhow::ensure!(
+            allowed.is_set(c),
+            "--cpu-list: CPU {c} is not one this process may use (it may use {})",
+            super::cpu_list_text(&allowed)
+        );
+        set.set(c);
+    }
+    sched_setaffinity(None, &set).context("--cpu-list: keeping to those CPUs")?;
+    Ok(())
+}
+
 pub(crate) fn worker(mut config: Config, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.languages_dir {
         config.languages.dir = Some(d);
     }
     config.validate()?;
+    if let Some(list) = &args.cpu_list {
+        keep_to_cpus(&list.0)?;
+    }
     let slots = match args.slots.unwrap_or(config.server.workers) {
         0 => super::cpus(),
         n => n,
