@@ -277,6 +277,7 @@ pub async fn batch(
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 404, description = "No such job (or it expired)", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now, so it cannot tell; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn get(
@@ -297,8 +298,9 @@ pub async fn get(
         return Ok(Json(v));
     }
     // Accepted by another gateway (or by one that has since stopped): its stored result.
+    // With the broker out of reach nobody can say the job does not exist: a 503, not a 404.
     if let Some(remote) = st.worker.remote()
-        && let Some(env) = remote.lookup(&id).await
+        && let Some(env) = remote.find(&id).await.map_err(ApiError::Overloaded)?
         && caller.scope().is_none_or(|c| c.0 == env.client)
     {
         return Ok(Json(crate::fleet::view_of(&id, env)));

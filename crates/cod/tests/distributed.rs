@@ -699,8 +699,21 @@ async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
     let gw = gateway(dir.path(), &nats, "g1");
     let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
     wait_workers(&gw, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let before = submit(&gw, "print('before')").await;
+    wait_done(&gw, &before).await;
     nats.kill();
     wait_gateway_line(&gw, "event: disconnected");
+    // A job this gateway took is still told from its memory; of any other it cannot say
+    // whether it exists.
+    let v = wait_done(&gw, &before).await;
+    assert_eq!(v["result"]["stdout"], "before\n", "{v}");
+    let r = client()
+        .get(gw.url("/api/v1/jobs/from-another-gateway"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
     let body = json!({"language": "python", "source": "print(1)"});
     for (path, body) in [
         ("/api/v1/run", body.clone()),
@@ -732,6 +745,10 @@ async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
     wait_gateway_line(&gw, "event: connected");
     let v = run(&gw, "python", "print('back')").await;
     assert_eq!(v["stdout"], "back\n", "{v}");
+    assert!(
+        job(&gw, "from-another-gateway").await.is_none(),
+        "a 404 again"
+    );
 }
 
 /// The editor through a gateway: an interactive program answered over the socket, its

@@ -40,6 +40,14 @@ pub(super) const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a waiting gateway reads the results bucket, in case a notice was lost.
 const POLL: Duration = Duration::from_secs(1);
 
+fn broker_unreachable() -> Rejected {
+    Rejected {
+        reason: RejectReason::BrokerUnreachable,
+        queued: 0,
+        retry_after: Duration::from_secs(1),
+    }
+}
+
 /// Runs jobs on the fleet's workers, through the bus.
 #[derive(Clone, Debug)]
 pub struct RemoteWorker {
@@ -125,16 +133,7 @@ impl RemoteWorker {
     /// or when this gateway's runs in flight already fill the fleet's slots and its queue
     /// allowance.
     pub fn admit(&self) -> Result<(), Rejected> {
-        if !matches!(
-            self.inner.bus.client.connection_state(),
-            async_nats::connection::State::Connected
-        ) {
-            return Err(Rejected {
-                reason: RejectReason::BrokerUnreachable,
-                queued: 0,
-                retry_after: Duration::from_secs(1),
-            });
-        }
+        self.reachable()?;
         let inflight = self.inflight();
         let capacity = self.inner.capacity.load(Ordering::Relaxed);
         if inflight >= capacity + self.inner.queue {
@@ -152,10 +151,35 @@ impl RemoteWorker {
         self.inner.bus.worker_list().await
     }
 
+    /// `Err` (a 503 for the client) if the broker cannot be reached right now.
+    fn reachable(&self) -> Result<(), Rejected> {
+        if matches!(
+            self.inner.bus.client.connection_state(),
+            async_nats::connection::State::Connected
+        ) {
+            Ok(())
+        } else {
+            Err(broker_unreachable())
+        }
+    }
+
     /// The stored result of job `id`, if it has one.
     pub async fn lookup(&self, id: &str) -> Option<Envelope> {
-        let raw = self.inner.bus.results.get(id).await.ok()??;
-        serde_json::from_slice(&raw).ok()
+        self.find(id).await.ok().flatten()
+    }
+
+    /// The stored result of job `id`: `Ok(None)` if the broker says it has none, `Err` if
+    /// the broker cannot be asked (then nobody can tell whether the job exists).
+    pub async fn find(&self, id: &str) -> Result<Option<Envelope>, Rejected> {
+        self.reachable()?;
+        match self.inner.bus.results.get(id).await {
+            Ok(Some(raw)) => Ok(serde_json::from_slice(&raw).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                debug!(job = %id, error = %e, "reading a stored result failed");
+                Err(broker_unreachable())
+            }
+        }
     }
 
     /// Publishes `job` and waits for its result, passing usage to `events` and, with `io`,
