@@ -13,6 +13,10 @@
 //! - **Live events** of a job (started, usage, and for streamed runs stages and output) on
 //!   [`events_subject`], acknowledged on [`events_ack_subject`]; an interactive job's input
 //!   on [`input_subject`]; a gateway cancels a job on [`cancel_subject`].
+//! - **Accepted asynchronous jobs** not finished yet: KV bucket [`ACCEPTED_BUCKET`], key =
+//!   job id, written by the gateway that took the job (before it answers `202`) and by the
+//!   worker that starts it, removed once its result is stored: what every other gateway
+//!   tells of the job meanwhile.
 //! - **Workers** heartbeat a [`Heartbeat`] into KV bucket [`WORKERS_BUCKET`], key = worker
 //!   id; one not heard from for [`BusConfig::dead_after`] is dead.
 
@@ -30,6 +34,8 @@ pub const RESULTS_BUCKET: &str = "cod_results";
 pub const MANAGER_BUCKET: &str = "cod_manager";
 /// The key of the learned day curve in [`MANAGER_BUCKET`].
 pub const CURVE_KEY: &str = "curve";
+/// The KV bucket of asynchronous jobs accepted and not finished.
+pub const ACCEPTED_BUCKET: &str = "cod_accepted";
 /// The KV bucket of worker heartbeats.
 pub const WORKERS_BUCKET: &str = "cod_workers";
 /// The object store of compiled programs, by compile-cache key, shared by all workers.
@@ -242,6 +248,8 @@ pub struct Bus {
     pub jobs: stream::Stream,
     /// Results by job id.
     pub results: kv::Store,
+    /// Asynchronous jobs accepted and not finished, by job id.
+    pub accepted: kv::Store,
     /// Heartbeats by worker id.
     pub workers: kv::Store,
     /// Compiled programs by compile-cache key; `None` when the server could not make the
@@ -293,6 +301,8 @@ impl Bus {
             .await
             .map_err(bus_err("creating the job stream"))?;
         let results = bucket(&js, RESULTS_BUCKET, config.result_ttl, config.replicas).await?;
+        // A job not taken within job_ttl leaves the stream: its entry goes as well.
+        let accepted = bucket(&js, ACCEPTED_BUCKET, config.job_ttl, config.replicas).await?;
         // Heartbeats of a worker gone for long are of no use: they expire.
         let workers = bucket(
             &js,
@@ -313,6 +323,7 @@ impl Bus {
             js,
             jobs,
             results,
+            accepted,
             workers,
             artifacts,
             config,

@@ -299,11 +299,17 @@ pub async fn get(
     }
     // Accepted by another gateway (or by one that has since stopped): its stored result.
     // With the broker out of reach nobody can say the job does not exist: a 503, not a 404.
-    if let Some(remote) = st.worker.remote()
-        && let Some(env) = remote.find(&id).await.map_err(ApiError::Overloaded)?
-        && caller.scope().is_none_or(|c| c.0 == env.client)
-    {
-        return Ok(Json(crate::fleet::view_of(&id, env)));
+    if let Some(remote) = st.worker.remote() {
+        if let Some(env) = remote.find(&id).await.map_err(ApiError::Overloaded)? {
+            if caller.scope().is_none_or(|c| c.0 == env.client) {
+                return Ok(Json(crate::fleet::view_of(&id, env)));
+            }
+        } else if let Some(a) = remote.pending(&id).await.map_err(ApiError::Overloaded)?
+            && caller.scope().is_none_or(|c| c.0 == a.client)
+        {
+            // Not finished yet: queued, or running on the worker named.
+            return Ok(Json(crate::fleet::pending_view(&id, a)));
+        }
     }
     Err(not_found(&id))
 }

@@ -215,6 +215,7 @@ impl Backend {
                     created_ms: cod_fleet::bus::now_ms(),
                     stream: false,
                     interactive: false,
+                    tracked: false,
                 };
                 r.run(msg, expected, Some(events), None, stored).await
             }
@@ -239,6 +240,7 @@ impl Backend {
                     created_ms: cod_fleet::bus::now_ms(),
                     stream: true,
                     interactive: io.input.is_some(),
+                    tracked: false,
                 };
                 // Someone watches it: it goes with the short runs.
                 r.run(msg, std::time::Duration::ZERO, None, Some(io), None)

@@ -535,6 +535,41 @@ async fn jobs_of_a_killed_gateway_finish_and_are_read_from_another() {
     }
 }
 
+/// Every gateway tells of a job another one took while it waits and runs, not only once
+/// it is done.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_job_is_seen_queued_and_running_from_a_gateway_that_did_not_take_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let g1 = gateway(dir.path(), &nats, "g1");
+    let g2 = gateway(dir.path(), &nats, "g2");
+    // No worker yet: the job waits in the stream.
+    let id = submit(&g1, "import time\ntime.sleep(2)\nprint('slow')").await;
+    let v = job(&g2, &id).await.expect("g2 knows the job g1 took");
+    assert_eq!(v["state"], "queued", "{v}");
+    assert_eq!(v["language"], "python", "{v}");
+    assert!(v["result"].is_null(), "{v}");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    let deadline = Instant::now() + WAIT;
+    let running = loop {
+        let v = job(&g2, &id).await.expect("still known");
+        if v["state"] != "queued" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never left the queue: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(running["state"], "running", "{running}");
+    assert_eq!(running["worker"], "w1", "{running}");
+    assert!(running["started_at"].is_string(), "{running}");
+    let v = wait_done(&g2, &id).await;
+    assert_eq!(v["result"]["stdout"], "slow\n", "{v}");
+    assert_eq!(v["worker"], "w1", "{v}");
+    // A job nobody took is still unknown.
+    assert!(job(&g2, "no-such-job").await.is_none());
+}
+
 /// A draining worker finishes its run, takes no new one, and exits 0.
 #[tokio::test(flavor = "multi_thread")]
 #[serial(fleet)]

@@ -182,12 +182,26 @@ impl RemoteWorker {
         }
     }
 
+    /// Job `id` if it is an asynchronous job accepted by a gateway and not finished:
+    /// `Ok(None)` if the broker knows no such job, `Err` if it cannot be asked.
+    pub async fn pending(&self, id: &str) -> Result<Option<super::Accepted>, Rejected> {
+        self.reachable()?;
+        match self.inner.bus.accepted.get(id).await {
+            Ok(Some(raw)) => Ok(serde_json::from_slice(&raw).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                debug!(job = %id, error = %e, "reading an accepted job failed");
+                Err(broker_unreachable())
+            }
+        }
+    }
+
     /// Publishes `job` and waits for its result, passing usage to `events` and, with `io`,
     /// stages and output to its events and its input to the worker. `stored` is told once
     /// the job stream holds the job.
     pub async fn run(
         &self,
-        job: JobMessage,
+        mut job: JobMessage,
         expected: Duration,
         events: Option<mpsc::Sender<WorkerEvent>>,
         mut io: Option<&mut RunIo>,
@@ -217,6 +231,24 @@ impl RemoteWorker {
                 Err(e) => warn!(error = %e, "making the job consumer failed; a worker will"),
             }
         }
+        // An asynchronous job: every gateway can tell of it from its accepted entry, made
+        // before any worker can start it (the worker's own entry then replaces it).
+        job.tracked = stored.is_some();
+        if job.tracked {
+            let entry = super::Accepted {
+                language: job.item.language.clone(),
+                client: job.client.clone(),
+                created_ms: job.created_ms,
+                worker: None,
+                started_ms: None,
+            };
+            let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+            let _ = tokio::time::timeout(
+                super::worker::SERVER_PATIENCE,
+                bus.accepted.put(&id, bytes.into()),
+            )
+            .await;
+        }
         let payload: bytes::Bytes = postcard::to_stdvec(&job).unwrap_or_default().into();
         self.inner.inflight.fetch_add(1, Ordering::Relaxed);
         let mut guard = InFlight {
@@ -226,6 +258,11 @@ impl RemoteWorker {
         };
         if let Err(e) = publish(bus, &subject, &id, payload).await {
             guard.finished = true;
+            if job.tracked {
+                let _ =
+                    tokio::time::timeout(super::worker::SERVER_PATIENCE, bus.accepted.purge(&id))
+                        .await;
+            }
             return internal_error(
                 &job.item,
                 &format!("the fleet's broker did not take the run: {e}"),

@@ -46,6 +46,28 @@ pub struct JobMessage {
     /// Its standard input comes from [`cod_fleet::bus::input_subject`].
     #[serde(default)]
     pub interactive: bool,
+    /// An asynchronous job, which other gateways can be asked about: its worker records
+    /// its start in the accepted bucket, and removes its entry once its result is stored.
+    #[serde(default)]
+    pub tracked: bool,
+}
+
+/// An asynchronous job accepted and not finished, as the accepted bucket holds it (JSON):
+/// written by the gateway that took it, then by the worker that starts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Its language.
+    pub language: String,
+    /// Who submitted it.
+    pub client: String,
+    /// When it was accepted, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The worker running it, once one started it.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// When that worker started it, ms since the Unix epoch.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
 }
 
 /// A finished job, as stored in the results bucket and announced on its done subject.
@@ -184,6 +206,34 @@ pub fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// A job another gateway accepted, as `GET /api/v1/jobs/{id}` shows it until its result
+/// is stored: queued, or running on the worker named.
+pub(crate) fn pending_view(id: &str, a: Accepted) -> JobView {
+    let at = |ms: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    JobView {
+        id: id.to_owned(),
+        state: if a.worker.is_some() {
+            JobState::Running
+        } else {
+            JobState::Queued
+        },
+        language: a.language,
+        client: a.client,
+        created_at: at(a.created_ms),
+        started_at: a.started_ms.map(at),
+        finished_at: None,
+        slot: None,
+        expected_ms: 0,
+        waited_ms: a.started_ms.map(|s| s.saturating_sub(a.created_ms)),
+        usage: None,
+        result: None,
+        tests: None,
+        callback: None,
+        worker: a.worker,
+        attempt: None,
+    }
+}
+
 /// A job another gateway accepted, as `GET /api/v1/jobs/{id}` shows it once its result
 /// is stored.
 pub(crate) fn view_of(id: &str, env: Envelope) -> JobView {
@@ -264,6 +314,7 @@ mod tests {
             created_ms: 1,
             stream: true,
             interactive: false,
+            tracked: false,
         };
         let bytes = postcard::to_stdvec(&job).expect("encodes");
         assert!(bytes.len() < 20_200, "{}", bytes.len());

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{EVENT_WINDOW, Envelope, JobMessage, WireEvent, WireInput, WireKind};
+use super::{Accepted, EVENT_WINDOW, Envelope, JobMessage, WireEvent, WireInput, WireKind};
 use crate::worker::internal_error;
 
 /// Who a worker is and what it takes.
@@ -228,7 +228,7 @@ async fn join_groups(ctx: &Ctx) -> SelectAll<async_nats::Subscriber> {
 /// server that answers nothing (down, or its answer lost in a reconnect) must not hold the
 /// worker: a claim unanswered is given up, and a message the server delivers to it later
 /// is delivered again after `fleet.ack_wait`, as one whose worker was lost.
-const SERVER_PATIENCE: Duration = Duration::from_secs(2);
+pub(super) const SERVER_PATIENCE: Duration = Duration::from_secs(2);
 
 /// One job from `c` if it has one waiting; `Err` if the server did not answer.
 async fn claim(
@@ -666,6 +666,22 @@ async fn serve_job(
             return;
         }
         let started_ms = now_ms();
+        // Other gateways tell an asynchronous job's start from its accepted entry.
+        let noted = job.tracked.then(|| {
+            let entry = Accepted {
+                language: job.item.language.clone(),
+                client: job.client.clone(),
+                created_ms: job.created_ms,
+                worker: Some(ctx.opts.id.clone()),
+                started_ms: Some(started_ms),
+            };
+            let (accepted, id) = (ctx.bus.accepted.clone(), id.clone());
+            tokio::spawn(async move {
+                let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+                let _ =
+                    tokio::time::timeout(SERVER_PATIENCE, accepted.put(&id, bytes.into())).await;
+            })
+        });
         let (result, events) = if attempt > ctx.bus.config.max_deliveries {
             warn!("delivered {attempt} times: its workers were lost; ending it");
             let r = internal_error(
@@ -680,6 +696,7 @@ async fn serve_job(
         let Some(result) = result else {
             info!("job cancelled by its gateway");
             let _ = msg.ack().await;
+            forget(ctx, &id, noted).await;
             return;
         };
         let envelope = Envelope {
@@ -710,9 +727,19 @@ async fn serve_job(
         if let Err(e) = msg.ack().await {
             warn!(error = %e, "acknowledging the job failed (a redelivery will find its result)");
         }
+        forget(ctx, &id, noted).await;
     }
     .instrument(span)
     .await
+}
+
+/// Removes a tracked job's accepted entry once it has ended (after `noted`, the entry's
+/// update that said it started, so that the update cannot bring it back).
+async fn forget(ctx: &Ctx, id: &str, noted: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(noted) = noted {
+        let _ = noted.await;
+        let _ = tokio::time::timeout(SERVER_PATIENCE, ctx.bus.accepted.purge(id)).await;
+    }
 }
 
 /// Runs `job` in `slot`, keeping its message in progress and relaying events, input and
@@ -854,6 +881,7 @@ mod tests {
             created_ms: 1,
             stream,
             interactive,
+            tracked: false,
         };
         let payload: bytes::Bytes = postcard::to_stdvec(&job).expect("encodes").into();
         async_nats::Message {
