@@ -373,6 +373,8 @@ pub async fn list(
     responses(
         (status = 200, description = "The job after cancelling: `cancelled`, or `done` if it finished first", body = JobView),
         (status = 404, description = "No such job", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A fleet job another gateway accepted and that has not finished: only that gateway can cancel it", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn cancel(
@@ -380,10 +382,24 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let view = st
-        .jobs
-        .cancel(&id, caller.scope())
-        .ok_or_else(|| not_found(&id))?;
+    let Some(view) = st.jobs.cancel(&id, caller.scope()) else {
+        // A fleet job another gateway took: finished, it is shown; unfinished, only the
+        // gateway that took it can stop it (it alone waits for its result).
+        if let Some(remote) = st.worker.remote() {
+            if let Some(env) = remote.find(&id).await.map_err(ApiError::Overloaded)? {
+                if caller.scope().is_none_or(|c| c.0 == env.client) {
+                    return Ok(Json(crate::fleet::view_of(&id, env)));
+                }
+            } else if let Some(a) = remote.pending(&id).await.map_err(ApiError::Overloaded)?
+                && caller.scope().is_none_or(|c| c.0 == a.client)
+            {
+                return Err(ApiError::Cancelled(format!(
+                    "job {id:?} was accepted by another gateway of the fleet, which alone can cancel it; it goes on"
+                )));
+            }
+        }
+        return Err(not_found(&id));
+    };
     if matches!(view.state, JobState::Done | JobState::Cancelled) {
         return Ok(Json(view));
     }

@@ -563,9 +563,27 @@ async fn a_job_is_seen_queued_and_running_from_a_gateway_that_did_not_take_it() 
     assert_eq!(running["state"], "running", "{running}");
     assert_eq!(running["worker"], "w1", "{running}");
     assert!(running["started_at"].is_string(), "{running}");
+    // Only the gateway that took it can stop it: g2 says so, and the job goes on.
+    let r = client()
+        .delete(g2.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("another gateway"), "{text}");
     let v = wait_done(&g2, &id).await;
     assert_eq!(v["result"]["stdout"], "slow\n", "{v}");
     assert_eq!(v["worker"], "w1", "{v}");
+    // Once done, g2 answers a cancel with the finished job, as for its own.
+    let r = client()
+        .delete(g2.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "done", "{v}");
     // A job nobody took is still unknown.
     assert!(job(&g2, "no-such-job").await.is_none());
 }
