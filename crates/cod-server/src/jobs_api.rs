@@ -17,6 +17,7 @@ use crate::auth::Caller;
 use crate::callback::Callbacks;
 use crate::cases::TestCase;
 use crate::error::{ApiError, ApiJson};
+use crate::fleet::FleetJob;
 use crate::jobs::{Filter, JobState, JobView};
 use crate::runner::{Admitted, CallbackSpec, Submission};
 use crate::worker::WorkItem;
@@ -297,21 +298,22 @@ pub async fn get(
         }
         return Ok(Json(v));
     }
-    // Accepted by another gateway (or by one that has since stopped): its stored result.
-    // With the broker out of reach nobody can say the job does not exist: a 503, not a 404.
-    if let Some(remote) = st.worker.remote() {
-        if let Some(env) = remote.find(&id).await.map_err(ApiError::Overloaded)? {
-            if caller.scope().is_none_or(|c| c.0 == env.client) {
-                return Ok(Json(crate::fleet::view_of(&id, env)));
-            }
-        } else if let Some(a) = remote.pending(&id).await.map_err(ApiError::Overloaded)?
-            && caller.scope().is_none_or(|c| c.0 == a.client)
-        {
-            // Not finished yet: queued, or running on the worker named.
-            return Ok(Json(crate::fleet::pending_view(&id, a)));
-        }
+    // Accepted by another gateway (or by one that has since stopped).
+    match elsewhere(&st, &caller, &id).await? {
+        Some(FleetJob::Done(env)) => Ok(Json(crate::fleet::view_of(&id, *env))),
+        Some(FleetJob::Pending(a)) => Ok(Json(crate::fleet::pending_view(&id, a))),
+        None => Err(not_found(&id)),
     }
-    Err(not_found(&id))
+}
+
+/// A job of the fleet that this gateway does not hold, if `caller` may see it. With the
+/// broker out of reach nobody can say the job does not exist: a 503, not a 404.
+async fn elsewhere(st: &AppState, caller: &Caller, id: &str) -> Result<Option<FleetJob>, ApiError> {
+    let Some(remote) = st.worker.remote() else {
+        return Ok(None);
+    };
+    let job = remote.fleet_job(id).await.map_err(ApiError::Overloaded)?;
+    Ok(job.filter(|j| caller.scope().is_none_or(|c| c.0 == j.client())))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -385,20 +387,13 @@ pub async fn cancel(
     let Some(view) = st.jobs.cancel(&id, caller.scope()) else {
         // A fleet job another gateway took: finished, it is shown; unfinished, only the
         // gateway that took it can stop it (it alone waits for its result).
-        if let Some(remote) = st.worker.remote() {
-            if let Some(env) = remote.find(&id).await.map_err(ApiError::Overloaded)? {
-                if caller.scope().is_none_or(|c| c.0 == env.client) {
-                    return Ok(Json(crate::fleet::view_of(&id, env)));
-                }
-            } else if let Some(a) = remote.pending(&id).await.map_err(ApiError::Overloaded)?
-                && caller.scope().is_none_or(|c| c.0 == a.client)
-            {
-                return Err(ApiError::Cancelled(format!(
-                    "job {id:?} was accepted by another gateway of the fleet, which alone can cancel it; it goes on"
-                )));
-            }
-        }
-        return Err(not_found(&id));
+        return match elsewhere(&st, &caller, &id).await? {
+            Some(FleetJob::Done(env)) => Ok(Json(crate::fleet::view_of(&id, *env))),
+            Some(FleetJob::Pending(_)) => Err(ApiError::Cancelled(format!(
+                "job {id:?} was accepted by another gateway of the fleet, which alone can cancel it; it goes on"
+            ))),
+            None => Err(not_found(&id)),
+        };
     };
     if matches!(view.state, JobState::Done | JobState::Cancelled) {
         return Ok(Json(view));

@@ -289,6 +289,16 @@ async fn run(gw: &Server, language: &str, source: &str) -> Value {
     v
 }
 
+/// `DELETE /api/v1/jobs/{id}` on `gw`: the status and the JSON body.
+async fn cancel(gw: &Server, id: &str) -> (u16, Value) {
+    let r = client()
+        .delete(gw.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 async fn job(gw: &Server, id: &str) -> Option<Value> {
     let (status, v) = get_json(&gw.url(&format!("/api/v1/jobs/{id}"))).await;
     (status != 404).then_some(v)
@@ -564,25 +574,18 @@ async fn a_job_is_seen_queued_and_running_from_a_gateway_that_did_not_take_it() 
     assert_eq!(running["worker"], "w1", "{running}");
     assert!(running["started_at"].is_string(), "{running}");
     // Only the gateway that took it can stop it: g2 says so, and the job goes on.
-    let r = client()
-        .delete(g2.url(&format!("/api/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 409);
-    let text = r.text().await.unwrap();
-    assert!(text.contains("another gateway"), "{text}");
+    let (status, v) = cancel(&g2, &id).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("another gateway"),
+        "{v}"
+    );
     let v = wait_done(&g2, &id).await;
     assert_eq!(v["result"]["stdout"], "slow\n", "{v}");
     assert_eq!(v["worker"], "w1", "{v}");
     // Once done, g2 answers a cancel with the finished job, as for its own.
-    let r = client()
-        .delete(g2.url(&format!("/api/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: Value = r.json().await.unwrap();
+    let (status, v) = cancel(&g2, &id).await;
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "done", "{v}");
     // A job nobody took is still unknown.
     assert!(job(&g2, "no-such-job").await.is_none());

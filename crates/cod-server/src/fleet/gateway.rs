@@ -40,6 +40,42 @@ pub(super) const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// How often a waiting gateway reads the results bucket, in case a notice was lost.
 const POLL: Duration = Duration::from_secs(1);
 
+/// A job as the fleet's buckets know it.
+#[derive(Debug)]
+pub enum FleetJob {
+    /// Finished: its stored result.
+    Done(Box<Envelope>),
+    /// Accepted and not finished: queued, or running on the worker named.
+    Pending(super::Accepted),
+}
+
+impl FleetJob {
+    /// Who submitted it.
+    pub fn client(&self) -> &str {
+        match self {
+            FleetJob::Done(e) => &e.client,
+            FleetJob::Pending(a) => &a.client,
+        }
+    }
+}
+
+/// Entry `id` of `store` (JSON): `Ok(None)` if there is none (or it does not parse),
+/// `Err` if the broker cannot be asked (`reachable` says whether it is connected).
+async fn read<T: serde::de::DeserializeOwned>(
+    store: &async_nats::jetstream::kv::Store,
+    reachable: Result<(), Rejected>,
+    id: &str,
+) -> Result<Option<T>, Rejected> {
+    reachable?;
+    match store.get(id).await {
+        Ok(raw) => Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok())),
+        Err(e) => {
+            debug!(job = %id, error = %e, "reading the fleet's record of a job failed");
+            Err(broker_unreachable())
+        }
+    }
+}
+
 fn broker_unreachable() -> Rejected {
     Rejected {
         reason: RejectReason::BrokerUnreachable,
@@ -171,29 +207,18 @@ impl RemoteWorker {
     /// The stored result of job `id`: `Ok(None)` if the broker says it has none, `Err` if
     /// the broker cannot be asked (then nobody can tell whether the job exists).
     pub async fn find(&self, id: &str) -> Result<Option<Envelope>, Rejected> {
-        self.reachable()?;
-        match self.inner.bus.results.get(id).await {
-            Ok(Some(raw)) => Ok(serde_json::from_slice(&raw).ok()),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                debug!(job = %id, error = %e, "reading a stored result failed");
-                Err(broker_unreachable())
-            }
-        }
+        read(&self.inner.bus.results, self.reachable(), id).await
     }
 
-    /// Job `id` if it is an asynchronous job accepted by a gateway and not finished:
-    /// `Ok(None)` if the broker knows no such job, `Err` if it cannot be asked.
-    pub async fn pending(&self, id: &str) -> Result<Option<super::Accepted>, Rejected> {
-        self.reachable()?;
-        match self.inner.bus.accepted.get(id).await {
-            Ok(Some(raw)) => Ok(serde_json::from_slice(&raw).ok()),
-            Ok(None) => Ok(None),
-            Err(e) => {
-                debug!(job = %id, error = %e, "reading an accepted job failed");
-                Err(broker_unreachable())
-            }
+    /// Job `id` as the fleet knows it: finished, or an asynchronous job some gateway
+    /// accepted and that has not finished. `Ok(None)` if the broker knows no such job,
+    /// `Err` if it cannot be asked.
+    pub async fn fleet_job(&self, id: &str) -> Result<Option<FleetJob>, Rejected> {
+        if let Some(env) = self.find(id).await? {
+            return Ok(Some(FleetJob::Done(Box::new(env))));
         }
+        let accepted = read(&self.inner.bus.accepted, self.reachable(), id).await?;
+        Ok(accepted.map(FleetJob::Pending))
     }
 
     /// Publishes `job` and waits for its result, passing usage to `events` and, with `io`,

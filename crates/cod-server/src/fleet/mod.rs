@@ -28,7 +28,7 @@ use crate::jobs::{JobState, JobView, rfc3339};
 use crate::worker::WorkItem;
 
 pub use artifacts::SharedCompiles;
-pub use gateway::RemoteWorker;
+pub use gateway::{FleetJob, RemoteWorker};
 pub use worker::{WorkerOptions, serve_jobs};
 
 /// A job as it travels to a worker (postcard-encoded).
