@@ -165,7 +165,7 @@ impl RemoteWorker {
     }
 
     /// Refuses a run when the broker cannot be reached right now (it could not be
-    /// stored: better a prompt 503 than a wait for [`PUBLISH_PATIENCE`] and a failure),
+    /// stored: better a prompt 503 than a wait of 30 s for the store and a failure),
     /// or when this gateway's runs in flight already fill the fleet's slots and its queue
     /// allowance.
     pub fn admit(&self) -> Result<(), Rejected> {
