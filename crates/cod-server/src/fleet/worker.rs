@@ -132,6 +132,8 @@ pub async fn serve_jobs(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep = true;
     let mut draining = false;
+    // Whether the last sweep's claim went unanswered: said once per outage, not per sweep.
+    let mut unanswered = false;
     loop {
         if draining {
             wake = None;
@@ -149,7 +151,16 @@ pub async fn serve_jobs(
             if sweep {
                 sweep = false;
                 while !free.is_empty() && !drain.is_cancelled() {
-                    let Some(msg) = claim_any(&consumers).await else {
+                    let claimed = claim_any(&consumers).await;
+                    if claimed.is_err() != unanswered {
+                        unanswered = claimed.is_err();
+                        if unanswered {
+                            warn!(worker = %ctx.opts.id, "the server does not answer claims; sweeping again every second");
+                        } else {
+                            info!(worker = %ctx.opts.id, "the server answers claims again");
+                        }
+                    }
+                    let Ok(Some(msg)) = claimed else {
                         break;
                     };
                     launch(&ctx, msg, &mut free, &freed_tx);
@@ -272,22 +283,17 @@ async fn claim_woken(c: &consumer::Consumer<consumer::pull::Config>) -> Option<j
 /// How long a woken worker waits for the announced job to be stored.
 const WOKEN_PATIENCE: Duration = Duration::from_millis(100);
 
-/// One job from the first of `consumers` (short classes first) that has one.
+/// One job from the first of `consumers` (short classes first) that has one; `Err` if a
+/// claim went unanswered (the sweep stops there, and the next one asks again).
 async fn claim_any(
     consumers: &[(String, consumer::Consumer<consumer::pull::Config>)],
-) -> Option<jetstream::Message> {
-    for (subject, c) in consumers {
-        match claim(c).await {
-            Ok(Some(m)) => return Some(m),
-            Ok(None) => {}
-            Err(_) => {
-                // The next sweep asks again.
-                warn!(%subject, "a claim went unanswered; the sweep stops here");
-                return None;
-            }
+) -> Result<Option<jetstream::Message>, tokio::time::error::Elapsed> {
+    for (_, c) in consumers {
+        if let Some(m) = claim(c).await? {
+            return Ok(Some(m));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Takes a free slot for a job of the subject `subject`: one keeping its runtime warm if
