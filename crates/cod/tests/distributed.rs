@@ -769,6 +769,9 @@ async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
+    let (status, v) = get_json(&gw.url("/api/v1/workers")).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["reason"], "broker_unreachable", "{v}");
     let body = json!({"language": "python", "source": "print(1)"});
     for (path, body) in [
         ("/api/v1/run", body.clone()),

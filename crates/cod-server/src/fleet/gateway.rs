@@ -23,8 +23,8 @@ use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use cod_core::RunResult;
 use cod_fleet::bus::{
-    Bus, BusError, Class, WorkerEntry, cancel_subject, done_subject, events_ack_subject,
-    events_subject, input_subject, job_subject,
+    Bus, Class, WorkerEntry, cancel_subject, done_subject, events_ack_subject, events_subject,
+    input_subject, job_subject,
 };
 use cod_runtime::executor::{OutStream, RunEvent, RunInput, RunIo, StageKind};
 use cod_sched::{RejectReason, Rejected, Usage, WorkerEvent};
@@ -182,9 +182,14 @@ impl RemoteWorker {
         Ok(())
     }
 
-    /// The fleet's workers, from their heartbeats.
-    pub async fn workers(&self) -> Result<Vec<WorkerEntry>, BusError> {
-        self.inner.bus.worker_list().await
+    /// The fleet's workers, from their heartbeats; `Err` (a 503 for the client) if the
+    /// broker cannot be asked.
+    pub async fn workers(&self) -> Result<Vec<WorkerEntry>, Rejected> {
+        self.reachable()?;
+        self.inner.bus.worker_list().await.map_err(|e| {
+            debug!(error = %e, "reading worker heartbeats failed");
+            broker_unreachable()
+        })
     }
 
     /// `Err` (a 503 for the client) if the broker cannot be reached right now.

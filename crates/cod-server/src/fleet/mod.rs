@@ -158,15 +158,12 @@ pub enum WireInput {
     tag = "jobs",
     responses(
         (status = 200, description = "Workers by id: `id`, `host`, `runtimes`, `slots`, `busy`, `load`, `version`, `draining`, `done`, `at_ms`, `state` (`ready`, `draining`, `dead`), `silent_ms`", body = WorkerList),
-        (status = 500, description = "The heartbeats could not be read", body = crate::openapi::ErrorBody),
+        (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn list_workers(State(st): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     let workers = match st.worker.remote() {
-        Some(r) => r
-            .workers()
-            .await
-            .map_err(|e| ApiError::Internal(format!("reading worker heartbeats: {e}")))?,
+        Some(r) => r.workers().await.map_err(ApiError::Overloaded)?,
         None => {
             let stats = st.scheduler.stats();
             let runtimes = st.executor.registry().available_names();
