@@ -20,7 +20,9 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Paths anyone may fetch, with auth on or off.
-const PUBLIC: &[&str] = &["/healthz", "/metrics", "/", "/app.js", "/app.css"];
+const PUBLIC: &[&str] = &[
+    "/healthz", "/readyz", "/metrics", "/", "/app.js", "/app.css",
+];
 /// Path prefixes anyone may fetch.
 const PUBLIC_PREFIXES: &[&str] = &["/api/openapi.json", "/api/docs"];
 

@@ -135,6 +135,7 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.max_body;
     let api = Router::new()
         .route("/healthz", get(native::healthz))
+        .route("/readyz", get(native::readyz))
         .route(
             "/api/v1/run",
             // `?stream=true` answers newline-delimited JSON events (stream.rs).

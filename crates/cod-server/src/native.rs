@@ -130,3 +130,22 @@ pub async fn healthz(State(st): State<AppState>) -> Json<serde_json::Value> {
         "queued": s.queued,
     }))
 }
+
+/// `GET /readyz`: whether this server can take runs now. A fleet gateway that cannot reach
+/// its broker is up (`/healthz`) but not ready: a load balancer should send its requests
+/// to another gateway meanwhile, and restarting it would not help.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`", body = Object),
+        (status = 503, description = "A fleet gateway that cannot reach its broker now (`reason`: `broker_unreachable`)", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(remote) = st.worker.remote() {
+        remote.reachable().map_err(ApiError::Overloaded)?;
+    }
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}

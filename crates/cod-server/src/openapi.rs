@@ -164,6 +164,7 @@ pub struct RunResultSchema {
         crate::native::run,
         crate::native::runtimes,
         crate::native::healthz,
+        crate::native::readyz,
         crate::fleet::list_workers,
         crate::jobs_api::create,
         crate::jobs_api::batch,

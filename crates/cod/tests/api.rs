@@ -205,6 +205,9 @@ async fn runtimes_list_languages_versions_aliases_and_availability() {
     let h = get(&st, "/healthz").await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.json["status"], "ok");
+    let r = get(&st, "/readyz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json["status"], "ready");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -772,6 +772,11 @@ async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
     let (status, v) = get_json(&gw.url("/api/v1/workers")).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["reason"], "broker_unreachable", "{v}");
+    // Up, but not ready: a load balancer sends requests elsewhere meanwhile.
+    assert_eq!(get_json(&gw.url("/healthz")).await.0, 200);
+    let (status, v) = get_json(&gw.url("/readyz")).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["reason"], "broker_unreachable", "{v}");
     let body = json!({"language": "python", "source": "print(1)"});
     for (path, body) in [
         ("/api/v1/run", body.clone()),
@@ -801,6 +806,7 @@ async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
     assert_eq!(v["reason"], "broker_unreachable", "{v}");
     nats.restart();
     wait_gateway_line(&gw, "event: connected");
+    assert_eq!(get_json(&gw.url("/readyz")).await.0, 200);
     let v = run(&gw, "python", "print('back')").await;
     assert_eq!(v["stdout"], "back\n", "{v}");
     assert!(

@@ -471,7 +471,13 @@ async fn api_keys_identify_clients_and_scope_their_jobs() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
     let bobs = r.json["id"].as_str().unwrap().to_owned();
     assert_eq!(r.json["client"], "bob");
-    for path in ["/healthz", "/metrics", "/api/openapi.json", "/api/docs"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/openapi.json",
+        "/api/docs",
+    ] {
         assert_eq!(get(&st, path).await.status, StatusCode::OK, "{path}");
     }
     // Alice cannot see Bob's job; the operator can.

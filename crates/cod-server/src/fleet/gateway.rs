@@ -193,7 +193,7 @@ impl RemoteWorker {
     }
 
     /// `Err` (a 503 for the client) if the broker cannot be reached right now.
-    fn reachable(&self) -> Result<(), Rejected> {
+    pub fn reachable(&self) -> Result<(), Rejected> {
         if matches!(
             self.inner.bus.client.connection_state(),
             async_nats::connection::State::Connected
