@@ -591,6 +591,42 @@ async fn a_job_is_seen_queued_and_running_from_a_gateway_that_did_not_take_it() 
     assert!(job(&g2, "no-such-job").await.is_none());
 }
 
+/// A job cancelled while it waits in the stream is not run by the worker that takes it
+/// later, and no gateway shows it as waiting any more.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_job_cancelled_while_it_waits_in_the_stream_never_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let g1 = gateway(dir.path(), &nats, "g1");
+    let g2 = gateway(dir.path(), &nats, "g2");
+    // No worker yet: the job waits in the stream.
+    let cancelled = submit(&g1, "print('cancelled')").await;
+    let (status, v) = cancel(&g1, &cancelled).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let deadline = Instant::now() + WAIT;
+    while job(&g2, &cancelled).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "g2 still shows the cancelled job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = submit(&g1, "print('next')").await;
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    // The stream is in order: the worker met the cancelled job first.
+    let v = wait_done(&g1, &next).await;
+    assert_eq!(v["result"]["stdout"], "next\n", "{v}");
+    let list = wait_workers(&g1, "heartbeat after the run", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["done"].as_u64() >= Some(1))
+    })
+    .await;
+    assert_eq!(worker_by(&list, "w1").unwrap()["done"], 1, "{list:#?}");
+    assert!(job(&g2, &cancelled).await.is_none(), "it never ran");
+    assert_eq!(job(&g1, &cancelled).await.unwrap()["state"], "cancelled");
+}
+
 /// A draining worker finishes its run, takes no new one, and exits 0.
 #[tokio::test(flavor = "multi_thread")]
 #[serial(fleet)]

@@ -109,16 +109,29 @@ struct InFlight {
     inner: Arc<Inner>,
     id: String,
     finished: bool,
+    /// The job has an accepted entry: removing it tells a worker that has not started
+    /// the job yet not to.
+    tracked: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.inner.inflight.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
-            let client = self.inner.bus.client.clone();
-            let subject = cancel_subject(&self.id);
+            let bus = self.inner.bus.clone();
+            let (id, tracked) = (self.id.clone(), self.tracked);
             tokio::spawn(async move {
-                let _ = client.publish(subject, "cancel".into()).await;
+                if tracked {
+                    let _ = tokio::time::timeout(
+                        super::worker::SERVER_PATIENCE,
+                        bus.accepted.purge(&id),
+                    )
+                    .await;
+                }
+                let _ = bus
+                    .client
+                    .publish(cancel_subject(&id), "cancel".into())
+                    .await;
             });
         }
     }
@@ -262,9 +275,10 @@ impl RemoteWorker {
             }
         }
         // An asynchronous job: every gateway can tell of it from its accepted entry, made
-        // before any worker can start it (the worker's own entry then replaces it).
-        job.tracked = stored.is_some();
-        if job.tracked {
+        // before any worker can start it (the worker's own entry then replaces it). Only a
+        // job whose entry was made is tracked: a worker takes a tracked job whose entry is
+        // gone for one cancelled before it started.
+        if stored.is_some() {
             let entry = super::Accepted {
                 language: job.item.language.clone(),
                 client: job.client.clone(),
@@ -273,11 +287,12 @@ impl RemoteWorker {
                 started_ms: None,
             };
             let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-            let _ = tokio::time::timeout(
+            job.tracked = tokio::time::timeout(
                 super::worker::SERVER_PATIENCE,
                 bus.accepted.put(&id, bytes.into()),
             )
-            .await;
+            .await
+            .is_ok_and(|r| r.is_ok());
         }
         let payload: bytes::Bytes = postcard::to_stdvec(&job).unwrap_or_default().into();
         self.inner.inflight.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +300,7 @@ impl RemoteWorker {
             inner: self.inner.clone(),
             id: id.clone(),
             finished: false,
+            tracked: job.tracked,
         };
         if let Err(e) = publish(bus, &subject, &id, payload).await {
             guard.finished = true;

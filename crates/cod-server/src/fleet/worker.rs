@@ -671,6 +671,16 @@ async fn serve_job(
             let _ = msg.ack().await;
             return;
         }
+        // A tracked job whose accepted entry is gone was cancelled by its gateway before
+        // it started (an unanswered read runs it: a job is never dropped on a doubt).
+        if job.tracked
+            && let Ok(Ok(None)) =
+                tokio::time::timeout(SERVER_PATIENCE, ctx.bus.accepted.get(&id)).await
+        {
+            info!("job cancelled by its gateway before it started");
+            let _ = msg.ack().await;
+            return;
+        }
         let started_ms = now_ms();
         // Other gateways tell an asynchronous job's start from its accepted entry.
         let noted = job.tracked.then(|| {
