@@ -222,7 +222,10 @@ fn gateways_serve_through_nats_without_privileges() {
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(strings(sc, "/capabilities/drop"), ["ALL"]);
     assert_ne!(sc["privileged"], true);
-    assert_eq!(s(c, "/readinessProbe/httpGet/path"), "/healthz");
+    // Ready only while it reaches NATS; alive regardless (a restart would not bring NATS
+    // back).
+    assert_eq!(s(c, "/readinessProbe/httpGet/path"), "/readyz");
+    assert_eq!(s(c, "/livenessProbe/httpGet/path"), "/healthz");
     let svc = find(&all, "Service", "cod", "cod-gateway");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
 }
