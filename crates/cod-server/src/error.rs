@@ -24,8 +24,7 @@ pub enum ApiError {
     NotFound(String),
     /// No valid API key (401).
     Unauthorized(String),
-    /// The run was cancelled before it finished, or the request conflicts with the job's
-    /// state (409).
+    /// The run was cancelled before it finished (409).
     Cancelled(String),
     /// Too many runs are waiting (429, with `Retry-After`), or, for a fleet gateway whose
     /// broker is unreachable, the run cannot be taken now (503, with `Retry-After`).

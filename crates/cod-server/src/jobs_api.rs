@@ -375,7 +375,6 @@ pub async fn list(
     responses(
         (status = 200, description = "The job after cancelling: `cancelled`, or `done` if it finished first", body = JobView),
         (status = 404, description = "No such job", body = crate::openapi::ErrorBody),
-        (status = 409, description = "A fleet job another gateway accepted and that has not finished: only that gateway can cancel it", body = crate::openapi::ErrorBody),
         (status = 503, description = "A fleet gateway cannot reach its broker now; see `Retry-After`", body = crate::openapi::ErrorBody),
     )
 )]
@@ -385,13 +384,19 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let Some(view) = st.jobs.cancel(&id, caller.scope()) else {
-        // A fleet job another gateway took: finished, it is shown; unfinished, only the
-        // gateway that took it can stop it (it alone waits for its result).
+        // A fleet job another gateway took: finished, it is shown; unfinished, it is
+        // cancelled through the broker (that gateway hears of it too).
         return match elsewhere(&st, &caller, &id).await? {
             Some(FleetJob::Done(env)) => Ok(Json(crate::fleet::view_of(&id, *env))),
-            Some(FleetJob::Pending(_)) => Err(ApiError::Cancelled(format!(
-                "job {id:?} was accepted by another gateway of the fleet, which alone can cancel it; it goes on"
-            ))),
+            Some(FleetJob::Pending(mut a)) => {
+                if !a.cancelled
+                    && let Some(remote) = st.worker.remote()
+                {
+                    remote.cancel_elsewhere(&id, a.clone()).await;
+                    a.cancelled = true;
+                }
+                Ok(Json(crate::fleet::pending_view(&id, a)))
+            }
             None => Err(not_found(&id)),
         };
     };

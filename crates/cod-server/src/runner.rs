@@ -280,6 +280,7 @@ async fn run_one(
         permit.expected(),
         tx,
         stored,
+        cancel,
     );
     tokio::pin!(run);
     let result = loop {

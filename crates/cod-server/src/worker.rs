@@ -192,7 +192,9 @@ impl Backend {
 
     /// Runs `item` in `slot` (a slot of this process, or a place in the fleet's flow),
     /// passing live usage to `events`. `expected` is how long the scheduler expects it
-    /// to take: the fleet gives short runs precedence.
+    /// to take: the fleet gives short runs precedence. The fleet cancels `cancel` when the
+    /// job is cancelled through another gateway.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run(
         &self,
         item: &WorkItem,
@@ -201,6 +203,7 @@ impl Backend {
         expected: std::time::Duration,
         events: mpsc::Sender<WorkerEvent>,
         stored: Option<crate::runner::Stored>,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> RunResult {
         match self {
             Backend::Local(w) => {
@@ -217,7 +220,8 @@ impl Backend {
                     interactive: false,
                     tracked: false,
                 };
-                r.run(msg, expected, Some(events), None, stored).await
+                r.run(msg, expected, Some(events), None, stored, Some(cancel))
+                    .await
             }
         }
     }
@@ -243,7 +247,7 @@ impl Backend {
                     tracked: false,
                 };
                 // Someone watches it: it goes with the short runs.
-                r.run(msg, std::time::Duration::ZERO, None, Some(io), None)
+                r.run(msg, std::time::Duration::ZERO, None, Some(io), None, None)
                     .await
             }
         }

@@ -573,13 +573,6 @@ async fn a_job_is_seen_queued_and_running_from_a_gateway_that_did_not_take_it() 
     assert_eq!(running["state"], "running", "{running}");
     assert_eq!(running["worker"], "w1", "{running}");
     assert!(running["started_at"].is_string(), "{running}");
-    // Only the gateway that took it can stop it: g2 says so, and the job goes on.
-    let (status, v) = cancel(&g2, &id).await;
-    assert_eq!(status, 409, "{v}");
-    assert!(
-        v["error"].as_str().unwrap().contains("another gateway"),
-        "{v}"
-    );
     let v = wait_done(&g2, &id).await;
     assert_eq!(v["result"]["stdout"], "slow\n", "{v}");
     assert_eq!(v["worker"], "w1", "{v}");
@@ -591,8 +584,24 @@ async fn a_job_is_seen_queued_and_running_from_a_gateway_that_did_not_take_it() 
     assert!(job(&g2, "no-such-job").await.is_none());
 }
 
-/// A job cancelled while it waits in the stream is not run by the worker that takes it
-/// later, and no gateway shows it as waiting any more.
+/// Waits (bounded) until job `id` on `gw` is in `state`.
+async fn wait_state(gw: &Server, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = job(gw, id).await;
+        if let Some(v) = &v
+            && v["state"] == state
+        {
+            return v.clone();
+        }
+        assert!(Instant::now() < deadline, "job {id} never {state}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A job cancelled, through another gateway, while it waits in the stream: every gateway
+/// shows it cancelled, the one that took it too, and the worker that meets it later does
+/// not run it.
 #[tokio::test(flavor = "multi_thread")]
 #[serial(fleet)]
 async fn a_job_cancelled_while_it_waits_in_the_stream_never_runs() {
@@ -602,17 +611,11 @@ async fn a_job_cancelled_while_it_waits_in_the_stream_never_runs() {
     let g2 = gateway(dir.path(), &nats, "g2");
     // No worker yet: the job waits in the stream.
     let cancelled = submit(&g1, "print('cancelled')").await;
-    let (status, v) = cancel(&g1, &cancelled).await;
+    let (status, v) = cancel(&g2, &cancelled).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "cancelled", "{v}");
-    let deadline = Instant::now() + WAIT;
-    while job(&g2, &cancelled).await.is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "g2 still shows the cancelled job"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_state(&g1, &cancelled, "cancelled").await;
+    assert_eq!(job(&g2, &cancelled).await.unwrap()["state"], "cancelled");
     let next = submit(&g1, "print('next')").await;
     let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
     // The stream is in order: the worker met the cancelled job first.
@@ -623,8 +626,41 @@ async fn a_job_cancelled_while_it_waits_in_the_stream_never_runs() {
     })
     .await;
     assert_eq!(worker_by(&list, "w1").unwrap()["done"], 1, "{list:#?}");
-    assert!(job(&g2, &cancelled).await.is_none(), "it never ran");
-    assert_eq!(job(&g1, &cancelled).await.unwrap()["state"], "cancelled");
+    for gw in [&g1, &g2] {
+        let v = job(gw, &cancelled).await.unwrap();
+        assert_eq!(v["state"], "cancelled", "it never ran: {v}");
+    }
+}
+
+/// A running job cancelled through a gateway that did not take it: its worker stops it,
+/// nothing is stored as its result, and both gateways show it cancelled.
+#[tokio::test(flavor = "multi_thread")]
+#[serial(fleet)]
+async fn a_running_job_is_cancelled_through_another_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let g1 = gateway(dir.path(), &nats, "g1");
+    let g2 = gateway(dir.path(), &nats, "g2");
+    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
+    wait_workers(&g1, "ready", |l| worker_by(l, "w1").is_some()).await;
+    // It would end by itself after 8 s, storing a result.
+    let id = submit(&g1, "import time\ntime.sleep(8)\nprint('ended')").await;
+    wait_state(&g2, &id, "running").await;
+    let (status, v) = cancel(&g2, &id).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "cancelled", "{v}");
+    wait_state(&g1, &id, "cancelled").await;
+    // The worker stopped it: free again, and no result came.
+    let list = wait_workers(&g1, "idle", |l| {
+        worker_by(l, "w1").is_some_and(|w| w["busy"] == 0)
+    })
+    .await;
+    assert_eq!(worker_by(&list, "w1").unwrap()["done"], 0, "{list:#?}");
+    for gw in [&g1, &g2] {
+        let v = job(gw, &id).await.unwrap();
+        assert_eq!(v["state"], "cancelled", "{v}");
+        assert!(v["result"].is_null(), "{v}");
+    }
 }
 
 /// A draining worker finishes its run, takes no new one, and exits 0.

@@ -109,9 +109,9 @@ struct InFlight {
     inner: Arc<Inner>,
     id: String,
     finished: bool,
-    /// The job has an accepted entry: removing it tells a worker that has not started
-    /// the job yet not to.
-    tracked: bool,
+    /// The job's accepted entry, if it has one: marked cancelled, it tells a worker that
+    /// has not started the job not to, and every gateway that it was cancelled.
+    tracked: Option<super::Accepted>,
 }
 
 impl Drop for InFlight {
@@ -119,22 +119,28 @@ impl Drop for InFlight {
         self.inner.inflight.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
             let bus = self.inner.bus.clone();
-            let (id, tracked) = (self.id.clone(), self.tracked);
-            tokio::spawn(async move {
-                if tracked {
-                    let _ = tokio::time::timeout(
-                        super::worker::SERVER_PATIENCE,
-                        bus.accepted.purge(&id),
-                    )
-                    .await;
-                }
-                let _ = bus
-                    .client
-                    .publish(cancel_subject(&id), "cancel".into())
-                    .await;
-            });
+            let (id, tracked) = (self.id.clone(), self.tracked.take());
+            tokio::spawn(cancel_job(bus, id, tracked));
         }
     }
+}
+
+/// Cancels job `id` wherever it is: its accepted entry (if it is tracked) says so first,
+/// then the worker running it and the gateway that took it are told.
+async fn cancel_job(bus: Bus, id: String, tracked: Option<super::Accepted>) {
+    if let Some(mut entry) = tracked {
+        entry.cancelled = true;
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        let _ = tokio::time::timeout(
+            super::worker::SERVER_PATIENCE,
+            bus.accepted.put(&id, bytes.into()),
+        )
+        .await;
+    }
+    let _ = bus
+        .client
+        .publish(cancel_subject(&id), "cancel".into())
+        .await;
 }
 
 impl RemoteWorker {
@@ -228,6 +234,14 @@ impl RemoteWorker {
         read(&self.inner.bus.results, self.reachable(), id).await
     }
 
+    /// Cancels job `id`, which another gateway took and which has not finished (`entry`,
+    /// as read from its accepted entry): every gateway then shows it cancelled, a worker
+    /// running it stops, one that has not started it does not, and the gateway that took
+    /// it cancels its own record.
+    pub async fn cancel_elsewhere(&self, id: &str, entry: super::Accepted) {
+        cancel_job(self.inner.bus.clone(), id.to_owned(), Some(entry)).await;
+    }
+
     /// Job `id` as the fleet knows it: finished, or an asynchronous job some gateway
     /// accepted and that has not finished. `Ok(None)` if the broker knows no such job,
     /// `Err` if it cannot be asked.
@@ -249,6 +263,7 @@ impl RemoteWorker {
         events: Option<mpsc::Sender<WorkerEvent>>,
         mut io: Option<&mut RunIo>,
         stored: Option<tokio::sync::oneshot::Sender<()>>,
+        cancel: Option<&tokio_util::sync::CancellationToken>,
     ) -> RunResult {
         let id = job.item.id.clone();
         let bus = &self.inner.bus;
@@ -278,6 +293,7 @@ impl RemoteWorker {
         // before any worker can start it (the worker's own entry then replaces it). Only a
         // job whose entry was made is tracked: a worker takes a tracked job whose entry is
         // gone for one cancelled before it started.
+        let mut tracked = None;
         if stored.is_some() {
             let entry = super::Accepted {
                 language: job.item.language.clone(),
@@ -285,6 +301,7 @@ impl RemoteWorker {
                 created_ms: job.created_ms,
                 worker: None,
                 started_ms: None,
+                cancelled: false,
             };
             let bytes = serde_json::to_vec(&entry).unwrap_or_default();
             job.tracked = tokio::time::timeout(
@@ -293,14 +310,21 @@ impl RemoteWorker {
             )
             .await
             .is_ok_and(|r| r.is_ok());
+            tracked = job.tracked.then_some(entry);
         }
+        // A tracked job may be cancelled through another gateway: then this one, which
+        // waits for its result, cancels its own record of it.
+        let mut cancels = match (&tracked, cancel) {
+            (Some(_), Some(_)) => client.subscribe(cancel_subject(&id)).await.ok(),
+            _ => None,
+        };
         let payload: bytes::Bytes = postcard::to_stdvec(&job).unwrap_or_default().into();
         self.inner.inflight.fetch_add(1, Ordering::Relaxed);
         let mut guard = InFlight {
             inner: self.inner.clone(),
             id: id.clone(),
             finished: false,
-            tracked: job.tracked,
+            tracked,
         };
         if let Err(e) = publish(bus, &subject, &id, payload).await {
             guard.finished = true;
@@ -356,6 +380,14 @@ impl RemoteWorker {
                         break env;
                     }
                 }
+                Some(_) = next_cancel(&mut cancels) => {
+                    // Cancelled through another gateway: the caller's cancellation drops
+                    // this wait (and so cancels the job here too).
+                    if let Some(c) = cancel {
+                        c.cancel();
+                    }
+                    cancels = None;
+                }
             }
         };
         // Output the worker sent before its result: all of it, in order.
@@ -379,6 +411,14 @@ impl RemoteWorker {
         guard.finished = true;
         debug!(job = %id, worker = %envelope.worker, attempt = envelope.attempt, "result");
         envelope.result
+    }
+}
+
+/// The next cancel heard on `sub`; never, without one.
+async fn next_cancel(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 

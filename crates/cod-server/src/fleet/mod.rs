@@ -68,6 +68,10 @@ pub struct Accepted {
     /// When that worker started it, ms since the Unix epoch.
     #[serde(default)]
     pub started_ms: Option<u64>,
+    /// Cancelled (through any gateway) before it finished: a worker that has not started
+    /// it does not, one running it stops.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// A finished job, as stored in the results bucket and announced on its done subject.
@@ -204,12 +208,14 @@ pub fn host_name() -> String {
 }
 
 /// A job another gateway accepted, as `GET /api/v1/jobs/{id}` shows it until its result
-/// is stored: queued, or running on the worker named.
+/// is stored: queued, running on the worker named, or cancelled.
 pub(crate) fn pending_view(id: &str, a: Accepted) -> JobView {
     let at = |ms: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
     JobView {
         id: id.to_owned(),
-        state: if a.worker.is_some() {
+        state: if a.cancelled {
+            JobState::Cancelled
+        } else if a.worker.is_some() {
             JobState::Running
         } else {
             JobState::Queued

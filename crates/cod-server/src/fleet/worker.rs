@@ -671,13 +671,16 @@ async fn serve_job(
             let _ = msg.ack().await;
             return;
         }
-        // A tracked job whose accepted entry is gone was cancelled by its gateway before
-        // it started (an unanswered read runs it: a job is never dropped on a doubt).
+        // A tracked job whose accepted entry says cancelled (or is gone) was cancelled
+        // before it started (an unanswered read runs it: a job is never dropped on a doubt).
         if job.tracked
-            && let Ok(Ok(None)) =
+            && let Ok(Ok(entry)) =
                 tokio::time::timeout(SERVER_PATIENCE, ctx.bus.accepted.get(&id)).await
+            && entry.is_none_or(|raw| {
+                serde_json::from_slice::<Accepted>(&raw).is_ok_and(|a| a.cancelled)
+            })
         {
-            info!("job cancelled by its gateway before it started");
+            info!("job cancelled before it started");
             let _ = msg.ack().await;
             return;
         }
@@ -690,6 +693,7 @@ async fn serve_job(
                 created_ms: job.created_ms,
                 worker: Some(ctx.opts.id.clone()),
                 started_ms: Some(started_ms),
+                cancelled: false,
             };
             let (accepted, id) = (ctx.bus.accepted.clone(), id.clone());
             tokio::spawn(async move {
@@ -710,9 +714,9 @@ async fn serve_job(
         };
         held.release();
         let Some(result) = result else {
+            // Its accepted entry says cancelled, for every gateway to show.
             info!("job cancelled by its gateway");
             let _ = msg.ack().await;
-            forget(ctx, &id, noted).await;
             return;
         };
         let envelope = Envelope {
