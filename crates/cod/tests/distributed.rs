@@ -517,16 +517,22 @@ async fn a_nats_restart_loses_no_accepted_job() {
     assert_eq!(v["stdout"], "after\n", "{v}");
 }
 
+/// NATS, gateways `g1` and `g2`, and worker `w1` (Python), listed by `g1`.
+async fn two_gateways_and_a_worker(dir: &Path) -> (Nats, Server, Server, Proc) {
+    let nats = Nats::start(dir);
+    let g1 = gateway(dir, &nats, "g1");
+    let g2 = gateway(dir, &nats, "g2");
+    let w1 = worker(dir, &nats, "w1", 1, "python");
+    wait_workers(&g1, "ready", |l| worker_by(l, "w1").is_some()).await;
+    (nats, g1, g2, w1)
+}
+
 /// A gateway killed after accepting jobs: they finish, and another gateway reads them.
 #[tokio::test(flavor = "multi_thread")]
 #[serial(fleet)]
 async fn jobs_of_a_killed_gateway_finish_and_are_read_from_another() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let g1 = gateway(dir.path(), &nats, "g1");
-    let g2 = gateway(dir.path(), &nats, "g2");
-    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
-    wait_workers(&g1, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let (_nats, g1, g2, _w1) = two_gateways_and_a_worker(dir.path()).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(
@@ -638,11 +644,7 @@ async fn a_job_cancelled_while_it_waits_in_the_stream_never_runs() {
 #[serial(fleet)]
 async fn a_running_job_is_cancelled_through_another_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let g1 = gateway(dir.path(), &nats, "g1");
-    let g2 = gateway(dir.path(), &nats, "g2");
-    let _w1 = worker(dir.path(), &nats, "w1", 1, "python");
-    wait_workers(&g1, "ready", |l| worker_by(l, "w1").is_some()).await;
+    let (_nats, g1, g2, _w1) = two_gateways_and_a_worker(dir.path()).await;
     // It would end by itself after 8 s, storing a result.
     let id = submit(&g1, "import time\ntime.sleep(8)\nprint('ended')").await;
     wait_state(&g2, &id, "running").await;
