@@ -855,6 +855,7 @@ async fn a_gateway_without_its_broker_answers_503_and_serves_once_it_is_back() {
     for (path, body) in [
         ("/api/v1/run", body.clone()),
         ("/api/v1/jobs", body.clone()),
+        ("/api/v1/run?stream=true", body.clone()),
         (
             "/api/v2/execute",
             json!({"language": "python", "version": "*", "files": [{"content": "print(1)"}]}),
