@@ -59,23 +59,6 @@ impl FleetJob {
     }
 }
 
-/// Entry `id` of `store` (JSON): `Ok(None)` if there is none (or it does not parse),
-/// `Err` if the broker cannot be asked (`reachable` says whether it is connected).
-async fn read<T: serde::de::DeserializeOwned>(
-    store: &async_nats::jetstream::kv::Store,
-    reachable: Result<(), Rejected>,
-    id: &str,
-) -> Result<Option<T>, Rejected> {
-    reachable?;
-    match store.get(id).await {
-        Ok(raw) => Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok())),
-        Err(e) => {
-            debug!(job = %id, error = %e, "reading the fleet's record of a job failed");
-            Err(broker_unreachable())
-        }
-    }
-}
-
 fn broker_unreachable() -> Rejected {
     Rejected {
         reason: RejectReason::BrokerUnreachable,
@@ -130,12 +113,7 @@ impl Drop for InFlight {
 async fn cancel_job(bus: Bus, id: String, tracked: Option<super::Accepted>) {
     if let Some(mut entry) = tracked {
         entry.cancelled = true;
-        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-        let _ = tokio::time::timeout(
-            super::worker::SERVER_PATIENCE,
-            bus.accepted.put(&id, bytes.into()),
-        )
-        .await;
+        super::store_accepted(&bus, &id, &entry).await;
     }
     let _ = bus
         .client
@@ -231,7 +209,24 @@ impl RemoteWorker {
     /// The stored result of job `id`: `Ok(None)` if the broker says it has none, `Err` if
     /// the broker cannot be asked (then nobody can tell whether the job exists).
     pub async fn find(&self, id: &str) -> Result<Option<Envelope>, Rejected> {
-        read(&self.inner.bus.results, self.reachable(), id).await
+        self.read(&self.inner.bus.results, id).await
+    }
+
+    /// Entry `id` of `store` (JSON): `Ok(None)` if there is none (or it does not parse),
+    /// `Err` if the broker cannot be asked.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        id: &str,
+    ) -> Result<Option<T>, Rejected> {
+        self.reachable()?;
+        match store.get(id).await {
+            Ok(raw) => Ok(raw.and_then(|raw| serde_json::from_slice(&raw).ok())),
+            Err(e) => {
+                debug!(job = %id, error = %e, "reading the fleet's record of a job failed");
+                Err(broker_unreachable())
+            }
+        }
     }
 
     /// Cancels job `id`, which another gateway took and which has not finished (`entry`,
@@ -249,7 +244,7 @@ impl RemoteWorker {
         if let Some(env) = self.find(id).await? {
             return Ok(Some(FleetJob::Done(Box::new(env))));
         }
-        let accepted = read(&self.inner.bus.accepted, self.reachable(), id).await?;
+        let accepted = self.read(&self.inner.bus.accepted, id).await?;
         Ok(accepted.map(FleetJob::Pending))
     }
 
@@ -295,21 +290,8 @@ impl RemoteWorker {
         // gone for one cancelled before it started.
         let mut tracked = None;
         if stored.is_some() {
-            let entry = super::Accepted {
-                language: job.item.language.clone(),
-                client: job.client.clone(),
-                created_ms: job.created_ms,
-                worker: None,
-                started_ms: None,
-                cancelled: false,
-            };
-            let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-            job.tracked = tokio::time::timeout(
-                super::worker::SERVER_PATIENCE,
-                bus.accepted.put(&id, bytes.into()),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
+            let entry = super::Accepted::queued(&job);
+            job.tracked = super::store_accepted(bus, &id, &entry).await;
             tracked = job.tracked.then_some(entry);
         }
         // A tracked job may be cancelled through another gateway: then this one, which

@@ -74,6 +74,34 @@ pub struct Accepted {
     pub cancelled: bool,
 }
 
+impl Accepted {
+    /// `job`, accepted and waiting.
+    pub fn queued(job: &JobMessage) -> Accepted {
+        Accepted {
+            language: job.item.language.clone(),
+            client: job.client.clone(),
+            created_ms: job.created_ms,
+            worker: None,
+            started_ms: None,
+            cancelled: false,
+        }
+    }
+}
+
+/// Writes `entry` as job `id`'s accepted entry; whether the broker stored it within
+/// [`worker::SERVER_PATIENCE`].
+async fn store_accepted(bus: &cod_fleet::bus::Bus, id: &str, entry: &Accepted) -> bool {
+    let bytes = serde_json::to_vec(entry).unwrap_or_default();
+    tokio::time::timeout(worker::SERVER_PATIENCE, bus.accepted.put(id, bytes.into()))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// A time given in ms since the Unix epoch, as job views show it.
+fn at_ms(ms: u64) -> String {
+    rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
 /// A finished job, as stored in the results bucket and announced on its done subject.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -210,7 +238,6 @@ pub fn host_name() -> String {
 /// A job another gateway accepted, as `GET /api/v1/jobs/{id}` shows it until its result
 /// is stored: queued, running on the worker named, or cancelled.
 pub(crate) fn pending_view(id: &str, a: Accepted) -> JobView {
-    let at = |ms: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
     JobView {
         id: id.to_owned(),
         state: if a.cancelled {
@@ -222,8 +249,8 @@ pub(crate) fn pending_view(id: &str, a: Accepted) -> JobView {
         },
         language: a.language,
         client: a.client,
-        created_at: at(a.created_ms),
-        started_at: a.started_ms.map(at),
+        created_at: at_ms(a.created_ms),
+        started_at: a.started_ms.map(at_ms),
         finished_at: None,
         slot: None,
         expected_ms: 0,
@@ -240,15 +267,14 @@ pub(crate) fn pending_view(id: &str, a: Accepted) -> JobView {
 /// A job another gateway accepted, as `GET /api/v1/jobs/{id}` shows it once its result
 /// is stored.
 pub(crate) fn view_of(id: &str, env: Envelope) -> JobView {
-    let at = |ms: u64| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
     JobView {
         id: id.to_owned(),
         state: JobState::Done,
         language: env.result.language.clone(),
         client: env.client.clone(),
-        created_at: at(env.created_ms),
-        started_at: Some(at(env.started_ms)),
-        finished_at: Some(at(env.finished_ms)),
+        created_at: at_ms(env.created_ms),
+        started_at: Some(at_ms(env.started_ms)),
+        finished_at: Some(at_ms(env.finished_ms)),
         slot: None,
         expected_ms: 0,
         waited_ms: Some(env.started_ms.saturating_sub(env.created_ms)),

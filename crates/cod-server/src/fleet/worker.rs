@@ -688,18 +688,13 @@ async fn serve_job(
         // Other gateways tell an asynchronous job's start from its accepted entry.
         let noted = job.tracked.then(|| {
             let entry = Accepted {
-                language: job.item.language.clone(),
-                client: job.client.clone(),
-                created_ms: job.created_ms,
                 worker: Some(ctx.opts.id.clone()),
                 started_ms: Some(started_ms),
-                cancelled: false,
+                ..Accepted::queued(&job)
             };
-            let (accepted, id) = (ctx.bus.accepted.clone(), id.clone());
+            let (bus, id) = (ctx.bus.clone(), id.clone());
             tokio::spawn(async move {
-                let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-                let _ =
-                    tokio::time::timeout(SERVER_PATIENCE, accepted.put(&id, bytes.into())).await;
+                super::store_accepted(&bus, &id, &entry).await;
             })
         });
         let (result, events) = if attempt > ctx.bus.config.max_deliveries {
