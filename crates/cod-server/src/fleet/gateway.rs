@@ -110,7 +110,7 @@ impl Drop for InFlight {
 
 /// Cancels job `id` wherever it is: its accepted entry (if it is tracked) says so first,
 /// then the worker running it and the gateway that took it are told.
-async fn cancel_job(bus: Bus, id: String, tracked: Option<super::Accepted>) {
+pub(super) async fn cancel_job(bus: Bus, id: String, tracked: Option<super::Accepted>) {
     if let Some(mut entry) = tracked {
         entry.cancelled = true;
         super::store_accepted(&bus, &id, &entry).await;

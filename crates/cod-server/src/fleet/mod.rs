@@ -97,6 +97,56 @@ async fn store_accepted(bus: &cod_fleet::bus::Bus, id: &str, entry: &Accepted) -
         .is_ok_and(|r| r.is_ok())
 }
 
+/// What a worker finds in a tracked job's accepted entry before it starts the job.
+#[derive(Debug, PartialEq, Eq)]
+enum BeforeStart {
+    /// Cancelled through some gateway, or gone (its result stored by an earlier delivery,
+    /// or its entry expired): the job is not run.
+    Cancelled,
+    /// Waiting, its entry at this revision: the worker's note that it started replaces
+    /// that revision only ([`note_started`]).
+    Waiting(u64),
+    /// The broker did not answer: the job runs (never dropped on a doubt), unnoted.
+    Unknown,
+}
+
+/// Reads job `id`'s accepted entry for a worker about to start it. The worker subscribes to
+/// the job's cancel subject first: a cancel the read does not show is written after it, and
+/// then announced to the subscription.
+async fn before_start(bus: &cod_fleet::bus::Bus, id: &str) -> BeforeStart {
+    use async_nats::jetstream::kv::Operation;
+    match tokio::time::timeout(worker::SERVER_PATIENCE, bus.accepted.entry(id)).await {
+        Ok(Ok(Some(e))) if e.operation == Operation::Put => {
+            // An entry that does not parse is not a cancel.
+            if serde_json::from_slice::<Accepted>(&e.value).is_ok_and(|a| a.cancelled) {
+                BeforeStart::Cancelled
+            } else {
+                BeforeStart::Waiting(e.revision)
+            }
+        }
+        Ok(Ok(_)) => BeforeStart::Cancelled,
+        _ => BeforeStart::Unknown,
+    }
+}
+
+/// Writes `entry` (the job started) as job `id`'s accepted entry only if the entry is still
+/// at `revision`, as [`before_start`] read it: a cancel written since is never replaced.
+/// Whether it was written.
+async fn note_started(
+    bus: &cod_fleet::bus::Bus,
+    id: &str,
+    entry: &Accepted,
+    revision: u64,
+) -> bool {
+    let bytes = serde_json::to_vec(entry).unwrap_or_default();
+    tokio::time::timeout(
+        worker::SERVER_PATIENCE,
+        bus.accepted.update(id, bytes.into(), revision),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
+
 /// A time given in ms since the Unix epoch, as job views show it.
 fn at_ms(ms: u64) -> String {
     rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
@@ -295,6 +345,7 @@ const ACK_EVERY: u64 = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
 
     /// Binary output survives the trip; the window leaves room for acknowledgements.
     #[test]
@@ -326,7 +377,17 @@ mod tests {
     /// stays about 20 KB on the wire.
     #[test]
     fn jobs_round_trip_compactly() {
-        let job = JobMessage {
+        let job = job();
+        let bytes = postcard::to_stdvec(&job).expect("encodes");
+        assert!(bytes.len() < 20_200, "{}", bytes.len());
+        assert_eq!(
+            postcard::from_bytes::<JobMessage>(&bytes).expect("decodes"),
+            job
+        );
+    }
+
+    fn job() -> JobMessage {
+        JobMessage {
             item: WorkItem {
                 id: "j1.2".into(),
                 language: "python".into(),
@@ -344,12 +405,114 @@ mod tests {
             stream: true,
             interactive: false,
             tracked: false,
+        }
+    }
+
+    /// Debian's `nats-server` with JetStream on a free loopback port (the test script
+    /// installs it), killed on drop.
+    struct Nats {
+        child: std::process::Child,
+        url: String,
+        _store: tempfile::TempDir,
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Nats {
+        fn start() -> Nats {
+            let bin = std::env::var("PATH")
+                .unwrap_or_default()
+                .split(':')
+                .chain(["/usr/sbin", "/usr/bin"])
+                .map(|d| std::path::Path::new(d).join("nats-server"))
+                .find(|p| p.is_file())
+                .expect("nats-server is missing: scripts/test installs it");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let store = tempfile::tempdir().expect("a store dir");
+            let child = std::process::Command::new(bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(store.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            Nats {
+                child,
+                url: format!("nats://127.0.0.1:{port}"),
+                _store: store,
+            }
+        }
+
+        /// The bus on this server, once it answers.
+        async fn bus(&self) -> cod_fleet::bus::Bus {
+            let connect = cod_fleet::bus::Bus::connect(
+                &self.url,
+                "test",
+                cod_fleet::bus::BusConfig::default(),
+            );
+            tokio::time::timeout(std::time::Duration::from_secs(30), connect)
+                .await
+                .expect("NATS answers within 30 s")
+                .expect("the bus is set up")
+        }
+    }
+
+    /// A cancel that comes between a worker's look at a job's accepted entry and its note
+    /// that the job started is neither missed nor overwritten: the worker, subscribed
+    /// before it looked, hears it, and the note is refused, so the entry says cancelled.
+    #[tokio::test]
+    async fn a_cancel_between_a_workers_look_and_its_start_note_is_kept() {
+        let nats = Nats::start();
+        let bus = nats.bus().await;
+        let queued = Accepted::queued(&job());
+        let started = Accepted {
+            worker: Some("w1".into()),
+            started_ms: Some(2),
+            ..queued.clone()
         };
-        let bytes = postcard::to_stdvec(&job).expect("encodes");
-        assert!(bytes.len() < 20_200, "{}", bytes.len());
-        assert_eq!(
-            postcard::from_bytes::<JobMessage>(&bytes).expect("decodes"),
-            job
+
+        assert!(store_accepted(&bus, "j1", &queued).await);
+        let mut cancels = bus
+            .client
+            .subscribe(cod_fleet::bus::cancel_subject("j1"))
+            .await
+            .expect("subscribes");
+        let BeforeStart::Waiting(revision) = before_start(&bus, "j1").await else {
+            panic!("a queued job is waiting");
+        };
+        gateway::cancel_job(bus.clone(), "j1".into(), Some(queued.clone())).await;
+        let heard = tokio::time::timeout(std::time::Duration::from_secs(10), cancels.next());
+        assert!(heard.await.expect("the cancel is heard").is_some());
+        assert!(!note_started(&bus, "j1", &started, revision).await);
+        assert_eq!(before_start(&bus, "j1").await, BeforeStart::Cancelled);
+        let raw = bus.accepted.get("j1").await.expect("read").expect("kept");
+        assert!(
+            serde_json::from_slice::<Accepted>(&raw)
+                .expect("parses")
+                .cancelled
         );
+
+        // Not cancelled: the note is written, and every gateway sees the job running.
+        assert!(store_accepted(&bus, "j2", &queued).await);
+        let BeforeStart::Waiting(revision) = before_start(&bus, "j2").await else {
+            panic!("a queued job is waiting");
+        };
+        assert!(note_started(&bus, "j2", &started, revision).await);
+        let raw = bus.accepted.get("j2").await.expect("read").expect("kept");
+        assert_eq!(
+            serde_json::from_slice::<Accepted>(&raw).expect("parses"),
+            started
+        );
+        // Removed once its result is stored: a later delivery does not run it.
+        bus.accepted.purge("j2").await.expect("purged");
+        assert_eq!(before_start(&bus, "j2").await, BeforeStart::Cancelled);
     }
 }

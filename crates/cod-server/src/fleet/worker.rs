@@ -46,7 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::{Accepted, EVENT_WINDOW, Envelope, JobMessage, WireEvent, WireInput, WireKind};
+use super::{
+    Accepted, BeforeStart, EVENT_WINDOW, Envelope, JobMessage, WireEvent, WireInput, WireKind,
+};
 use crate::worker::internal_error;
 
 /// Who a worker is and what it takes.
@@ -671,32 +673,34 @@ async fn serve_job(
             let _ = msg.ack().await;
             return;
         }
-        // A tracked job whose accepted entry says cancelled (or is gone) was cancelled
-        // before it started (an unanswered read runs it: a job is never dropped on a doubt).
-        if job.tracked
-            && let Ok(Ok(entry)) =
-                tokio::time::timeout(SERVER_PATIENCE, ctx.bus.accepted.get(&id)).await
-            && entry.is_none_or(|raw| {
-                serde_json::from_slice::<Accepted>(&raw).is_ok_and(|a| a.cancelled)
-            })
-        {
+        // Subscribed before the accepted entry is read, so that no cancel falls between.
+        let cancel = ctx.bus.client.subscribe(cancel_subject(&id)).await.ok();
+        let found = if job.tracked {
+            super::before_start(&ctx.bus, &id).await
+        } else {
+            BeforeStart::Unknown
+        };
+        if found == BeforeStart::Cancelled {
             info!("job cancelled before it started");
             let _ = msg.ack().await;
             return;
         }
         let started_ms = now_ms();
         // Other gateways tell an asynchronous job's start from its accepted entry.
-        let noted = job.tracked.then(|| {
-            let entry = Accepted {
-                worker: Some(ctx.opts.id.clone()),
-                started_ms: Some(started_ms),
-                ..Accepted::queued(&job)
-            };
-            let (bus, id) = (ctx.bus.clone(), id.clone());
-            tokio::spawn(async move {
-                super::store_accepted(&bus, &id, &entry).await;
-            })
-        });
+        let noted = match found {
+            BeforeStart::Waiting(revision) => {
+                let entry = Accepted {
+                    worker: Some(ctx.opts.id.clone()),
+                    started_ms: Some(started_ms),
+                    ..Accepted::queued(&job)
+                };
+                let (bus, id) = (ctx.bus.clone(), id.clone());
+                Some(tokio::spawn(async move {
+                    super::note_started(&bus, &id, &entry, revision).await;
+                }))
+            }
+            _ => None,
+        };
         let (result, events) = if attempt > ctx.bus.config.max_deliveries {
             warn!("delivered {attempt} times: its workers were lost; ending it");
             let r = internal_error(
@@ -705,7 +709,7 @@ async fn serve_job(
             );
             (Some(r), 0)
         } else {
-            run(ctx, &msg, &job, attempt, slot, begun).await
+            run(ctx, &msg, &job, attempt, slot, begun, cancel).await
         };
         held.release();
         let Some(result) = result else {
@@ -742,17 +746,20 @@ async fn serve_job(
         if let Err(e) = msg.ack().await {
             warn!(error = %e, "acknowledging the job failed (a redelivery will find its result)");
         }
-        forget(ctx, &id, noted).await;
+        forget(ctx, &id, job.tracked, noted).await;
     }
     .instrument(span)
     .await
 }
 
-/// Removes a tracked job's accepted entry once it has ended (after `noted`, the entry's
-/// update that said it started, so that the update cannot bring it back).
-async fn forget(ctx: &Ctx, id: &str, noted: Option<tokio::task::JoinHandle<()>>) {
+/// Removes a tracked job's accepted entry once it has ended (after `noted`, the note that
+/// it started, which could not replace the removal anyway: it writes over the revision it
+/// read only).
+async fn forget(ctx: &Ctx, id: &str, tracked: bool, noted: Option<tokio::task::JoinHandle<()>>) {
     if let Some(noted) = noted {
         let _ = noted.await;
+    }
+    if tracked {
         let _ = tokio::time::timeout(SERVER_PATIENCE, ctx.bus.accepted.purge(id)).await;
     }
 }
@@ -766,10 +773,10 @@ async fn run(
     attempt: u32,
     slot: u32,
     begun: Option<Begun>,
+    mut cancel: Option<async_nats::Subscriber>,
 ) -> (Option<RunResult>, u64) {
     let id = &job.item.id;
     let client = &ctx.bus.client;
-    let mut cancel = client.subscribe(cancel_subject(id)).await.ok();
     let mut input_sub = if job.interactive {
         client.subscribe(input_subject(id)).await.ok()
     } else {
