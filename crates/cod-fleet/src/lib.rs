@@ -4,6 +4,7 @@
 //!   slots and history to a number of workers, their runtime mix, and whom to drain.
 //! - [`bus`]: the fleet's NATS JetStream names, settings and records.
 //! - [`curve`]: the previous days' load by time of day, for pre-scaling.
+//! - [`cpus`]: CPU lists, for workers that keep to some of a host's CPUs.
 //! - [`mix`]: splitting slots between runtimes.
 //! - [`worker`]: workers as the manager sees them.
 //! - [`provider`]: what starts and stops workers: local processes, Kubernetes, a plan.
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod cpus;
 pub mod curve;
 pub mod manager;
 pub mod mix;

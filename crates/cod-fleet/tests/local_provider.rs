@@ -40,6 +40,10 @@ async fn wait_for<T>(
 }
 
 fn provider(extra: &[&str], drain_timeout: Duration) -> LocalProvider {
+    provider_with(extra, drain_timeout, 0)
+}
+
+fn provider_with(extra: &[&str], drain_timeout: Duration, cpus_per_worker: u32) -> LocalProvider {
     let mut command = vec![STANDIN.to_owned(), "--id".into(), "{id}".into()];
     command.extend(extra.iter().map(|s| (*s).to_owned()));
     LocalProvider::new(LocalConfig {
@@ -48,6 +52,7 @@ fn provider(extra: &[&str], drain_timeout: Duration) -> LocalProvider {
         drain_timeout,
         slots: 2,
         id_prefix: "t".into(),
+        cpus_per_worker,
     })
     .expect("a valid configuration")
 }
@@ -268,5 +273,30 @@ async fn live_workers_get_distinct_indexes_and_freed_ones_are_reused() {
         .map(|id| p.index_of(id).expect("live"))
         .collect();
     assert_eq!(indexes, [1, 4], "the freed 1 first, then the next free one");
+    p.shutdown().await;
+}
+
+/// With `cpus_per_worker`, each worker's `{cpus}` is a run of that many of the CPUs the
+/// provider may use: distinct while there are enough, the first ones again beyond.
+#[tokio::test]
+async fn workers_get_shares_of_the_cpus_in_turn() {
+    let all = cod_fleet::cpus::allowed();
+    assert!(!all.is_empty(), "this process may run on some CPU");
+    let p = provider_with(&["--drain-ms", "0"], Duration::from_secs(20), 1);
+    let n = u32::try_from(all.len()).expect("a few CPUs") + 1;
+    let ids = p.start(n).expect("started");
+    let cpus: Vec<String> = ids.iter().map(|id| p.cpus_of(id).expect("live")).collect();
+    let mut expected: Vec<String> = all.iter().map(ToString::to_string).collect();
+    expected.push(all[0].to_string());
+    assert_eq!(cpus, expected);
+    p.shutdown().await;
+
+    // Without a share size, every worker may use them all.
+    let p = provider(&["--drain-ms", "0"], Duration::from_secs(20));
+    let ids = p.start(2).expect("started");
+    let everything = cod_fleet::cpus::list_text(all.iter().copied());
+    for id in &ids {
+        assert_eq!(p.cpus_of(id).as_deref(), Some(everything.as_str()));
+    }
     p.shutdown().await;
 }

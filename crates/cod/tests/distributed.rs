@@ -981,10 +981,11 @@ urgent_wait = "100ms"
 [source]
 interval = "200ms"
 [local]
-command = [{exe:?}, "--config", {cfg:?}, "worker", "--nats", {url:?}, "--slots", "1", "--runtimes", "python", "--id", "{{id}}", "--instance", "{{index}}"]
+command = [{exe:?}, "--config", {cfg:?}, "worker", "--nats", {url:?}, "--slots", "1", "--runtimes", "python", "--id", "{{id}}", "--instance", "{{index}}", "--cpu-list", "{{cpus}}"]
 ready_line = "ready"
 drain_timeout = "30s"
 slots = 1
+cpus_per_worker = 1
 "#,
             exe = env!("CARGO_BIN_EXE_cod"),
             cfg = worker_cfg,
@@ -1024,6 +1025,19 @@ slots = 1
         list[0]["id"].as_str().unwrap().starts_with("local-"),
         "{list:#?}"
     );
+    // The first worker keeps to the first CPU of the manager's (`cpus_per_worker = 1`).
+    let pid: u32 = {
+        let log = manager.log.lock().unwrap();
+        let line = log.iter().find(|l| l.contains("worker started")).unwrap();
+        let at = line.find("pid=").unwrap() + 4;
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let first = cod_fleet::cpus::allowed()[0].to_string();
+    assert_eq!(cpus_allowed(pid), first);
     for (i, id) in ids.iter().enumerate() {
         let v = wait_done(&gw, id).await;
         assert_eq!(v["result"]["stdout"], format!("run {i}\n"), "{v}");

@@ -2,8 +2,8 @@
 //!
 //! Each worker is a process started from a configurable command line (by default
 //! `cod worker`; `{id}` in an argument becomes the worker's id, `{index}` a number unique
-//! among the live workers), in a process group of its
-//! own. It is `Starting` until it writes a line containing `ready_line` on its standard
+//! among the live workers, `{cpus}` its share of the host's CPUs), in a process group of
+//! its own. It is `Starting` until it writes a line containing `ready_line` on its standard
 //! output (or at once without one), then `Ready`. Draining sends it `SIGTERM` through a
 //! pidfd (no pid-reuse race) and waits for it to exit; one still running `drain_timeout`
 //! later gets `SIGKILL`, with its whole process group. A worker that exits on its own is
@@ -39,7 +39,8 @@ use crate::worker::{WorkerId, WorkerState, WorkerView};
 pub struct LocalConfig {
     /// The command that runs one worker: the program, then its arguments. `{id}` in an
     /// argument is replaced by the worker's id, `{index}` by the lowest number from 1 that
-    /// no other live worker has (for what must differ per worker on one host).
+    /// no other live worker has (for what must differ per worker on one host), `{cpus}` by
+    /// its share of the CPUs (see `cpus_per_worker`).
     pub command: Vec<String>,
     /// A worker is ready once it writes a line containing this on its standard output;
     /// without it, as soon as it runs.
@@ -51,6 +52,12 @@ pub struct LocalConfig {
     pub slots: u32,
     /// Worker ids are this prefix, a dash and a number.
     pub id_prefix: String,
+    /// CPUs in each worker's share, which `{cpus}` becomes (a list such as `4-7`): worker
+    /// `{index}` `i` gets the `i`-th run of this many of the CPUs the provider may use, so
+    /// that workers keep to CPUs of their own while there are enough, and share the
+    /// first ones again beyond. 0: `{cpus}` is all of them.
+    #[serde(default)]
+    pub cpus_per_worker: u32,
 }
 
 impl Default for LocalConfig {
@@ -61,6 +68,7 @@ impl Default for LocalConfig {
             drain_timeout: Duration::from_secs(60),
             slots: 1,
             id_prefix: "local".into(),
+            cpus_per_worker: 0,
         }
     }
 }
@@ -139,6 +147,8 @@ struct Entry {
     drain: Option<oneshot::Sender<()>>,
     /// Its `{index}`: the lowest number from 1 no other live worker has.
     index: u32,
+    /// Its `{cpus}`.
+    cpus: String,
 }
 
 #[derive(Debug)]
@@ -168,6 +178,8 @@ pub struct LocalProvider {
     shared: Arc<Shared>,
     tasks: Mutex<JoinSet<()>>,
     next: AtomicU64,
+    /// The CPUs this process may use, shared out by `{cpus}`.
+    cpus: Vec<usize>,
 }
 
 impl LocalProvider {
@@ -185,6 +197,7 @@ impl LocalProvider {
             }),
             tasks: Mutex::new(JoinSet::new()),
             next: AtomicU64::new(0),
+            cpus: crate::cpus::allowed(),
         })
     }
 
@@ -216,6 +229,11 @@ impl LocalProvider {
         self.shared.lock().get(id).map(|e| e.index)
     }
 
+    /// The `{cpus}` worker `id` was started with, while it lives.
+    pub fn cpus_of(&self, id: &WorkerId) -> Option<String> {
+        self.shared.lock().get(id).map(|e| e.cpus.clone())
+    }
+
     fn start_one(&self) -> Result<WorkerId, LocalError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = WorkerId(format!("{}-{n:05}", self.config.id_prefix));
@@ -226,11 +244,17 @@ impl LocalProvider {
             let used: std::collections::BTreeSet<u32> = workers.values().map(|e| e.index).collect();
             (1..).find(|i| !used.contains(i)).unwrap_or(1)
         };
+        let cpus = crate::cpus::list_text(crate::cpus::share(
+            &self.cpus,
+            self.config.cpus_per_worker as usize,
+            index,
+        ));
         let program = &self.config.command[0];
         let mut cmd = Command::new(program);
         cmd.args(self.config.command[1..].iter().map(|a| {
             a.replace("{id}", &id.0)
                 .replace("{index}", &index.to_string())
+                .replace("{cpus}", &cpus)
         }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -264,9 +288,10 @@ impl LocalProvider {
                 },
                 drain: Some(tx),
                 index,
+                cpus: cpus.clone(),
             },
         );
-        tracing::info!(worker = %id, pid, index, "worker started");
+        tracing::info!(worker = %id, pid, index, cpus, "worker started");
         self.shared.emit(LocalEvent::Started {
             id: id.clone(),
             pid,

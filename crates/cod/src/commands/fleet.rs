@@ -73,6 +73,7 @@ struct LocalSection {
     drain_timeout: Duration,
     slots: u32,
     id_prefix: String,
+    cpus_per_worker: u32,
 }
 
 impl Default for LocalSection {
@@ -84,6 +85,7 @@ impl Default for LocalSection {
             drain_timeout: d.drain_timeout,
             slots: d.slots,
             id_prefix: d.id_prefix,
+            cpus_per_worker: d.cpus_per_worker,
         }
     }
 }
@@ -111,7 +113,8 @@ impl FleetFile {
 }
 
 /// The local provider's settings: `[local]`, its command by default
-/// `<this executable> worker --nats URL --id {id}`.
+/// `<this executable> worker --nats URL --id {id} --instance {index}`, and
+/// `--cpu-list {cpus}` with `cpus_per_worker`.
 fn local_config(section: LocalSection, nats: Option<&str>) -> anyhow::Result<LocalConfig> {
     let command = match section.command {
         Some(c) => c,
@@ -121,7 +124,7 @@ fn local_config(section: LocalSection, nats: Option<&str>) -> anyhow::Result<Loc
                  (or set local.command in --fleet-config)",
             )?;
             let exe = std::env::current_exe().context("finding this executable")?;
-            vec![
+            let mut command = vec![
                 exe.to_string_lossy().into_owned(),
                 "worker".into(),
                 "--nats".into(),
@@ -131,7 +134,12 @@ fn local_config(section: LocalSection, nats: Option<&str>) -> anyhow::Result<Loc
                 // Its own sandbox uid range beside the other workers of this host.
                 "--instance".into(),
                 "{index}".into(),
-            ]
+            ];
+            if section.cpus_per_worker > 0 {
+                // Its slots, one per CPU of its share by default, on those CPUs alone.
+                command.extend(["--cpu-list".into(), "{cpus}".into()]);
+            }
+            command
         }
     };
     Ok(LocalConfig {
@@ -140,6 +148,7 @@ fn local_config(section: LocalSection, nats: Option<&str>) -> anyhow::Result<Loc
         drain_timeout: section.drain_timeout,
         slots: section.slots,
         id_prefix: section.id_prefix,
+        cpus_per_worker: section.cpus_per_worker,
     })
 }
 
@@ -490,6 +499,13 @@ mod tests {
             ]
         );
         assert_eq!(local.drain_timeout, LocalConfig::default().drain_timeout);
+        assert_eq!(local.cpus_per_worker, 0);
+
+        // A share of the CPUs per worker: the default command keeps each to its own.
+        let f = FleetFile::parse("[local]\ncpus_per_worker = 4\n").expect("parses");
+        let local = local_config(f.local, Some("nats://n:4222")).expect("valid");
+        assert_eq!(local.cpus_per_worker, 4);
+        assert_eq!(&local.command[8..], ["--cpu-list", "{cpus}"]);
     }
 
     #[test]

@@ -64,38 +64,7 @@ pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The CPUs in `set`, ascending.
-pub(crate) fn cpus_in(set: &rustix::thread::CpuSet) -> impl Iterator<Item = usize> + '_ {
-    (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c))
-}
-
-/// `set` in the kernel's list format (`0-3,8`).
-pub(crate) fn cpu_list_text(set: &rustix::thread::CpuSet) -> String {
-    let mut parts = Vec::new();
-    let mut run: Option<(usize, usize)> = None;
-    for c in cpus_in(set) {
-        run = match run {
-            Some((lo, hi)) if hi + 1 == c => Some((lo, c)),
-            Some(r) => {
-                parts.push(r);
-                Some((c, c))
-            }
-            None => Some((c, c)),
-        };
-    }
-    parts.extend(run);
-    parts
-        .iter()
-        .map(|&(lo, hi)| {
-            if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub(crate) use cod_fleet::cpus::{cpu_list_text, cpus_in};
 
 /// Starts the sandbox helper (this binary, re-executed) with `slots` worker slots; with a
 /// registry, each slot keeps a sandbox prepared for its languages between runs.
