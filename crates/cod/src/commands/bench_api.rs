@@ -47,6 +47,90 @@ pub(crate) struct Throughput {
     pub(crate) cold_per_s: f64,
     /// Raw `python3 -c 'print(1)'` with as many processes at once.
     pub(crate) raw_per_s: f64,
+    /// Where the CPU of a warm run goes.
+    pub(crate) warm_cpu: CpuPerRun,
+}
+
+/// CPU time per run while runs come back to back, ms: what bounds throughput once the
+/// machine's CPUs are busy.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct CpuPerRun {
+    /// The whole machine's (every process and the kernel's own threads).
+    pub(crate) machine_ms: f64,
+    /// `cod serve`'s own threads: HTTP, scheduling, talking to the sandbox.
+    pub(crate) server_ms: f64,
+    /// Every process below it: the sandbox's helper, keepers, supervisors, zygotes and the
+    /// runs' own processes.
+    pub(crate) sandbox_ms: f64,
+    /// CPUs this machine has.
+    pub(crate) cpus: usize,
+}
+
+impl CpuPerRun {
+    /// The runs per second the machine could serve at this cost, all CPUs busy.
+    pub(crate) fn ceiling_per_s(&self) -> f64 {
+        self.cpus as f64 * 1000.0 / self.machine_ms.max(1e-9)
+    }
+}
+
+/// CPU time of a process tree so far, ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct TreeCpu {
+    /// The root's own threads.
+    root_ms: f64,
+    /// Every process below it, those already reaped included.
+    below_ms: f64,
+}
+
+/// One process's `/proc/<pid>/stat`: its pid, parent, own CPU ticks (user + system) and
+/// its reaped children's.
+fn parse_stat(text: &str) -> Option<(u32, u32, u64, u64)> {
+    let pid = text.split_whitespace().next()?.parse().ok()?;
+    // The name may hold spaces and parentheses: the fields follow its last `)`.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+    let ppid = u32::try_from(num(1)?).ok()?;
+    Some((pid, ppid, num(11)? + num(12)?, num(13)? + num(14)?))
+}
+
+/// The CPU time of `root` and of every process below it (reaped ones count in their
+/// parent's children's time), ms.
+fn tree_cpu(root: u32) -> TreeCpu {
+    let mut procs = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path().join("stat"))
+            && let Some(p) = parse_stat(&text)
+        {
+            procs.push(p);
+        }
+    }
+    let parent: std::collections::HashMap<u32, u32> =
+        procs.iter().map(|&(pid, ppid, ..)| (pid, ppid)).collect();
+    let below = |mut pid: u32| {
+        while let Some(&up) = parent.get(&pid) {
+            if up == root {
+                return true;
+            }
+            if up == 0 || up == pid {
+                return false;
+            }
+            pid = up;
+        }
+        false
+    };
+    // USER_HZ is 100 on Linux.
+    let ms = |ticks: u64| ticks as f64 * 10.0;
+    let mut t = TreeCpu::default();
+    for &(pid, _, own, reaped) in &procs {
+        if pid == root {
+            t.root_ms += ms(own);
+            t.below_ms += ms(reaped);
+        } else if below(pid) {
+            t.below_ms += ms(own + reaped);
+        }
+    }
+    t
 }
 
 /// The API suite's results.
@@ -65,6 +149,13 @@ pub(super) struct Server {
     pub(super) url: String,
     _dir: tempfile::TempDir,
     cache: PathBuf,
+}
+
+impl Server {
+    /// The `cod serve` process.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
@@ -508,7 +599,7 @@ async fn run_async(
         wait_prebuilt(&cold).await?;
         for clients in [2, 4] {
             eprintln!("throughput with {clients} clients, {seconds} s each...");
-            let warm_per_s = rate(&client, &server.url, clients, seconds).await?;
+            let (warm_per_s, warm_cpu) = rate_and_split(&client, &server, clients, seconds).await?;
             let cold_per_s = rate(&client, &cold.url, clients, seconds).await?;
             let raw_per_s = raw_rate(clients, seconds)?;
             throughput.push(Throughput {
@@ -516,6 +607,7 @@ async fn run_async(
                 warm_per_s,
                 cold_per_s,
                 raw_per_s,
+                warm_cpu,
             });
         }
     }
@@ -534,11 +626,51 @@ pub(super) async fn rate(
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<f64> {
+    warm_up(client, url).await?;
+    timed_rate(client, url, clients, seconds).await
+}
+
+/// [`rate`] on `server`, and where the CPU of each run went meanwhile.
+async fn rate_and_split(
+    client: &reqwest::Client,
+    server: &Server,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, CpuPerRun)> {
+    warm_up(client, &server.url).await?;
+    let (machine, tree) = (super::bench_fleet::machine_cpu_ms(), tree_cpu(server.pid()));
+    let start = Instant::now();
+    let per_s = timed_rate(client, &server.url, clients, seconds).await?;
+    let runs = (per_s * start.elapsed().as_secs_f64()).max(1.0);
+    let (machine2, tree2) = (super::bench_fleet::machine_cpu_ms(), tree_cpu(server.pid()));
+    Ok((
+        per_s,
+        CpuPerRun {
+            machine_ms: (machine2 - machine) / runs,
+            server_ms: (tree2.root_ms - tree.root_ms) / runs,
+            sandbox_ms: (tree2.below_ms - tree.below_ms) / runs,
+            cpus: super::cpus(),
+        },
+    ))
+}
+
+/// Every slot serves a few runs first.
+async fn warm_up(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     let body = json!({"language": "python", "source": "print(1)"});
-    // Warm up: every slot serves a few.
     for _ in 0..20 {
         post(client, url, &body, "1\n").await?;
     }
+    Ok(())
+}
+
+/// Runs per second of `print(1)` over `seconds`, `clients` sequential clients at once.
+async fn timed_rate(
+    client: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let body = json!({"language": "python", "source": "print(1)"});
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -669,6 +801,59 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
                 t.raw_per_s
             )?;
         }
+        writeln!(
+            out,
+            "\nCPU per warm run, ms (runs back to back, so CPU bounds throughput):\n"
+        )?;
+        writeln!(
+            out,
+            "| clients | whole machine | cod serve's threads | sandbox and programs | rest (client, kernel threads) | ceiling on {} CPUs, runs/s |",
+            r.throughput.first().map_or(0, |t| t.warm_cpu.cpus)
+        )?;
+        writeln!(out, "|---|---|---|---|---|---|")?;
+        for t in &r.throughput {
+            let c = t.warm_cpu;
+            writeln!(
+                out,
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                t.clients,
+                c.machine_ms,
+                c.server_ms,
+                c.sandbox_ms,
+                (c.machine_ms - c.server_ms - c.sandbox_ms).max(0.0),
+                c.ceiling_per_s()
+            )?;
+        }
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    /// The fields come after the name's last `)`, whatever the name holds.
+    #[test]
+    fn stat_lines_parse_past_odd_names() {
+        let line = "4242 (a) b (c)) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 40 7 3 20 0 1 0";
+        assert_eq!(parse_stat(line), Some((4242, 17, 290, 10)));
+        assert_eq!(parse_stat("12 (x) S"), None);
+    }
+
+    /// A child that burns CPU and is reaped counts below this process, not as its own.
+    #[test]
+    fn a_reaped_childs_cpu_counts_below_its_parent() {
+        let me = std::process::id();
+        let before = tree_cpu(me);
+        let status = Command::new("/bin/sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let after = tree_cpu(me);
+        assert!(
+            after.below_ms - before.below_ms >= 50.0,
+            "{before:?} -> {after:?}"
+        );
+    }
 }

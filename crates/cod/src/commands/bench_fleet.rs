@@ -49,7 +49,7 @@ pub(crate) struct FleetThroughput {
 }
 
 /// Busy CPU time of the whole machine so far (user, nice, system, irq, softirq), ms.
-fn machine_cpu_ms() -> f64 {
+pub(super) fn machine_cpu_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = stat.lines().next() else {
         return 0.0;
