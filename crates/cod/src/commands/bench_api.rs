@@ -62,6 +62,8 @@ pub(crate) struct CpuPerRun {
     /// Every process below it: the sandbox's helper, keepers, supervisors, zygotes and the
     /// runs' own processes.
     pub(crate) sandbox_ms: f64,
+    /// This process: the load's clients.
+    pub(crate) client_ms: f64,
     /// CPUs this machine has.
     pub(crate) cpus: usize,
 }
@@ -627,7 +629,7 @@ pub(super) async fn rate(
     seconds: u64,
 ) -> anyhow::Result<f64> {
     warm_up(client, url).await?;
-    timed_rate(client, url, clients, seconds).await
+    timed_rate(url, clients, seconds).await
 }
 
 /// [`rate`] on `server`, and where the CPU of each run went meanwhile.
@@ -638,17 +640,27 @@ async fn rate_and_split(
     seconds: u64,
 ) -> anyhow::Result<(f64, CpuPerRun)> {
     warm_up(client, &server.url).await?;
-    let (machine, tree) = (super::bench_fleet::machine_cpu_ms(), tree_cpu(server.pid()));
+    let me = std::process::id();
+    let (machine, tree, own) = (
+        super::bench_fleet::machine_cpu_ms(),
+        tree_cpu(server.pid()),
+        tree_cpu(me),
+    );
     let start = Instant::now();
-    let per_s = timed_rate(client, &server.url, clients, seconds).await?;
+    let per_s = timed_rate(&server.url, clients, seconds).await?;
     let runs = (per_s * start.elapsed().as_secs_f64()).max(1.0);
-    let (machine2, tree2) = (super::bench_fleet::machine_cpu_ms(), tree_cpu(server.pid()));
+    let (machine2, tree2, own2) = (
+        super::bench_fleet::machine_cpu_ms(),
+        tree_cpu(server.pid()),
+        tree_cpu(me),
+    );
     Ok((
         per_s,
         CpuPerRun {
             machine_ms: (machine2 - machine) / runs,
             server_ms: (tree2.root_ms - tree.root_ms) / runs,
             sandbox_ms: (tree2.below_ms - tree.below_ms) / runs,
+            client_ms: (own2.root_ms - own.root_ms) / runs,
             cpus: super::cpus(),
         },
     ))
@@ -664,32 +676,79 @@ async fn warm_up(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 }
 
 /// Runs per second of `print(1)` over `seconds`, `clients` sequential clients at once.
-async fn timed_rate(
-    client: &reqwest::Client,
-    url: &str,
-    clients: usize,
-    seconds: u64,
-) -> anyhow::Result<f64> {
-    let body = json!({"language": "python", "source": "print(1)"});
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (client, url, body) = (client.clone(), url.to_owned(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < end {
-                post(&client, &url, &body, "1\n").await?;
-                n += 1;
-            }
-            anyhow::Ok(n)
-        }));
+async fn timed_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    // The load costs its clients little, so that the CPU goes to what is measured (as
+    // `wrk`'s does): each client is one kept-alive HTTP/1.1 connection, all of them on one
+    // thread, and each answer is checked without building a JSON tree.
+    let addr = url
+        .strip_prefix("http://")
+        .context("the server's address")?
+        .to_owned();
+    let load = std::thread::spawn(move || -> anyhow::Result<f64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let start = Instant::now();
+            let end = start + Duration::from_secs(seconds);
+            let one = |addr: String| async move {
+                let stream = tokio::net::TcpStream::connect(&addr).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(conn);
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    let request = hyper::Request::post("/api/v1/run")
+                        .header(hyper::header::HOST, &addr)
+                        .header(hyper::header::CONTENT_TYPE, "application/json")
+                        .body(http_body_util::Full::new(bytes_of(PRINT_1)))?;
+                    sender.ready().await?;
+                    let r = sender.send_request(request).await?;
+                    let status = r.status();
+                    let body = http_body_util::BodyExt::collect(r.into_body())
+                        .await?
+                        .to_bytes();
+                    if !status.is_success() || !answered_1(&body) {
+                        bail!(
+                            "print(1) answered {status}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            };
+            let all =
+                futures_util::future::try_join_all((0..clients).map(|_| one(addr.clone()))).await?;
+            Ok(all.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64())
+        })
+    });
+    tokio::task::spawn_blocking(move || load.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the load's thread panicked"))?
+}
+
+/// `b` as the body type hyper's client sends.
+fn bytes_of(b: &'static [u8]) -> hyper::body::Bytes {
+    hyper::body::Bytes::from_static(b)
+}
+
+/// The throughput runs' request.
+const PRINT_1: &[u8] = br#"{"language":"python","source":"print(1)"}"#;
+
+/// Whether a run's answer says it ended `ok` with `1` on stdout; it reads those two
+/// fields alone (borrowed where the JSON has no escapes).
+fn answered_1(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        status: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        stdout: std::borrow::Cow<'a, str>,
     }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    serde_json::from_slice::<Answer<'_>>(body).is_ok_and(|a| a.status == "ok" && a.stdout == "1\n")
 }
 
 /// Local `python3 -c 'print(1)'` runs per second with `clients` processes at once.
@@ -807,20 +866,21 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
         )?;
         writeln!(
             out,
-            "| clients | whole machine | cod serve's threads | sandbox and programs | rest (client, kernel threads) | ceiling on {} CPUs, runs/s |",
+            "| clients | whole machine | cod serve's threads | sandbox and programs | the load's clients | rest (kernel threads, other processes) | ceiling on {} CPUs, runs/s |",
             r.throughput.first().map_or(0, |t| t.warm_cpu.cpus)
         )?;
-        writeln!(out, "|---|---|---|---|---|---|")?;
+        writeln!(out, "|---|---|---|---|---|---|---|")?;
         for t in &r.throughput {
             let c = t.warm_cpu;
             writeln!(
                 out,
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
                 t.clients,
                 c.machine_ms,
                 c.server_ms,
                 c.sandbox_ms,
-                (c.machine_ms - c.server_ms - c.sandbox_ms).max(0.0),
+                c.client_ms,
+                (c.machine_ms - c.server_ms - c.sandbox_ms - c.client_ms).max(0.0),
                 c.ceiling_per_s()
             )?;
         }
@@ -831,6 +891,18 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
 #[cfg(test)]
 mod cpu_tests {
     use super::*;
+
+    /// A throughput answer counts only if the run ended `ok` with `1` on stdout.
+    #[test]
+    fn only_a_good_print_1_counts() {
+        assert!(answered_1(
+            br#"{"id":"x","status":"ok","exit_code":0,"stdout":"1\n","stderr":"","compile":null}"#
+        ));
+        assert!(!answered_1(br#"{"status":"ok","stdout":"2\n"}"#));
+        assert!(!answered_1(br#"{"status":"runtime_error","stdout":"1\n"}"#));
+        assert!(!answered_1(br#"{"status":"ok"}"#));
+        assert!(!answered_1(b"not json"));
+    }
 
     /// The fields come after the name's last `)`, whatever the name holds.
     #[test]
