@@ -298,8 +298,10 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     let mut workers = Vec::new();
     // Each one-slot worker keeps to a CPU of its own, as the single process's two slots
     // each keep their processes to one (`sandbox.pin_slots`); with one CPU, both share it.
-    let allowed = rustix::thread::sched_getaffinity(None)?;
-    let own: Vec<String> = super::cpus_in(&allowed).map(|c| c.to_string()).collect();
+    let own: Vec<String> = cod_fleet::cpus::allowed()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     for i in 0..2u32 {
         let d = dir.path().join(format!("w{i}"));
         let config = format!(

@@ -64,7 +64,7 @@ pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-pub(crate) use cod_fleet::cpus::{cpu_list_text, cpus_in};
+pub(crate) use cod_fleet::cpus::cpu_list_text;
 
 /// Starts the sandbox helper (this binary, re-executed) with `slots` worker slots; with a
 /// registry, each slot keeps a sandbox prepared for its languages between runs.
