@@ -4,6 +4,13 @@
 //! each, all on loopback. Both answer Python `print(1)`: sequential latency (in alternating
 //! blocks, see [`LATENCY_BLOCK`]) and throughput with 2 and 4 clients.
 //!
+//! With two CPUs or more, the comparison runs twice: first with everything free to use every
+//! CPU (each worker, like each of the single process's slots, on a CPU of its own); then
+//! split as on a fleet, where NATS and the gateways have machines of their own: both
+//! workers and the single process on the first CPU, NATS, the gateway and the load on the
+//! second. The split shows what the distributed path costs the machines that run the
+//! programs; the first, what it costs one machine that does everything.
+//!
 //! Needs `nats-server` on the PATH or in /usr/sbin (Debian: `apt-get install nats-server`).
 
 use std::io::{BufRead, BufReader};
@@ -15,8 +22,10 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+
 use super::bench::{Stats, stats};
-use super::bench_api::{free_port, post, rate, start_server, wait_prebuilt};
+use super::bench_api::{Server, free_port, post, rate, start_server, wait_prebuilt};
 
 /// Goal: what the distributed path may add to a warm Python run's median, ms.
 const ADDED_MS_GOAL: f64 = 1.0;
@@ -92,6 +101,27 @@ pub(crate) struct FleetReport {
     pub(crate) latency_met: bool,
     pub(crate) throughput_met: bool,
     pub(crate) sharing: Sharing,
+    /// The same comparison with the work and the rest on CPUs of their own (with two CPUs
+    /// or more).
+    pub(crate) split: Option<SplitReport>,
+}
+
+/// The comparison with the workers on one CPU and NATS, the gateway and the load on
+/// another, as on a fleet, where NATS and the gateways have machines of their own; the
+/// single process keeps to the workers' CPU.
+#[derive(Debug, Serialize)]
+pub(crate) struct SplitReport {
+    /// The CPU the workers and the single process keep to.
+    pub(crate) work_cpu: usize,
+    /// The CPU NATS, the gateway and the load keep to.
+    pub(crate) rest_cpu: usize,
+    pub(crate) single: Stats,
+    pub(crate) fleet: Stats,
+    /// fleet median − single median, ms.
+    pub(crate) added_ms: f64,
+    pub(crate) throughput: Vec<FleetThroughput>,
+    pub(crate) latency_met: bool,
+    pub(crate) throughput_met: bool,
 }
 
 /// The shared compile cache: compiling a C++ program on a worker against fetching what
@@ -285,31 +315,77 @@ pub(crate) fn run(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     rt.block_on(run_async(runs, seconds))
 }
 
-async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(16)
-        .build()?;
-    let dir = tempfile::tempdir()?;
+/// NATS, a gateway and two one-slot workers, started by [`start_fleet`].
+struct Fleet {
+    url: String,
+    nats: String,
+    // Dropped in this order: the gateway, the workers, then NATS.
+    _gateway: Proc,
+    _workers: Vec<Proc>,
+    _nats: Proc,
+}
+
+/// Keeps the calling thread to `cpus` while `start` runs, so that the processes it starts
+/// keep to them (a child inherits the CPUs of the thread that started it); `None` changes
+/// nothing.
+fn started_on<T>(cpus: Option<&CpuSet>, start: impl FnOnce() -> T) -> anyhow::Result<T> {
+    let Some(cpus) = cpus else {
+        return Ok(start());
+    };
+    let was = sched_getaffinity(None).context("reading this thread's CPUs")?;
+    sched_setaffinity(None, cpus).context("keeping to the CPUs asked for")?;
+    let started = start();
+    sched_setaffinity(None, &was).context("restoring this thread's CPUs")?;
+    Ok(started)
+}
+
+/// Keeps every thread of this process, and so whatever they start from now on, to `cpus`.
+fn keep_process_to(cpus: &CpuSet) -> anyhow::Result<()> {
+    for task in std::fs::read_dir("/proc/self/task").context("listing this process's threads")? {
+        let name = task?.file_name();
+        let Some(tid) = name.to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        if let Some(tid) = rustix::process::Pid::from_raw(tid) {
+            // A thread that ended since the listing is no error.
+            match sched_setaffinity(Some(tid), cpus) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(e) => return Err(e).context("keeping this process to the CPUs asked for"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one-CPU set of `cpu`.
+fn only(cpu: usize) -> CpuSet {
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    set
+}
+
+/// Starts NATS, a gateway and two one-slot workers and waits until the workers are ready
+/// and idle. Worker `i` gets `--cpu-list worker_cpus[i]` if given; NATS and the gateway keep
+/// to `rest` if given.
+async fn start_fleet(
+    client: &reqwest::Client,
+    dir: &Path,
+    worker_cpus: [Option<usize>; 2],
+    rest: Option<&CpuSet>,
+) -> anyhow::Result<Fleet> {
     let nats_port = free_port()?;
-    eprintln!("starting nats-server, a gateway and 2 workers...");
-    let _nats = start_nats(nats_port, &dir.path().join("nats"))?;
+    let nats_proc = started_on(rest, || start_nats(nats_port, &dir.join("nats")))??;
     let nats = format!("nats://127.0.0.1:{nats_port}");
     let mut workers = Vec::new();
-    // Each one-slot worker keeps to a CPU of its own, as the single process's two slots
-    // each keep their processes to one (`sandbox.pin_slots`); with one CPU, both share it.
-    let own: Vec<String> = cod_fleet::cpus::allowed()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    for i in 0..2u32 {
-        let d = dir.path().join(format!("w{i}"));
+    for (i, cpu) in (0u32..).zip(worker_cpus) {
+        let d = dir.join(format!("w{i}"));
         let config = format!(
             "[sandbox]\nuid_base = {}\n[cache]\ndir = {:?}\n",
             57_000 + 500 * i,
             d.join("cache")
         );
         let id = format!("bench-w{i}");
+        let cpu = cpu.map(|c| c.to_string());
         let mut args = vec![
             "worker",
             "--nats",
@@ -321,40 +397,71 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
             "--id",
             &id,
         ];
-        if own.len() >= 2 {
-            args.extend(["--cpu-list", &own[i as usize]]);
+        if let Some(cpu) = &cpu {
+            args.extend(["--cpu-list", cpu]);
         }
         workers.push(spawn_cod(&d, &config, &args)?);
     }
     let gw_port = free_port()?;
-    let _gateway = spawn_cod(
-        &dir.path().join("gw"),
-        &format!("[server]\nlisten = \"127.0.0.1:{gw_port}\"\nqueue = 1024\n"),
-        &["serve", "--nats", &nats],
-    )?;
-    let fleet = format!("http://127.0.0.1:{gw_port}");
-    wait_workers(&client, &fleet, "all ready", Duration::from_secs(60), |w| {
+    let gateway = started_on(rest, || {
+        spawn_cod(
+            &dir.join("gw"),
+            &format!("[server]\nlisten = \"127.0.0.1:{gw_port}\"\nqueue = 1024\n"),
+            &["serve", "--nats", &nats],
+        )
+    })??;
+    let url = format!("http://127.0.0.1:{gw_port}");
+    wait_workers(client, &url, "all ready", Duration::from_secs(60), |w| {
         w.iter().filter(|w| w["state"] == "ready").count() == 2
     })
     .await?;
     eprintln!("waiting for the workers' prebuilt C++ header...");
     // Their prebuilds hold their slot at first.
-    wait_workers(&client, &fleet, "idle", Duration::from_secs(300), |w| {
+    wait_workers(client, &url, "idle", Duration::from_secs(300), |w| {
         w.iter().all(|w| w["busy"] == 0)
     })
     .await?;
+    Ok(Fleet {
+        url,
+        nats,
+        _gateway: gateway,
+        _workers: workers,
+        _nats: nats_proc,
+    })
+}
+
+/// `cod serve` with two slots, kept to `cpus` if given, once its prebuilt files are there.
+async fn start_single(client: &reqwest::Client, cpus: Option<&CpuSet>) -> anyhow::Result<Server> {
     eprintln!("starting cod serve with 2 slots...");
-    let single = start_server(&client, 2, 58_000, true).await?;
+    // `start_server` starts the process before its first wait, so on this thread.
+    let was = sched_getaffinity(None).context("reading this thread's CPUs")?;
+    if let Some(cpus) = cpus {
+        sched_setaffinity(None, cpus).context("keeping to the CPUs asked for")?;
+    }
+    let single = start_server(client, 2, 58_000, true).await;
+    sched_setaffinity(None, &was).context("restoring this thread's CPUs")?;
+    let single = single?;
     // Its own prebuilt files (the C++ header, the javac archive) are built in a slot in the
     // background: measured meanwhile, the single process would lose a CPU to a compiler.
     eprintln!("waiting for the single process's prebuilt C++ header and javac archive...");
     wait_prebuilt(&single).await?;
+    Ok(single)
+}
 
+/// Sequential latency of both paths (see [`LATENCY_BLOCK`]), then their throughput with 2
+/// and 4 clients.
+async fn compare(
+    client: &reqwest::Client,
+    single: &str,
+    fleet: &str,
+    runs: usize,
+    seconds: u64,
+) -> anyhow::Result<(Stats, Stats, Vec<FleetThroughput>)> {
     let body = json!({"language": "python", "source": "print(1)"});
     eprint!("latency, in alternating blocks of {LATENCY_BLOCK}: ");
-    for url in [&single.url, &fleet] {
+    for url in [single, fleet] {
         for _ in 0..20 {
-            post(&client, url, &body, "1\n").await?;
+            post(client, url, &body, "1\n").await?;
         }
     }
     let (mut one, mut many) = (Vec::new(), Vec::new());
@@ -362,13 +469,13 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     let mut block = 0;
     while one.len() < runs || many.len() < runs {
         let order = if block % 2 == 0 {
-            [(&single.url, &mut one), (&fleet, &mut many)]
+            [(single, &mut one), (fleet, &mut many)]
         } else {
-            [(&fleet, &mut many), (&single.url, &mut one)]
+            [(fleet, &mut many), (single, &mut one)]
         };
         for (url, times) in order {
             for i in 0..LATENCY_BLOCK {
-                let (t, _) = post(&client, url, &body, "1\n").await?;
+                let (t, _) = post(client, url, &body, "1\n").await?;
                 if i >= BLOCK_SETTLE && times.len() < runs {
                     times.push(t);
                 }
@@ -380,13 +487,11 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
         }
     }
     eprintln!();
-    let (single_stats, fleet_stats) = (stats(one), stats(many));
     let mut throughput = Vec::new();
     for clients in [2, 4] {
         eprintln!("throughput with {clients} clients, {seconds} s each...");
-        let (single_per_s, single_cpu) =
-            rate_and_cpu(&client, &single.url, clients, seconds).await?;
-        let (fleet_per_s, fleet_cpu) = rate_and_cpu(&client, &fleet, clients, seconds).await?;
+        let (single_per_s, single_cpu) = rate_and_cpu(client, single, clients, seconds).await?;
+        let (fleet_per_s, fleet_cpu) = rate_and_cpu(client, fleet, clients, seconds).await?;
         throughput.push(FleetThroughput {
             clients,
             single_per_s,
@@ -396,10 +501,78 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
             fleet_cpu_ms_per_run: fleet_cpu,
         });
     }
+    Ok((stats(one), stats(many), throughput))
+}
+
+async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    eprintln!("starting nats-server, a gateway and 2 workers...");
+    // Each one-slot worker keeps to a CPU of its own, as the single process's two slots
+    // each keep their processes to one (`sandbox.pin_slots`); with one CPU, both share it.
+    let own = cod_fleet::cpus::allowed();
+    let worker_cpus = if own.len() >= 2 {
+        [Some(own[0]), Some(own[1])]
+    } else {
+        [None, None]
+    };
+    let fleet = start_fleet(&client, &dir.path().join("shared"), worker_cpus, None).await?;
+    let single = start_single(&client, None).await?;
+    let (single_stats, fleet_stats, throughput) =
+        compare(&client, &single.url, &fleet.url, runs, seconds).await?;
     let added_ms = fleet_stats.median_ms - single_stats.median_ms;
-    let sharing = shared_compiles(&client, &fleet, &nats).await?;
+    let sharing = shared_compiles(&client, &fleet.url, &fleet.nats).await?;
+    drop((single, fleet));
+    let split = match own[..] {
+        [work, rest, ..] => Some(split(&client, dir.path(), work, rest, runs, seconds).await?),
+        _ => None,
+    };
     Ok(FleetReport {
         sharing,
+        latency_met: added_ms <= ADDED_MS_GOAL,
+        throughput_met: throughput.iter().all(|t| t.ratio >= THROUGHPUT_GOAL),
+        single: single_stats,
+        fleet: fleet_stats,
+        added_ms,
+        throughput,
+        split,
+    })
+}
+
+/// The comparison again with the work on one CPU and the rest on another: both workers and
+/// the single process keep to `work`; NATS, the gateway and the load to `rest`.
+async fn split(
+    client: &reqwest::Client,
+    dir: &Path,
+    work: usize,
+    rest: usize,
+    runs: usize,
+    seconds: u64,
+) -> anyhow::Result<SplitReport> {
+    eprintln!(
+        "again with the workers on CPU {work}, NATS, the gateway and the load on CPU {rest}:"
+    );
+    let rest_set = only(rest);
+    let fleet = start_fleet(
+        client,
+        &dir.join("split"),
+        [Some(work), Some(work)],
+        Some(&rest_set),
+    )
+    .await?;
+    let single = start_single(client, Some(&only(work))).await?;
+    let all = sched_getaffinity(None).context("reading this thread's CPUs")?;
+    keep_process_to(&rest_set)?;
+    let compared = compare(client, &single.url, &fleet.url, runs, seconds).await;
+    keep_process_to(&all)?;
+    let (single_stats, fleet_stats, throughput) = compared?;
+    let added_ms = fleet_stats.median_ms - single_stats.median_ms;
+    Ok(SplitReport {
+        work_cpu: work,
+        rest_cpu: rest,
         latency_met: added_ms <= ADDED_MS_GOAL,
         throughput_met: throughput.iter().all(|t| t.ratio >= THROUGHPUT_GOAL),
         single: single_stats,
@@ -409,42 +582,61 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     })
 }
 
-/// Prints the suite's table.
+/// Prints the suite's tables.
 pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    let mark = |met: bool| if met { "✓" } else { "✗" };
     writeln!(
         out,
         "\nFleet: gateway + 2 workers through NATS JetStream vs one cod serve (2 slots), Python print(1)"
     )?;
+    print_paths(out, &r.single, &r.fleet, r.added_ms, &r.throughput)?;
+    writeln!(
+        out,
+        "shared compile cache: C++ compile on a worker {:.0} ms; fetching it from the object store {:.2} ms (p99 {:.2}), {} bytes",
+        r.sharing.compile_ms, r.sharing.fetch.median_ms, r.sharing.fetch.p99_ms, r.sharing.bytes
+    )?;
+    if let Some(s) = &r.split {
+        writeln!(
+            out,
+            "\nThe same with the work and the rest apart, as on a fleet: both workers and the single process on CPU {}, NATS, the gateway and the load on CPU {}",
+            s.work_cpu, s.rest_cpu
+        )?;
+        print_paths(out, &s.single, &s.fleet, s.added_ms, &s.throughput)?;
+    }
+    Ok(())
+}
+
+/// One comparison's latency and throughput tables.
+fn print_paths(
+    out: &mut impl std::io::Write,
+    single: &Stats,
+    fleet: &Stats,
+    added_ms: f64,
+    throughput: &[FleetThroughput],
+) -> std::io::Result<()> {
+    let mark = |met: bool| if met { "✓" } else { "✗" };
     writeln!(out, "| path | median ms | p99 ms |")?;
     writeln!(out, "|---|---|---|")?;
     writeln!(
         out,
         "| single process | {:.2} | {:.2} |",
-        r.single.median_ms, r.single.p99_ms
+        single.median_ms, single.p99_ms
     )?;
     writeln!(
         out,
         "| distributed | {:.2} | {:.2} |",
-        r.fleet.median_ms, r.fleet.p99_ms
+        fleet.median_ms, fleet.p99_ms
     )?;
     writeln!(
         out,
-        "added median: {:+.2} ms (goal ≤ {ADDED_MS_GOAL} ms) {}",
-        r.added_ms,
-        mark(r.latency_met)
-    )?;
-    writeln!(
-        out,
-        "shared compile cache: C++ compile on a worker {:.0} ms; fetching it from the object store {:.2} ms (p99 {:.2}), {} bytes",
-        r.sharing.compile_ms, r.sharing.fetch.median_ms, r.sharing.fetch.p99_ms, r.sharing.bytes
+        "added median: {added_ms:+.2} ms (goal ≤ {ADDED_MS_GOAL} ms) {}",
+        mark(added_ms <= ADDED_MS_GOAL)
     )?;
     writeln!(
         out,
         "| clients | single runs/s | distributed runs/s | ratio (goal ≥ {THROUGHPUT_GOAL}) | machine CPU per run, single / distributed |"
     )?;
     writeln!(out, "|---|---|---|---|---|")?;
-    for t in &r.throughput {
+    for t in throughput {
         writeln!(
             out,
             "| {} | {:.0} | {:.0} | {:.2} {} | {:.2} ms / {:.2} ms |",
@@ -458,4 +650,74 @@ pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPUs `/proc/<path>/status` lists as allowed.
+    fn allowed_list(path: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{path}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_process_started_on_a_cpu_keeps_to_it_and_the_thread_gets_its_cpus_back() {
+        let all = cod_fleet::cpus::allowed();
+        let last = *all.last().unwrap();
+        let before = allowed_list("thread-self");
+        let out = started_on(Some(&only(last)), || {
+            Command::new("grep")
+                .args(["Cpus_allowed_list", "/proc/self/status"])
+                .output()
+        })
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            out.split_whitespace().nth(1),
+            Some(last.to_string().as_str())
+        );
+        assert_eq!(allowed_list("thread-self"), before);
+        // Without CPUs, nothing changes.
+        let out = started_on(None, || {
+            Command::new("grep")
+                .args(["Cpus_allowed_list", "/proc/self/status"])
+                .output()
+        })
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.split_whitespace().nth(1), Some(before.as_str()));
+    }
+
+    #[test]
+    fn keeping_the_process_to_a_cpu_moves_threads_already_running() {
+        let all = cod_fleet::cpus::allowed();
+        let last = *all.last().unwrap();
+        let every = sched_getaffinity(None).unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero())
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        keep_process_to(&only(last)).unwrap();
+        let kept = allowed_list(&format!("self/task/{tid}"));
+        keep_process_to(&every).unwrap();
+        let back = allowed_list(&format!("self/task/{tid}"));
+        done_tx.send(()).unwrap();
+        other.join().unwrap();
+        assert_eq!(kept, last.to_string());
+        assert_eq!(back, allowed_list("thread-self"));
+    }
 }
