@@ -88,9 +88,9 @@ async fn rate_and_cpu(
     Ok((per_s, (machine_cpu_ms() - cpu) / runs.max(1.0)))
 }
 
-/// The fleet suite's results.
+/// One comparison of the two paths.
 #[derive(Debug, Serialize)]
-pub(crate) struct FleetReport {
+pub(crate) struct Comparison {
     /// `cod serve`, 2 slots: request to answer.
     pub(crate) single: Stats,
     /// Gateway + 2 workers through NATS.
@@ -100,6 +100,14 @@ pub(crate) struct FleetReport {
     pub(crate) throughput: Vec<FleetThroughput>,
     pub(crate) latency_met: bool,
     pub(crate) throughput_met: bool,
+}
+
+/// The fleet suite's results.
+#[derive(Debug, Serialize)]
+pub(crate) struct FleetReport {
+    /// Every process free to use every CPU.
+    #[serde(flatten)]
+    pub(crate) shared: Comparison,
     pub(crate) sharing: Sharing,
     /// The same comparison with the work and the rest on CPUs of their own (with two CPUs
     /// or more).
@@ -115,13 +123,8 @@ pub(crate) struct SplitReport {
     pub(crate) work_cpu: usize,
     /// The CPU NATS, the gateway and the load keep to.
     pub(crate) rest_cpu: usize,
-    pub(crate) single: Stats,
-    pub(crate) fleet: Stats,
-    /// fleet median − single median, ms.
-    pub(crate) added_ms: f64,
-    pub(crate) throughput: Vec<FleetThroughput>,
-    pub(crate) latency_met: bool,
-    pub(crate) throughput_met: bool,
+    #[serde(flatten)]
+    pub(crate) paths: Comparison,
 }
 
 /// The shared compile cache: compiling a C++ program on a worker against fetching what
@@ -456,7 +459,7 @@ async fn compare(
     fleet: &str,
     runs: usize,
     seconds: u64,
-) -> anyhow::Result<(Stats, Stats, Vec<FleetThroughput>)> {
+) -> anyhow::Result<Comparison> {
     let body = json!({"language": "python", "source": "print(1)"});
     eprint!("latency, in alternating blocks of {LATENCY_BLOCK}: ");
     for url in [single, fleet] {
@@ -501,7 +504,16 @@ async fn compare(
             fleet_cpu_ms_per_run: fleet_cpu,
         });
     }
-    Ok((stats(one), stats(many), throughput))
+    let (single, fleet) = (stats(one), stats(many));
+    let added_ms = fleet.median_ms - single.median_ms;
+    Ok(Comparison {
+        latency_met: added_ms <= ADDED_MS_GOAL,
+        throughput_met: throughput.iter().all(|t| t.ratio >= THROUGHPUT_GOAL),
+        single,
+        fleet,
+        added_ms,
+        throughput,
+    })
 }
 
 async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
@@ -521,9 +533,7 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
     };
     let fleet = start_fleet(&client, &dir.path().join("shared"), worker_cpus, None).await?;
     let single = start_single(&client, None).await?;
-    let (single_stats, fleet_stats, throughput) =
-        compare(&client, &single.url, &fleet.url, runs, seconds).await?;
-    let added_ms = fleet_stats.median_ms - single_stats.median_ms;
+    let shared = compare(&client, &single.url, &fleet.url, runs, seconds).await?;
     let sharing = shared_compiles(&client, &fleet.url, &fleet.nats).await?;
     drop((single, fleet));
     let split = match own[..] {
@@ -531,13 +541,8 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
         _ => None,
     };
     Ok(FleetReport {
+        shared,
         sharing,
-        latency_met: added_ms <= ADDED_MS_GOAL,
-        throughput_met: throughput.iter().all(|t| t.ratio >= THROUGHPUT_GOAL),
-        single: single_stats,
-        fleet: fleet_stats,
-        added_ms,
-        throughput,
         split,
     })
 }
@@ -568,17 +573,10 @@ async fn split(
     keep_process_to(&rest_set)?;
     let compared = compare(client, &single.url, &fleet.url, runs, seconds).await;
     keep_process_to(&all)?;
-    let (single_stats, fleet_stats, throughput) = compared?;
-    let added_ms = fleet_stats.median_ms - single_stats.median_ms;
     Ok(SplitReport {
         work_cpu: work,
         rest_cpu: rest,
-        latency_met: added_ms <= ADDED_MS_GOAL,
-        throughput_met: throughput.iter().all(|t| t.ratio >= THROUGHPUT_GOAL),
-        single: single_stats,
-        fleet: fleet_stats,
-        added_ms,
-        throughput,
+        paths: compared?,
     })
 }
 
@@ -588,7 +586,7 @@ pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::
         out,
         "\nFleet: gateway + 2 workers through NATS JetStream vs one cod serve (2 slots), Python print(1)"
     )?;
-    print_paths(out, &r.single, &r.fleet, r.added_ms, &r.throughput)?;
+    print_paths(out, &r.shared)?;
     writeln!(
         out,
         "shared compile cache: C++ compile on a worker {:.0} ms; fetching it from the object store {:.2} ms (p99 {:.2}), {} bytes",
@@ -600,43 +598,38 @@ pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::
             "\nThe same with the work and the rest apart, as on a fleet: both workers and the single process on CPU {}, NATS, the gateway and the load on CPU {}",
             s.work_cpu, s.rest_cpu
         )?;
-        print_paths(out, &s.single, &s.fleet, s.added_ms, &s.throughput)?;
+        print_paths(out, &s.paths)?;
     }
     Ok(())
 }
 
 /// One comparison's latency and throughput tables.
-fn print_paths(
-    out: &mut impl std::io::Write,
-    single: &Stats,
-    fleet: &Stats,
-    added_ms: f64,
-    throughput: &[FleetThroughput],
-) -> std::io::Result<()> {
+fn print_paths(out: &mut impl std::io::Write, c: &Comparison) -> std::io::Result<()> {
     let mark = |met: bool| if met { "✓" } else { "✗" };
     writeln!(out, "| path | median ms | p99 ms |")?;
     writeln!(out, "|---|---|---|")?;
     writeln!(
         out,
         "| single process | {:.2} | {:.2} |",
-        single.median_ms, single.p99_ms
+        c.single.median_ms, c.single.p99_ms
     )?;
     writeln!(
         out,
         "| distributed | {:.2} | {:.2} |",
-        fleet.median_ms, fleet.p99_ms
+        c.fleet.median_ms, c.fleet.p99_ms
     )?;
     writeln!(
         out,
-        "added median: {added_ms:+.2} ms (goal ≤ {ADDED_MS_GOAL} ms) {}",
-        mark(added_ms <= ADDED_MS_GOAL)
+        "added median: {:+.2} ms (goal ≤ {ADDED_MS_GOAL} ms) {}",
+        c.added_ms,
+        mark(c.latency_met)
     )?;
     writeln!(
         out,
         "| clients | single runs/s | distributed runs/s | ratio (goal ≥ {THROUGHPUT_GOAL}) | machine CPU per run, single / distributed |"
     )?;
     writeln!(out, "|---|---|---|---|---|")?;
-    for t in throughput {
+    for t in &c.throughput {
         writeln!(
             out,
             "| {} | {:.0} | {:.0} | {:.2} {} | {:.2} ms / {:.2} ms |",
@@ -667,34 +660,91 @@ mod tests {
             .to_owned()
     }
 
+    fn comparison(added_ms: f64, ratio: f64) -> Comparison {
+        let ms = |m: f64| Stats {
+            median_ms: m,
+            p99_ms: m,
+            min_ms: m,
+        };
+        Comparison {
+            single: ms(2.0),
+            fleet: ms(2.0 + added_ms),
+            added_ms,
+            throughput: vec![FleetThroughput {
+                clients: 2,
+                single_per_s: 100.0,
+                fleet_per_s: 100.0 * ratio,
+                ratio,
+                single_cpu_ms_per_run: 3.0,
+                fleet_cpu_ms_per_run: 4.0,
+            }],
+            latency_met: added_ms <= ADDED_MS_GOAL,
+            throughput_met: ratio >= THROUGHPUT_GOAL,
+        }
+    }
+
+    #[test]
+    fn the_report_keeps_the_shared_comparison_at_its_top_and_prints_both() {
+        let r = FleetReport {
+            shared: comparison(1.5, 0.6),
+            sharing: Sharing {
+                compile_ms: 400.0,
+                fetch: Stats {
+                    median_ms: 2.0,
+                    p99_ms: 4.0,
+                    min_ms: 1.0,
+                },
+                bytes: 1000,
+            },
+            split: Some(SplitReport {
+                work_cpu: 0,
+                rest_cpu: 1,
+                paths: comparison(2.5, 0.9),
+            }),
+        };
+        // Earlier results (benches/results/fleet.json) have the shared comparison's fields
+        // at the top: they still do.
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["added_ms"], 1.5);
+        assert_eq!(v["throughput"][0]["ratio"], 0.6);
+        assert_eq!(v["latency_met"], false);
+        assert_eq!(v["split"]["work_cpu"], 0);
+        assert_eq!(v["split"]["added_ms"], 2.5);
+        assert_eq!(v["split"]["throughput_met"], true);
+        let mut out = Vec::new();
+        print(&r, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("added median: +1.50 ms"), "{out}");
+        assert!(out.contains("| 2 | 100 | 60 | 0.60 ✗ |"), "{out}");
+        assert!(
+            out.contains("on CPU 0, NATS, the gateway and the load on CPU 1"),
+            "{out}"
+        );
+        assert!(out.contains("added median: +2.50 ms"), "{out}");
+        assert!(out.contains("| 2 | 100 | 90 | 0.90 ✓ |"), "{out}");
+    }
+
     #[test]
     fn a_process_started_on_a_cpu_keeps_to_it_and_the_thread_gets_its_cpus_back() {
         let all = cod_fleet::cpus::allowed();
         let last = *all.last().unwrap();
         let before = allowed_list("thread-self");
-        let out = started_on(Some(&only(last)), || {
-            Command::new("grep")
-                .args(["Cpus_allowed_list", "/proc/self/status"])
-                .output()
-        })
-        .unwrap()
-        .unwrap();
-        let out = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            out.split_whitespace().nth(1),
-            Some(last.to_string().as_str())
-        );
+        // The CPUs a process started by `started_on(cpus)` may use.
+        let child = |cpus: Option<&CpuSet>| {
+            let out = started_on(cpus, || {
+                Command::new("grep")
+                    .args(["Cpus_allowed_list", "/proc/self/status"])
+                    .output()
+            })
+            .unwrap()
+            .unwrap();
+            let out = String::from_utf8(out.stdout).unwrap();
+            out.split_whitespace().nth(1).unwrap().to_owned()
+        };
+        assert_eq!(child(Some(&only(last))), last.to_string());
         assert_eq!(allowed_list("thread-self"), before);
         // Without CPUs, nothing changes.
-        let out = started_on(None, || {
-            Command::new("grep")
-                .args(["Cpus_allowed_list", "/proc/self/status"])
-                .output()
-        })
-        .unwrap()
-        .unwrap();
-        let out = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(out.split_whitespace().nth(1), Some(before.as_str()));
+        assert_eq!(child(None), before);
     }
 
     #[test]
