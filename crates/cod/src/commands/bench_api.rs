@@ -632,6 +632,37 @@ pub(super) async fn rate(
     timed_rate(url, clients, seconds).await
 }
 
+/// A timed load and what `read` gave right before and right after it.
+pub(super) struct Measured<T> {
+    pub(super) per_s: f64,
+    /// The runs answered between the two readings (at least 1).
+    pub(super) runs: f64,
+    pub(super) before: T,
+    pub(super) after: T,
+}
+
+/// [`rate`], with `read` taken around the timed load alone (after the warm-up), so that
+/// what it reads divides by the runs it counted.
+pub(super) async fn rate_between<T>(
+    client: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+    read: impl Fn() -> T,
+) -> anyhow::Result<Measured<T>> {
+    warm_up(client, url).await?;
+    let before = read();
+    let start = Instant::now();
+    let per_s = timed_rate(url, clients, seconds).await?;
+    let runs = (per_s * start.elapsed().as_secs_f64()).max(1.0);
+    Ok(Measured {
+        per_s,
+        runs,
+        before,
+        after: read(),
+    })
+}
+
 /// [`rate`] on `server`, and where the CPU of each run went meanwhile.
 async fn rate_and_split(
     client: &reqwest::Client,
@@ -639,23 +670,18 @@ async fn rate_and_split(
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<(f64, CpuPerRun)> {
-    warm_up(client, &server.url).await?;
     let me = std::process::id();
-    let (machine, tree, own) = (
-        super::bench_fleet::machine_cpu_ms(),
-        tree_cpu(server.pid()),
-        tree_cpu(me),
-    );
-    let start = Instant::now();
-    let per_s = timed_rate(&server.url, clients, seconds).await?;
-    let runs = (per_s * start.elapsed().as_secs_f64()).max(1.0);
-    let (machine2, tree2, own2) = (
-        super::bench_fleet::machine_cpu_ms(),
-        tree_cpu(server.pid()),
-        tree_cpu(me),
-    );
+    let read = || {
+        (
+            super::bench_fleet::machine_cpu_ms(),
+            tree_cpu(server.pid()),
+            tree_cpu(me),
+        )
+    };
+    let m = rate_between(client, &server.url, clients, seconds, read).await?;
+    let ((machine, tree, own), (machine2, tree2, own2), runs) = (m.before, m.after, m.runs);
     Ok((
-        per_s,
+        m.per_s,
         CpuPerRun {
             machine_ms: (machine2 - machine) / runs,
             server_ms: (tree2.root_ms - tree.root_ms) / runs,

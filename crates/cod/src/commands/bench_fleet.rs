@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 use super::bench::{Stats, stats};
-use super::bench_api::{Server, free_port, post, rate, start_server, wait_prebuilt};
+use super::bench_api::{Server, free_port, post, rate_between, start_server, wait_prebuilt};
 
 /// Goal: what the distributed path may add to a warm Python run's median, ms.
 const ADDED_MS_GOAL: f64 = 1.0;
@@ -74,18 +74,16 @@ pub(super) fn machine_cpu_ms() -> f64 {
     busy * 10.0
 }
 
-/// Runs per second and machine CPU ms per run, with `clients` clients.
+/// Runs per second and machine CPU ms per run, with `clients` clients (the warm-up
+/// counted in neither).
 async fn rate_and_cpu(
     client: &reqwest::Client,
     url: &str,
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<(f64, f64)> {
-    let cpu = machine_cpu_ms();
-    let start = Instant::now();
-    let per_s = rate(client, url, clients, seconds).await?;
-    let runs = per_s * start.elapsed().as_secs_f64();
-    Ok((per_s, (machine_cpu_ms() - cpu) / runs.max(1.0)))
+    let m = rate_between(client, url, clients, seconds, machine_cpu_ms).await?;
+    Ok((m.per_s, (m.after - m.before) / m.runs))
 }
 
 /// One comparison of the two paths.
@@ -649,15 +647,9 @@ fn print_paths(out: &mut impl std::io::Write, c: &Comparison) -> std::io::Result
 mod tests {
     use super::*;
 
-    /// The CPUs `/proc/<path>/status` lists as allowed.
-    fn allowed_list(path: &str) -> String {
-        let status = std::fs::read_to_string(format!("/proc/{path}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_owned()
+    /// The CPUs thread `tid` (this one with `None`) may use, in the kernel's list format.
+    fn allowed_list(tid: Option<rustix::process::Pid>) -> String {
+        cod_fleet::cpus::cpu_list_text(&sched_getaffinity(tid).unwrap())
     }
 
     fn comparison(added_ms: f64, ratio: f64) -> Comparison {
@@ -728,7 +720,7 @@ mod tests {
     fn a_process_started_on_a_cpu_keeps_to_it_and_the_thread_gets_its_cpus_back() {
         let all = cod_fleet::cpus::allowed();
         let last = *all.last().unwrap();
-        let before = allowed_list("thread-self");
+        let before = allowed_list(None);
         // The CPUs a process started by `started_on(cpus)` may use.
         let child = |cpus: Option<&CpuSet>| {
             let out = started_on(cpus, || {
@@ -742,7 +734,7 @@ mod tests {
             out.split_whitespace().nth(1).unwrap().to_owned()
         };
         assert_eq!(child(Some(&only(last))), last.to_string());
-        assert_eq!(allowed_list("thread-self"), before);
+        assert_eq!(allowed_list(None), before);
         // Without CPUs, nothing changes.
         assert_eq!(child(None), before);
     }
@@ -755,19 +747,17 @@ mod tests {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let other = std::thread::spawn(move || {
-            tid_tx
-                .send(rustix::thread::gettid().as_raw_nonzero())
-                .unwrap();
+            tid_tx.send(rustix::thread::gettid()).unwrap();
             let _ = done_rx.recv();
         });
         let tid = tid_rx.recv().unwrap();
         keep_process_to(&only(last)).unwrap();
-        let kept = allowed_list(&format!("self/task/{tid}"));
+        let kept = allowed_list(Some(tid));
         keep_process_to(&every).unwrap();
-        let back = allowed_list(&format!("self/task/{tid}"));
+        let back = allowed_list(Some(tid));
         done_tx.send(()).unwrap();
         other.join().unwrap();
         assert_eq!(kept, last.to_string());
-        assert_eq!(back, allowed_list("thread-self"));
+        assert_eq!(back, allowed_list(None));
     }
 }
