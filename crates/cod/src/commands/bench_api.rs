@@ -47,6 +47,9 @@ pub(crate) struct Throughput {
     pub(crate) cold_per_s: f64,
     /// Raw `python3 -c 'print(1)'` with as many processes at once.
     pub(crate) raw_per_s: f64,
+    /// As many bare fork servers in `/usr/bin/python3` at once, with the warm runtime's
+    /// preloads: no sandbox, no API, only a fork per run (see [`fork_rate`]).
+    pub(crate) fork_per_s: f64,
     /// Where the CPU of a warm run goes.
     pub(crate) warm_cpu: CpuPerRun,
 }
@@ -604,11 +607,19 @@ async fn run_async(
             let (warm_per_s, warm_cpu) = rate_and_split(&client, &server, clients, seconds).await?;
             let cold_per_s = rate(&client, &cold.url, clients, seconds).await?;
             let raw_per_s = raw_rate(clients, seconds)?;
+            let fork_per_s = fork_rate(
+                clients,
+                Duration::from_secs(seconds),
+                &python_preload(),
+                "print(1)",
+                "1\n",
+            )?;
             throughput.push(Throughput {
                 clients,
                 warm_per_s,
                 cold_per_s,
                 raw_per_s,
+                fork_per_s,
                 warm_cpu,
             });
         }
@@ -806,6 +817,94 @@ fn raw_rate(clients: usize, seconds: u64) -> anyhow::Result<f64> {
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The modules the built-in Python language's warm runtime imports ahead.
+fn python_preload() -> Vec<String> {
+    cod_runtime::language::Registry::load(None, &[])
+        .ok()
+        .and_then(|r| Some(r.get("python")?.warm()?.preload.clone()))
+        .unwrap_or_default()
+}
+
+/// The fork server [`fork_rate`] runs: `argv[1]` seconds, `argv[2]` the source, `argv[3]`
+/// its expected output, then the modules to import first. Each run is a fork that runs the
+/// compiled source with its output on a pipe, read and checked by the server; it prints
+/// the runs it completed.
+const FORK_SERVER: &str = r#"
+import os, sys, time
+for m in sys.argv[4:]:
+    __import__(m)
+code = compile(sys.argv[2], 'main.py', 'exec')
+expect = sys.argv[3].encode()
+end = time.monotonic() + float(sys.argv[1])
+n = 0
+while time.monotonic() < end:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        os.close(w)
+        exec(code, {'__name__': '__main__'})
+        sys.stdout.flush()
+        os._exit(0)
+    os.close(w)
+    out = b''
+    while True:
+        b = os.read(r, 4096)
+        if not b:
+            break
+        out += b
+    os.close(r)
+    if os.waitpid(pid, 0)[1] != 0 or out != expect:
+        sys.exit('a run printed %r' % out)
+    n += 1
+print(n)
+"#;
+
+/// Runs per second of `clients` bare fork servers at once in `/usr/bin/python3`, each
+/// importing `preload` and then, for each run, forking a child that runs `source`
+/// (compiled once) and checking that it printed `expect`. No sandbox and no API: what
+/// forking a warm interpreter per run costs this machine on its own, the floor under the
+/// warm runtimes' throughput.
+fn fork_rate(
+    clients: usize,
+    time: Duration,
+    preload: &[String],
+    source: &str,
+    expect: &str,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let secs = format!("{:.3}", time.as_secs_f64());
+    let start = Instant::now();
+    let children = (0..clients)
+        .map(|_| {
+            local(
+                dir.path(),
+                &["/usr/bin/python3", "-c", FORK_SERVER, &secs, source, expect],
+            )
+            .args(preload)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting /usr/bin/python3")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut total = 0u64;
+    for child in children {
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.trim().parse::<u64>() {
+            Ok(n) if out.status.success() => total += n,
+            _ => bail!(
+                "the fork server failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Sizes of Rust hello built by rustc's default (static std) and as cod builds it (std as
 /// a shared library).
 fn rust_sizes() -> anyhow::Result<(u64, u64)> {
@@ -872,18 +971,20 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
         )?;
         writeln!(
             out,
-            "| clients | warm runtimes | cold (pool off) | warm / cold | local python3 |"
+            "| clients | warm runtimes | cold (pool off) | warm / cold | local python3 | fork server, no sandbox or API | warm / fork server |"
         )?;
-        writeln!(out, "|---|---|---|---|---|")?;
+        writeln!(out, "|---|---|---|---|---|---|---|")?;
         for t in &r.throughput {
             writeln!(
                 out,
-                "| {} | {:.0} | {:.0} | {:.1} | {:.0} |",
+                "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.2} |",
                 t.clients,
                 t.warm_per_s,
                 t.cold_per_s,
                 t.warm_per_s / t.cold_per_s.max(1e-9),
-                t.raw_per_s
+                t.raw_per_s,
+                t.fork_per_s,
+                t.warm_per_s / t.fork_per_s.max(1e-9),
             )?;
         }
         writeln!(
@@ -928,6 +1029,28 @@ mod cpu_tests {
         assert!(!answered_1(br#"{"status":"runtime_error","stdout":"1\n"}"#));
         assert!(!answered_1(br#"{"status":"ok"}"#));
         assert!(!answered_1(b"not json"));
+    }
+
+    /// The fork server completes runs that print what is expected, with the preloads
+    /// imported, and fails on a run that prints anything else or a module that is missing.
+    #[test]
+    fn the_fork_server_counts_only_runs_that_printed_the_answer() {
+        let t = Duration::from_millis(300);
+        let json = ["json".to_owned()];
+        let rate =
+            fork_rate(2, t, &json, "import json; print(json.dumps(1))", "1\n").expect("runs");
+        assert!(rate >= 1.0, "{rate} runs/s");
+        let err = fork_rate(1, t, &[], "print(2)", "1\n").expect_err("a wrong answer fails");
+        assert!(err.to_string().contains("printed b'2\\n'"), "{err:#}");
+        let missing = ["no_such_module_here".to_owned()];
+        assert!(fork_rate(1, t, &missing, "print(1)", "1\n").is_err());
+    }
+
+    /// The built-in Python's preloads are the ones the fork server imports.
+    #[test]
+    fn the_fork_server_imports_the_warm_runtimes_preloads() {
+        let p = python_preload();
+        assert!(p.iter().any(|m| m == "json"), "{p:?}");
     }
 
     /// The fields come after the name's last `)`, whatever the name holds.
