@@ -167,6 +167,26 @@ pub struct ServerConfig {
     /// Largest request body; larger ones get 413.
     #[serde(default = "default_max_body")]
     pub max_body: Bytes,
+    /// Threads of the async runtime that serves HTTP and hands runs to the sandbox (the
+    /// runs are processes of their own); 0 means one per four CPUs, at least one.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl ServerConfig {
+    /// The async runtime's threads on a machine with `cpus` CPUs.
+    ///
+    /// By default, one per four CPUs: the server's own work is about a seventh of the
+    /// machine's CPU per run when runs are the cheapest there are (Python `print(1)`,
+    /// back to back), and each thread more wakes more threads for a run's hand-offs, which
+    /// costs CPU the runs could use (measured in docs/config.md).
+    pub fn runtime_threads(&self, cpus: usize) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            (cpus / 4).max(1)
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -186,6 +206,7 @@ impl Default for ServerConfig {
             workers: 0,
             queue: DEFAULT_QUEUE,
             max_body: DEFAULT_MAX_BODY,
+            threads: 0,
         }
     }
 }
@@ -795,6 +816,11 @@ impl Config {
                 "server.workers must be at most 4096".into(),
             ));
         }
+        if self.server.threads > 1024 {
+            return Err(ConfigError::Value(
+                "server.threads must be at most 1024".into(),
+            ));
+        }
         self.sessions.validate().map_err(ConfigError::Value)?;
         self.scheduler.validate().map_err(ConfigError::Value)?;
         self.jobs.validate().map_err(ConfigError::Value)?;
@@ -895,6 +921,20 @@ mod tests {
             let e = Config::from_toml(toml).unwrap_err();
             assert!(e.to_string().contains(key), "{toml}: {e}");
         }
+    }
+
+    /// The runtime's threads: as set, or one per four CPUs and at least one.
+    #[test]
+    fn server_threads_default_to_one_per_four_cpus() {
+        let c = Config::default();
+        assert_eq!(c.server.threads, 0);
+        for (cpus, want) in [(1, 1), (2, 1), (4, 1), (7, 1), (8, 2), (64, 16)] {
+            assert_eq!(c.server.runtime_threads(cpus), want, "{cpus} CPUs");
+        }
+        let set = Config::from_toml("[server]\nthreads = 3\n").unwrap();
+        assert_eq!(set.server.runtime_threads(64), 3);
+        let e = Config::from_toml("[server]\nthreads = 5000\n").unwrap_err();
+        assert!(e.to_string().contains("server.threads"), "{e}");
     }
 
     /// Every key the code reads is documented in docs/config.md.

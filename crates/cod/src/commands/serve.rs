@@ -114,6 +114,7 @@ pub(crate) fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitC
             .context("sessions")?,
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.runtime_threads(super::cpus()))
         .enable_all()
         .build()
         .context("starting the async runtime")?;
