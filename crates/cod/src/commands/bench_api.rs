@@ -841,12 +841,19 @@ while time.monotonic() < end:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(r)
-        os.dup2(w, 1)
-        os.close(w)
-        exec(code, {'__name__': '__main__'})
-        sys.stdout.flush()
-        os._exit(0)
+        # The child never returns to the loop, whatever the source does.
+        status = 1
+        try:
+            os.close(r)
+            os.dup2(w, 1)
+            os.close(w)
+            exec(code, {'__name__': '__main__'})
+            sys.stdout.flush()
+            status = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        os._exit(status)
     os.close(w)
     out = b''
     while True:
@@ -890,9 +897,14 @@ fn fork_rate(
             .context("starting /usr/bin/python3")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Every server is waited for before any is judged: none is left running.
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(std::process::Child::wait_with_output)
+        .collect();
     let mut total = 0u64;
-    for child in children {
-        let out = child.wait_with_output()?;
+    for out in outputs {
+        let out = out?;
         let text = String::from_utf8_lossy(&out.stdout);
         match text.trim().parse::<u64>() {
             Ok(n) if out.status.success() => total += n,
@@ -1032,7 +1044,8 @@ mod cpu_tests {
     }
 
     /// The fork server completes runs that print what is expected, with the preloads
-    /// imported, and fails on a run that prints anything else or a module that is missing.
+    /// imported, and fails on a run that prints anything else, a run that raises (its
+    /// traceback shown), or a module that is missing.
     #[test]
     fn the_fork_server_counts_only_runs_that_printed_the_answer() {
         let t = Duration::from_millis(300);
@@ -1042,6 +1055,9 @@ mod cpu_tests {
         assert!(rate >= 1.0, "{rate} runs/s");
         let err = fork_rate(1, t, &[], "print(2)", "1\n").expect_err("a wrong answer fails");
         assert!(err.to_string().contains("printed b'2\\n'"), "{err:#}");
+        let err = fork_rate(1, t, &[], "raise ValueError('boom')", "1\n")
+            .expect_err("a run that raises fails");
+        assert!(err.to_string().contains("ValueError: boom"), "{err:#}");
         let missing = ["no_such_module_here".to_owned()];
         assert!(fork_rate(1, t, &missing, "print(1)", "1\n").is_err());
     }
