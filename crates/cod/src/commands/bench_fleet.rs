@@ -328,14 +328,17 @@ struct Fleet {
 
 /// Keeps the calling thread to `cpus` while `start` runs, so that the processes it starts
 /// keep to them (a child inherits the CPUs of the thread that started it); `None` changes
-/// nothing.
-fn started_on<T>(cpus: Option<&CpuSet>, start: impl FnOnce() -> T) -> anyhow::Result<T> {
+/// nothing. `start` must start its processes before its first wait, on this thread.
+async fn started_on<T>(
+    cpus: Option<&CpuSet>,
+    start: impl std::future::Future<Output = T>,
+) -> anyhow::Result<T> {
     let Some(cpus) = cpus else {
-        return Ok(start());
+        return Ok(start.await);
     };
     let was = sched_getaffinity(None).context("reading this thread's CPUs")?;
     sched_setaffinity(None, cpus).context("keeping to the CPUs asked for")?;
-    let started = start();
+    let started = start.await;
     sched_setaffinity(None, &was).context("restoring this thread's CPUs")?;
     Ok(started)
 }
@@ -375,7 +378,7 @@ async fn start_fleet(
     rest: Option<&CpuSet>,
 ) -> anyhow::Result<Fleet> {
     let nats_port = free_port()?;
-    let nats_proc = started_on(rest, || start_nats(nats_port, &dir.join("nats")))??;
+    let nats_proc = started_on(rest, async { start_nats(nats_port, &dir.join("nats")) }).await??;
     let nats = format!("nats://127.0.0.1:{nats_port}");
     let mut workers = Vec::new();
     for (i, cpu) in (0u32..).zip(worker_cpus) {
@@ -404,13 +407,14 @@ async fn start_fleet(
         workers.push(spawn_cod(&d, &config, &args)?);
     }
     let gw_port = free_port()?;
-    let gateway = started_on(rest, || {
+    let gateway = started_on(rest, async {
         spawn_cod(
             &dir.join("gw"),
             &format!("[server]\nlisten = \"127.0.0.1:{gw_port}\"\nqueue = 1024\n"),
             &["serve", "--nats", &nats],
         )
-    })??;
+    })
+    .await??;
     let url = format!("http://127.0.0.1:{gw_port}");
     wait_workers(client, &url, "all ready", Duration::from_secs(60), |w| {
         w.iter().filter(|w| w["state"] == "ready").count() == 2
@@ -435,13 +439,7 @@ async fn start_fleet(
 async fn start_single(client: &reqwest::Client, cpus: Option<&CpuSet>) -> anyhow::Result<Server> {
     eprintln!("starting cod serve with 2 slots...");
     // `start_server` starts the process before its first wait, so on this thread.
-    let was = sched_getaffinity(None).context("reading this thread's CPUs")?;
-    if let Some(cpus) = cpus {
-        sched_setaffinity(None, cpus).context("keeping to the CPUs asked for")?;
-    }
-    let single = start_server(client, 2, 58_000, true).await;
-    sched_setaffinity(None, &was).context("restoring this thread's CPUs")?;
-    let single = single?;
+    let single = started_on(cpus, start_server(client, 2, 58_000, true)).await??;
     // Its own prebuilt files (the C++ header, the javac archive) are built in a slot in the
     // background: measured meanwhile, the single process would lose a CPU to a compiler.
     eprintln!("waiting for the single process's prebuilt C++ header and javac archive...");
@@ -723,13 +721,17 @@ mod tests {
         let before = allowed_list(None);
         // The CPUs a process started by `started_on(cpus)` may use.
         let child = |cpus: Option<&CpuSet>| {
-            let out = started_on(cpus, || {
+            let started = started_on(cpus, async {
                 Command::new("grep")
                     .args(["Cpus_allowed_list", "/proc/self/status"])
                     .output()
-            })
-            .unwrap()
-            .unwrap();
+            });
+            let out = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(started)
+                .unwrap()
+                .unwrap();
             let out = String::from_utf8(out.stdout).unwrap();
             out.split_whitespace().nth(1).unwrap().to_owned()
         };
