@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::bench::{Stats, stats};
+use super::bench_machine::{MachineCosts, machine_costs};
 
 /// One row of the API suite.
 #[derive(Debug, Serialize)]
@@ -60,6 +61,9 @@ pub(crate) struct Throughput {
 pub(crate) struct CpuPerRun {
     /// The whole machine's (every process and the kernel's own threads).
     pub(crate) machine_ms: f64,
+    /// Of that, the time the machine's CPUs spent in the kernel (system calls, page faults,
+    /// interrupts), for every process.
+    pub(crate) kernel_ms: f64,
     /// `cod serve`'s own threads: HTTP, scheduling, talking to the sandbox.
     pub(crate) server_ms: f64,
     /// Every process below it: the sandbox's helper, keepers, supervisors, zygotes and the
@@ -143,6 +147,9 @@ fn tree_cpu(root: u32) -> TreeCpu {
 pub(crate) struct ApiReport {
     pub(crate) rows: Vec<ApiRow>,
     pub(crate) throughput: Vec<Throughput>,
+    /// What this machine's kernel charges for a fork per run's memory work, measured right
+    /// before the throughput (absent when the probe could not be compiled or run).
+    pub(crate) machine: Option<MachineCosts>,
     /// Size of Rust hello: statically linked (rustc's default) / cod's (libstd shared).
     pub(crate) rust_static_bytes: u64,
     pub(crate) rust_dynamic_bytes: u64,
@@ -597,11 +604,17 @@ async fn run_async(
     let (rust_static_bytes, rust_dynamic_bytes) = rust_sizes().unwrap_or((0, 0));
 
     let mut throughput = Vec::new();
+    let mut machine = None;
     if only.is_empty() || only.iter().any(|l| l == "python") {
         eprintln!("starting a second cod serve with warm runtimes off...");
         let cold = start_server(&client, workers, 58_500, false).await?;
         // Its prebuilds hold a slot and the CPU for seconds: not during a measurement.
         wait_prebuilt(&cold).await?;
+        eprintln!("measuring what this machine's kernel charges for a fork per run...");
+        let dir = tempfile::tempdir()?;
+        machine = machine_costs(dir.path())
+            .inspect_err(|e| eprintln!("no machine figures: {e:#}"))
+            .ok();
         for clients in [2, 4] {
             eprintln!("throughput with {clients} clients, {seconds} s each...");
             let (warm_per_s, warm_cpu) = rate_and_split(&client, &server, clients, seconds).await?;
@@ -627,6 +640,7 @@ async fn run_async(
     Ok(ApiReport {
         rows,
         throughput,
+        machine,
         rust_static_bytes,
         rust_dynamic_bytes,
     })
@@ -684,7 +698,7 @@ async fn rate_and_split(
     let me = std::process::id();
     let read = || {
         (
-            super::bench_fleet::machine_cpu_ms(),
+            super::bench_fleet::machine_time(),
             tree_cpu(server.pid()),
             tree_cpu(me),
         )
@@ -694,7 +708,8 @@ async fn rate_and_split(
     Ok((
         m.per_s,
         CpuPerRun {
-            machine_ms: (machine2 - machine) / runs,
+            machine_ms: (machine2.busy_ms - machine.busy_ms) / runs,
+            kernel_ms: (machine2.kernel_ms - machine.kernel_ms) / runs,
             server_ms: (tree2.root_ms - tree.root_ms) / runs,
             sandbox_ms: (tree2.below_ms - tree.below_ms) / runs,
             client_ms: (own2.root_ms - own.root_ms) / runs,
@@ -1005,17 +1020,19 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
         )?;
         writeln!(
             out,
-            "| clients | whole machine | cod serve's threads | sandbox and programs | the load's clients | rest (kernel threads, other processes) | ceiling on {} CPUs, runs/s |",
+            "| clients | whole machine | of which in the kernel | cod serve's threads | sandbox and programs | the load's clients | rest (kernel threads, other processes) | ceiling on {} CPUs, runs/s |",
             r.throughput.first().map_or(0, |t| t.warm_cpu.cpus)
         )?;
-        writeln!(out, "|---|---|---|---|---|---|---|")?;
+        writeln!(out, "|---|---|---|---|---|---|---|---|")?;
         for t in &r.throughput {
             let c = t.warm_cpu;
             writeln!(
                 out,
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                "| {} | {:.2} | {:.2} ({:.0}%) | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
                 t.clients,
                 c.machine_ms,
+                c.kernel_ms,
+                100.0 * c.kernel_ms / c.machine_ms.max(1e-9),
                 c.server_ms,
                 c.sandbox_ms,
                 c.client_ms,
@@ -1023,6 +1040,13 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
                 c.ceiling_per_s()
             )?;
         }
+    }
+    if let Some(m) = &r.machine {
+        writeln!(
+            out,
+            "\nThis machine's kernel, for a fork per run's memory work (medians): {}.",
+            m.describe()
+        )?;
     }
     out.flush()
 }

@@ -57,21 +57,39 @@ pub(crate) struct FleetThroughput {
     pub(crate) fleet_cpu_ms_per_run: f64,
 }
 
-/// Busy CPU time of the whole machine so far (user, nice, system, irq, softirq), ms.
-pub(super) fn machine_cpu_ms() -> f64 {
+/// Busy CPU time of the whole machine so far, ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct MachineTime {
+    /// All of it: user, nice, system, irq and softirq.
+    pub(super) busy_ms: f64,
+    /// The kernel's part: system, irq and softirq.
+    pub(super) kernel_ms: f64,
+}
+
+/// [`MachineTime`] from the first line of `/proc/stat`.
+pub(super) fn machine_time() -> MachineTime {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
+    parse_machine_time(stat.lines().next().unwrap_or_default())
+}
+
+fn parse_machine_time(line: &str) -> MachineTime {
     // cpu user nice system idle iowait irq softirq steal ...
     let f: Vec<f64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
+    let sum = |fields: &[usize]| -> f64 { fields.iter().filter_map(|&i| f.get(i)).sum() };
     // USER_HZ is 100 on Linux.
-    busy * 10.0
+    MachineTime {
+        busy_ms: sum(&[0, 1, 2, 5, 6]) * 10.0,
+        kernel_ms: sum(&[2, 5, 6]) * 10.0,
+    }
+}
+
+/// Busy CPU time of the whole machine so far (user, nice, system, irq, softirq), ms.
+pub(super) fn machine_cpu_ms() -> f64 {
+    machine_time().busy_ms
 }
 
 /// Runs per second and machine CPU ms per run, with `clients` clients (the warm-up
@@ -644,6 +662,21 @@ fn print_paths(out: &mut impl std::io::Write, c: &Comparison) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The machine's busy time counts user, nice, system, irq and softirq ticks (10 ms
+    /// each), never idle, iowait or steal; the kernel's part is system, irq and softirq.
+    #[test]
+    fn machine_time_counts_busy_and_kernel_ticks() {
+        let t = parse_machine_time("cpu  100 2 300 9999 7 4 5 8 0 0");
+        assert_eq!(
+            t,
+            MachineTime {
+                busy_ms: 4110.0,
+                kernel_ms: 3090.0
+            }
+        );
+        assert_eq!(parse_machine_time(""), MachineTime::default());
+    }
 
     /// The CPUs thread `tid` (this one with `None`) may use, in the kernel's list format.
     fn allowed_list(tid: Option<rustix::process::Pid>) -> String {

@@ -4,6 +4,7 @@ mod bench;
 mod bench_api;
 pub(crate) mod bench_editor;
 mod bench_fleet;
+mod bench_machine;
 pub(crate) mod bench_sched;
 mod fleet;
 mod run;
