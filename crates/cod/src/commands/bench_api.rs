@@ -147,8 +147,9 @@ fn tree_cpu(root: u32) -> TreeCpu {
 pub(crate) struct ApiReport {
     pub(crate) rows: Vec<ApiRow>,
     pub(crate) throughput: Vec<Throughput>,
-    /// What this machine's kernel charges for a fork per run's memory work, measured right
-    /// before the throughput (absent when the probe could not be compiled or run).
+    /// What this machine's kernel charges for a fork per run's memory work and for
+    /// switching between processes, measured right before the throughput (absent when the
+    /// probe could not be compiled or run).
     pub(crate) machine: Option<MachineCosts>,
     /// Size of Rust hello: statically linked (rustc's default) / cod's (libstd shared).
     pub(crate) rust_static_bytes: u64,
@@ -610,7 +611,7 @@ async fn run_async(
         let cold = start_server(&client, workers, 58_500, false).await?;
         // Its prebuilds hold a slot and the CPU for seconds: not during a measurement.
         wait_prebuilt(&cold).await?;
-        eprintln!("measuring what this machine's kernel charges for a fork per run...");
+        eprintln!("measuring what this machine's kernel charges for forks and switches...");
         let dir = tempfile::tempdir()?;
         machine = machine_costs(dir.path())
             .inspect_err(|e| eprintln!("no machine figures: {e:#}"))
@@ -1044,7 +1045,7 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
     if let Some(m) = &r.machine {
         writeln!(
             out,
-            "\nThis machine's kernel, for a fork per run's memory work (medians): {}.",
+            "\nWhat this machine's kernel charges (medians): {}.",
             m.describe()
         )?;
     }

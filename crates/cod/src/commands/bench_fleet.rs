@@ -26,6 +26,7 @@ use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 use super::bench::{Stats, stats};
 use super::bench_api::{Server, free_port, post, rate_between, start_server, wait_prebuilt};
+use super::bench_machine::{MachineCosts, machine_costs};
 
 /// Goal: what the distributed path may add to a warm Python run's median, ms.
 const ADDED_MS_GOAL: f64 = 1.0;
@@ -128,6 +129,10 @@ pub(crate) struct FleetReport {
     /// The same comparison with the work and the rest on CPUs of their own (with two CPUs
     /// or more).
     pub(crate) split: Option<SplitReport>,
+    /// What this machine's kernel charges for switching between processes (each hop of
+    /// the distributed path pays it) and for a run's memory work, measured before anything
+    /// starts (absent when the probe could not be compiled or run).
+    pub(crate) machine: Option<MachineCosts>,
 }
 
 /// The comparison with the workers on one CPU and NATS, the gateway and the load on
@@ -536,6 +541,10 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
         .pool_max_idle_per_host(16)
         .build()?;
     let dir = tempfile::tempdir()?;
+    eprintln!("measuring what this machine's kernel charges for switches and forks...");
+    let machine = machine_costs(dir.path())
+        .inspect_err(|e| eprintln!("no machine figures: {e:#}"))
+        .ok();
     eprintln!("starting nats-server, a gateway and 2 workers...");
     // Each one-slot worker keeps to a CPU of its own, as the single process's two slots
     // each keep their processes to one (`sandbox.pin_slots`); with one CPU, both share it.
@@ -558,6 +567,7 @@ async fn run_async(runs: usize, seconds: u64) -> anyhow::Result<FleetReport> {
         shared,
         sharing,
         split,
+        machine,
     })
 }
 
@@ -613,6 +623,13 @@ pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::
             s.work_cpu, s.rest_cpu
         )?;
         print_paths(out, &s.paths)?;
+    }
+    if let Some(m) = &r.machine {
+        writeln!(
+            out,
+            "\nWhat this machine's kernel charges (medians): {}.",
+            m.describe()
+        )?;
     }
     Ok(())
 }
@@ -724,6 +741,14 @@ mod tests {
                 rest_cpu: 1,
                 paths: comparison(2.5, 0.9),
             }),
+            machine: Some(MachineCosts {
+                syscall_us: 0.15,
+                fault_us: 2.0,
+                cow_fault_us: 3.5,
+                fork_8mib_us: 220.0,
+                fork_exit_us: 178.0,
+                pipe_round_trip_us: 13.0,
+            }),
         };
         // Earlier results (benches/results/fleet.json) have the shared comparison's fields
         // at the top: they still do.
@@ -745,6 +770,11 @@ mod tests {
         );
         assert!(out.contains("added median: +2.50 ms"), "{out}");
         assert!(out.contains("| 2 | 100 | 90 | 0.90 ✓ |"), "{out}");
+        assert!(
+            out.contains("a pipe round trip between two processes 13.0 µs"),
+            "{out}"
+        );
+        assert_eq!(v["machine"]["pipe_round_trip_us"], 13.0);
     }
 
     #[test]

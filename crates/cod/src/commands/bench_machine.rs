@@ -1,7 +1,8 @@
-//! What this machine's kernel charges for the memory work of a fork per run, measured by a
-//! small C program compiled and run by the bench: a warm runtime forks its interpreter for
-//! each run, so a run's cost follows these figures far more than the CPU's speed at running
-//! code. Printed next to the throughput, they tell a slow machine (or a slow hour of a
+//! What this machine's kernel charges for the memory work of a fork per run and for a switch
+//! between processes, measured by a small C program compiled and run by the bench: a warm
+//! runtime forks its interpreter for each run, and a run's request crosses several
+//! processes (more on the distributed path), so a run's cost follows these figures far more
+//! than the CPU's speed at running code. Printed next to the throughput, they tell a slow machine (or a slow hour of a
 //! shared one) from a slow change.
 
 use std::path::Path;
@@ -23,6 +24,9 @@ pub(crate) struct MachineCosts {
     pub(crate) fork_8mib_us: f64,
     /// `fork`, `_exit` and `waitpid` of a small process.
     pub(crate) fork_exit_us: f64,
+    /// A byte sent to another process through a pipe and back: two wake-ups and two
+    /// switches between processes, what each hop between cod's processes pays.
+    pub(crate) pipe_round_trip_us: f64,
 }
 
 /// The probe: each figure is the median over rounds of a round's mean. The child of the
@@ -66,6 +70,8 @@ static char *mapped(size_t bytes) {
 }
 
 int main(void) {
+    // Whatever goes wrong, the probe ends: the echo process below ends with it.
+    alarm(60);
     size_t page = (size_t)sysconf(_SC_PAGESIZE), pages = (8u << 20) / page;
     double a[ROUNDS], b[ROUNDS];
 
@@ -150,6 +156,42 @@ int main(void) {
         a[r] = (now_us() - t) / 50;
     }
     printf("fork_exit_us %.4f\n", median(a));
+
+    int there[2], back[2];
+    if (pipe(there) != 0 || pipe(back) != 0) {
+        perror("pipe");
+        return 1;
+    }
+    pid_t echo = fork();
+    if (echo == 0) {
+        close(there[1]);
+        close(back[0]);
+        char c;
+        while (read(there[0], &c, 1) == 1)
+            if (write(back[1], &c, 1) != 1)
+                _exit(1);
+        _exit(0);
+    }
+    if (echo < 0) {
+        perror("fork");
+        return 1;
+    }
+    close(there[0]);
+    close(back[1]);
+    for (int r = 0; r < ROUNDS; r++) {
+        double t = now_us();
+        for (int k = 0; k < 500; k++) {
+            char c = 'x';
+            if (write(there[1], &c, 1) != 1 || read(back[0], &c, 1) != 1 || c != 'x') {
+                fprintf(stderr, "the echo failed\n");
+                return 1;
+            }
+        }
+        a[r] = (now_us() - t) / 500;
+    }
+    close(there[1]);
+    waitpid(echo, 0, 0);
+    printf("pipe_round_trip_us %.4f\n", median(a));
     return 0;
 }
 "#;
@@ -200,6 +242,7 @@ fn parse(text: &str) -> Option<MachineCosts> {
         cow_fault_us: get("cow_fault_us")?,
         fork_8mib_us: get("fork_8mib_us")?,
         fork_exit_us: get("fork_exit_us")?,
+        pipe_round_trip_us: get("pipe_round_trip_us")?,
     })
 }
 
@@ -209,13 +252,14 @@ impl MachineCosts {
         format!(
             "a system call {:.2} µs; a page fault {:.2} µs ({:.0} system calls); a copy-on-write \
              fault {:.2} µs; a fork of a process holding 8 MiB {:.0} µs; fork, exit and wait of \
-             a small process {:.0} µs",
+             a small process {:.0} µs; a pipe round trip between two processes {:.1} µs",
             self.syscall_us,
             self.fault_us,
             self.fault_us / self.syscall_us,
             self.cow_fault_us,
             self.fork_8mib_us,
-            self.fork_exit_us
+            self.fork_exit_us,
+            self.pipe_round_trip_us
         )
     }
 }
@@ -228,7 +272,7 @@ mod tests {
     /// makes the whole answer unusable rather than a row of made-up figures.
     #[test]
     fn the_probe_output_needs_every_figure() {
-        let good = "fault_us 2.5\nsyscall_us 0.15\ncow_fault_us 3.25\nfork_8mib_us 240\nfork_exit_us 177.5\n";
+        let good = "fault_us 2.5\nsyscall_us 0.15\ncow_fault_us 3.25\nfork_8mib_us 240\nfork_exit_us 177.5\npipe_round_trip_us 13.1\n";
         assert_eq!(
             parse(good),
             Some(MachineCosts {
@@ -237,6 +281,7 @@ mod tests {
                 cow_fault_us: 3.25,
                 fork_8mib_us: 240.0,
                 fork_exit_us: 177.5,
+                pipe_round_trip_us: 13.1,
             })
         );
         assert_eq!(parse(&good.replace("fork_exit_us 177.5\n", "")), None);
@@ -255,6 +300,7 @@ mod tests {
         assert!(m.cow_fault_us > m.syscall_us, "{m:?}");
         assert!(m.fault_us > m.syscall_us, "{m:?}");
         assert!(m.fork_8mib_us > m.syscall_us, "{m:?}");
+        assert!(m.pipe_round_trip_us > m.syscall_us, "{m:?}");
         assert!(m.describe().contains("copy-on-write"), "{}", m.describe());
     }
 }
