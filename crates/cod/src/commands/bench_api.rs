@@ -1042,13 +1042,7 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
             )?;
         }
     }
-    if let Some(m) = &r.machine {
-        writeln!(
-            out,
-            "\nWhat this machine's kernel charges (medians): {}.",
-            m.describe()
-        )?;
-    }
+    super::bench_machine::print(r.machine.as_ref(), out)?;
     out.flush()
 }
 

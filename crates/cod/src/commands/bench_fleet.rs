@@ -624,13 +624,7 @@ pub(crate) fn print(r: &FleetReport, out: &mut impl std::io::Write) -> std::io::
         )?;
         print_paths(out, &s.paths)?;
     }
-    if let Some(m) = &r.machine {
-        writeln!(
-            out,
-            "\nWhat this machine's kernel charges (medians): {}.",
-            m.describe()
-        )?;
-    }
+    super::bench_machine::print(r.machine.as_ref(), out)?;
     Ok(())
 }
 

@@ -264,6 +264,21 @@ impl MachineCosts {
     }
 }
 
+/// The report's line for the probe's figures, if there are any.
+pub(crate) fn print(
+    m: Option<&MachineCosts>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    match m {
+        Some(m) => writeln!(
+            out,
+            "\nWhat this machine's kernel charges (medians): {}.",
+            m.describe()
+        ),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
