@@ -2,8 +2,8 @@
 //! between processes, measured by a small C program compiled and run by the bench: a warm
 //! runtime forks its interpreter for each run, and a run's request crosses several
 //! processes (more on the distributed path), so a run's cost follows these figures far more
-//! than the CPU's speed at running code. Printed next to the throughput, they tell a slow machine (or a slow hour of a
-//! shared one) from a slow change.
+//! than the CPU's speed at running code. Printed next to the throughput, they tell a slow
+//! machine (or a slow hour of a shared one) from a slow change.
 
 use std::path::Path;
 use std::process::Command;
@@ -287,7 +287,14 @@ mod tests {
     /// makes the whole answer unusable rather than a row of made-up figures.
     #[test]
     fn the_probe_output_needs_every_figure() {
-        let good = "fault_us 2.5\nsyscall_us 0.15\ncow_fault_us 3.25\nfork_8mib_us 240\nfork_exit_us 177.5\npipe_round_trip_us 13.1\n";
+        let good = concat!(
+            "fault_us 2.5\n",
+            "syscall_us 0.15\n",
+            "cow_fault_us 3.25\n",
+            "fork_8mib_us 240\n",
+            "fork_exit_us 177.5\n",
+            "pipe_round_trip_us 13.1\n",
+        );
         assert_eq!(
             parse(good),
             Some(MachineCosts {
