@@ -617,25 +617,34 @@ async fn run_async(
             .inspect_err(|e| eprintln!("no machine figures: {e:#}"))
             .ok();
         for clients in [2, 4] {
-            eprintln!("throughput with {clients} clients, {seconds} s each...");
-            let (warm_per_s, warm_cpu) = rate_and_split(&client, &server, clients, seconds).await?;
-            let cold_per_s = rate(&client, &cold.url, clients, seconds).await?;
-            let raw_per_s = raw_rate(clients, seconds)?;
-            let fork_per_s = fork_rate(
-                clients,
-                Duration::from_secs(seconds),
-                &python_preload(),
-                "print(1)",
-                "1\n",
-            )?;
-            throughput.push(Throughput {
-                clients,
-                warm_per_s,
-                cold_per_s,
-                raw_per_s,
-                fork_per_s,
-                warm_cpu,
-            });
+            eprint!(
+                "throughput with {clients} clients, {THROUGHPUT_ROUNDS} rounds of 4 × {seconds} s: "
+            );
+            let mut rounds = Vec::new();
+            for _ in 0..THROUGHPUT_ROUNDS {
+                let (warm_per_s, warm_cpu) =
+                    rate_and_split(&client, &server, clients, seconds).await?;
+                let cold_per_s = rate(&client, &cold.url, clients, seconds).await?;
+                let raw_per_s = raw_rate(clients, seconds)?;
+                let fork_per_s = fork_rate(
+                    clients,
+                    Duration::from_secs(seconds),
+                    &python_preload(),
+                    "print(1)",
+                    "1\n",
+                )?;
+                rounds.push(Throughput {
+                    clients,
+                    warm_per_s,
+                    cold_per_s,
+                    raw_per_s,
+                    fork_per_s,
+                    warm_cpu,
+                });
+                eprint!(".");
+            }
+            eprintln!();
+            throughput.extend(median_round(rounds));
         }
     }
     Ok(ApiReport {
@@ -644,6 +653,37 @@ async fn run_async(
         machine,
         rust_static_bytes,
         rust_dynamic_bytes,
+    })
+}
+
+/// Rounds of the throughput comparison. Each round measures every contender once, one
+/// after another, so that a slow or quick spell of a shared machine falls on all of them;
+/// the report gives each one's median over the rounds.
+const THROUGHPUT_ROUNDS: usize = 3;
+
+/// Each contender's median over `rounds` (the middle one, the upper of two), or `None`
+/// without any. The warm runtimes' CPU split is the one of their median round, so that its
+/// parts still add up.
+fn median_round(mut rounds: Vec<Throughput>) -> Option<Throughput> {
+    fn middle(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+    let of =
+        |f: fn(&Throughput) -> f64, rounds: &[Throughput]| middle(rounds.iter().map(f).collect());
+    let cold_per_s = of(|t| t.cold_per_s, &rounds);
+    let raw_per_s = of(|t| t.raw_per_s, &rounds);
+    let fork_per_s = of(|t| t.fork_per_s, &rounds);
+    rounds.sort_by(|a, b| a.warm_per_s.total_cmp(&b.warm_per_s));
+    if rounds.is_empty() {
+        return None;
+    }
+    let warm = rounds.swap_remove(rounds.len() / 2);
+    Some(Throughput {
+        cold_per_s,
+        raw_per_s,
+        fork_per_s,
+        ..warm
     })
 }
 
@@ -1049,6 +1089,42 @@ pub(crate) fn print(r: &ApiReport, out: &mut impl std::io::Write) -> std::io::Re
 #[cfg(test)]
 mod cpu_tests {
     use super::*;
+
+    /// The throughput row takes each contender's median over the rounds, each on its own
+    /// (a quick spell for one contender does not pick the others' rounds), and the CPU
+    /// split of the warm runtimes' median round.
+    #[test]
+    fn throughput_rounds_give_each_contender_its_median() {
+        let round = |warm: f64, cold: f64, raw: f64, fork: f64| Throughput {
+            clients: 2,
+            warm_per_s: warm,
+            cold_per_s: cold,
+            raw_per_s: raw,
+            fork_per_s: fork,
+            warm_cpu: CpuPerRun {
+                machine_ms: 2000.0 / warm,
+                ..CpuPerRun::default()
+            },
+        };
+        let t = median_round(vec![
+            round(700.0, 90.0, 150.0, 2000.0),
+            round(500.0, 140.0, 170.0, 1400.0),
+            round(600.0, 120.0, 110.0, 1700.0),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                t.clients,
+                t.warm_per_s,
+                t.cold_per_s,
+                t.raw_per_s,
+                t.fork_per_s
+            ),
+            (2, 600.0, 120.0, 150.0, 1700.0)
+        );
+        assert_eq!(t.warm_cpu.machine_ms, 2000.0 / 600.0);
+        assert!(median_round(Vec::new()).is_none());
+    }
 
     /// A throughput answer counts only if the run ended `ok` with `1` on stdout.
     #[test]
