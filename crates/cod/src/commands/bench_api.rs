@@ -659,7 +659,7 @@ async fn run_async(
 /// Rounds of the throughput comparison. Each round measures every contender once, one
 /// after another, so that a slow or quick spell of a shared machine falls on all of them;
 /// the report gives each one's median over the rounds.
-const THROUGHPUT_ROUNDS: usize = 3;
+pub(super) const THROUGHPUT_ROUNDS: usize = 3;
 
 /// Each contender's median over `rounds` (the middle one, the upper of two), or `None`
 /// without any. The warm runtimes' CPU split is the one of their median round, so that its

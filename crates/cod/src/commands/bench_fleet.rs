@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 use super::bench::{Stats, stats};
-use super::bench_api::{Server, free_port, post, rate_between, start_server, wait_prebuilt};
+use super::bench_api::{
+    Server, THROUGHPUT_ROUNDS, free_port, post, rate_between, start_server, wait_prebuilt,
+};
 use super::bench_machine::{MachineCosts, machine_costs};
 
 /// Goal: what the distributed path may add to a warm Python run's median, ms.
@@ -511,17 +513,25 @@ async fn compare(
     eprintln!();
     let mut throughput = Vec::new();
     for clients in [2, 4] {
-        eprintln!("throughput with {clients} clients, {seconds} s each...");
-        let (single_per_s, single_cpu) = rate_and_cpu(client, single, clients, seconds).await?;
-        let (fleet_per_s, fleet_cpu) = rate_and_cpu(client, fleet, clients, seconds).await?;
-        throughput.push(FleetThroughput {
-            clients,
-            single_per_s,
-            fleet_per_s,
-            ratio: fleet_per_s / single_per_s,
-            single_cpu_ms_per_run: single_cpu,
-            fleet_cpu_ms_per_run: fleet_cpu,
-        });
+        eprint!(
+            "throughput with {clients} clients, {THROUGHPUT_ROUNDS} rounds of 2 × {seconds} s: "
+        );
+        let mut rounds = Vec::new();
+        for _ in 0..THROUGHPUT_ROUNDS {
+            let (single_per_s, single_cpu) = rate_and_cpu(client, single, clients, seconds).await?;
+            let (fleet_per_s, fleet_cpu) = rate_and_cpu(client, fleet, clients, seconds).await?;
+            rounds.push(FleetThroughput {
+                clients,
+                single_per_s,
+                fleet_per_s,
+                ratio: fleet_per_s / single_per_s,
+                single_cpu_ms_per_run: single_cpu,
+                fleet_cpu_ms_per_run: fleet_cpu,
+            });
+            eprint!(".");
+        }
+        eprintln!();
+        throughput.extend(median_round(&rounds));
     }
     let (single, fleet) = (stats(one), stats(many));
     let added_ms = fleet.median_ms - single.median_ms;
@@ -532,6 +542,26 @@ async fn compare(
         fleet,
         added_ms,
         throughput,
+    })
+}
+
+/// Each path's median over `rounds` (the middle one, the upper of two), with the CPU per
+/// run of that same round, and their ratio; `None` without any rounds.
+fn median_round(rounds: &[FleetThroughput]) -> Option<FleetThroughput> {
+    let middle = |per_s: fn(&FleetThroughput) -> f64| {
+        let mut v: Vec<&FleetThroughput> = rounds.iter().collect();
+        v.sort_by(|a, b| per_s(a).total_cmp(&per_s(b)));
+        v.get(v.len() / 2).copied()
+    };
+    let single = middle(|t| t.single_per_s)?;
+    let fleet = middle(|t| t.fleet_per_s)?;
+    Some(FleetThroughput {
+        clients: single.clients,
+        single_per_s: single.single_per_s,
+        fleet_per_s: fleet.fleet_per_s,
+        ratio: fleet.fleet_per_s / single.single_per_s,
+        single_cpu_ms_per_run: single.single_cpu_ms_per_run,
+        fleet_cpu_ms_per_run: fleet.fleet_cpu_ms_per_run,
     })
 }
 
@@ -687,6 +717,34 @@ mod tests {
             }
         );
         assert_eq!(parse_machine_time(""), MachineTime::default());
+    }
+
+    /// Each path's throughput is its own median over the rounds, with that round's CPU per
+    /// run, and the ratio is taken between the two medians.
+    #[test]
+    fn throughput_rounds_give_each_path_its_median() {
+        let round = |single: f64, fleet: f64| FleetThroughput {
+            clients: 4,
+            single_per_s: single,
+            fleet_per_s: fleet,
+            ratio: fleet / single,
+            single_cpu_ms_per_run: 2000.0 / single,
+            fleet_cpu_ms_per_run: 2000.0 / fleet,
+        };
+        let t = median_round(&[
+            round(700.0, 300.0),
+            round(500.0, 450.0),
+            round(600.0, 400.0),
+        ])
+        .unwrap();
+        assert_eq!(
+            (t.clients, t.single_per_s, t.fleet_per_s),
+            (4, 600.0, 400.0)
+        );
+        assert_eq!(t.ratio, 400.0 / 600.0);
+        assert_eq!(t.single_cpu_ms_per_run, 2000.0 / 600.0);
+        assert_eq!(t.fleet_cpu_ms_per_run, 2000.0 / 400.0);
+        assert!(median_round(&[]).is_none());
     }
 
     /// The CPUs thread `tid` (this one with `None`) may use, in the kernel's list format.
