@@ -53,6 +53,14 @@ pub(crate) fn stats(mut v: Vec<Duration>) -> Stats {
     }
 }
 
+/// The item of `items` whose `key` is their median (the upper middle of an even number),
+/// or `None` without any.
+pub(crate) fn median_by<T>(items: &[T], key: impl Fn(&T) -> f64) -> Option<&T> {
+    let mut v: Vec<&T> = items.iter().collect();
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v.get(v.len() / 2).copied()
+}
+
 #[derive(Debug, Serialize)]
 struct Row {
     scenario: String,

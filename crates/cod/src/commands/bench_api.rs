@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::bench::{Stats, stats};
+use super::bench::{Stats, median_by, stats};
 use super::bench_machine::{MachineCosts, machine_costs};
 
 /// One row of the API suite.
@@ -38,7 +38,7 @@ pub(crate) struct ApiRow {
 }
 
 /// Runs per second.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize)]
 pub(crate) struct Throughput {
     /// Concurrent clients.
     pub(crate) clients: usize,
@@ -644,7 +644,7 @@ async fn run_async(
                 eprint!(".");
             }
             eprintln!();
-            throughput.extend(median_round(rounds));
+            throughput.extend(median_round(&rounds));
         }
     }
     Ok(ApiReport {
@@ -664,26 +664,13 @@ pub(super) const THROUGHPUT_ROUNDS: usize = 3;
 /// Each contender's median over `rounds` (the middle one, the upper of two), or `None`
 /// without any. The warm runtimes' CPU split is the one of their median round, so that its
 /// parts still add up.
-fn median_round(mut rounds: Vec<Throughput>) -> Option<Throughput> {
-    fn middle(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    }
-    let of =
-        |f: fn(&Throughput) -> f64, rounds: &[Throughput]| middle(rounds.iter().map(f).collect());
-    let cold_per_s = of(|t| t.cold_per_s, &rounds);
-    let raw_per_s = of(|t| t.raw_per_s, &rounds);
-    let fork_per_s = of(|t| t.fork_per_s, &rounds);
-    rounds.sort_by(|a, b| a.warm_per_s.total_cmp(&b.warm_per_s));
-    if rounds.is_empty() {
-        return None;
-    }
-    let warm = rounds.swap_remove(rounds.len() / 2);
+fn median_round(rounds: &[Throughput]) -> Option<Throughput> {
+    let of = |key: fn(&Throughput) -> f64| median_by(rounds, key).map(key);
     Some(Throughput {
-        cold_per_s,
-        raw_per_s,
-        fork_per_s,
-        ..warm
+        cold_per_s: of(|t| t.cold_per_s)?,
+        raw_per_s: of(|t| t.raw_per_s)?,
+        fork_per_s: of(|t| t.fork_per_s)?,
+        ..*median_by(rounds, |t| t.warm_per_s)?
     })
 }
 
@@ -1106,7 +1093,7 @@ mod cpu_tests {
                 ..CpuPerRun::default()
             },
         };
-        let t = median_round(vec![
+        let t = median_round(&[
             round(700.0, 90.0, 150.0, 2000.0),
             round(500.0, 140.0, 170.0, 1400.0),
             round(600.0, 120.0, 110.0, 1700.0),
@@ -1123,7 +1110,7 @@ mod cpu_tests {
             (2, 600.0, 120.0, 150.0, 1700.0)
         );
         assert_eq!(t.warm_cpu.machine_ms, 2000.0 / 600.0);
-        assert!(median_round(Vec::new()).is_none());
+        assert!(median_round(&[]).is_none());
     }
 
     /// A throughput answer counts only if the run ended `ok` with `1` on stdout.

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
-use super::bench::{Stats, stats};
+use super::bench::{Stats, median_by, stats};
 use super::bench_api::{
     Server, THROUGHPUT_ROUNDS, free_port, post, rate_between, start_server, wait_prebuilt,
 };
@@ -548,13 +548,8 @@ async fn compare(
 /// Each path's median over `rounds` (the middle one, the upper of two), with the CPU per
 /// run of that same round, and their ratio; `None` without any rounds.
 fn median_round(rounds: &[FleetThroughput]) -> Option<FleetThroughput> {
-    let middle = |per_s: fn(&FleetThroughput) -> f64| {
-        let mut v: Vec<&FleetThroughput> = rounds.iter().collect();
-        v.sort_by(|a, b| per_s(a).total_cmp(&per_s(b)));
-        v.get(v.len() / 2).copied()
-    };
-    let single = middle(|t| t.single_per_s)?;
-    let fleet = middle(|t| t.fleet_per_s)?;
+    let single = median_by(rounds, |t| t.single_per_s)?;
+    let fleet = median_by(rounds, |t| t.fleet_per_s)?;
     Some(FleetThroughput {
         clients: single.clients,
         single_per_s: single.single_per_s,
